@@ -1,0 +1,1 @@
+"""Where validated readings go: TimescaleDB."""
