@@ -1,0 +1,278 @@
+"""The ingest pipeline: Kafka messages in, rows and dead letters out, offsets acked last.
+
+Messages are validated as they arrive and gathered into a batch until it holds
+``SINK_BATCH_POINTS`` points or is ``SINK_LINGER`` seconds old. A single writer task then
+stores the batch (retrying transient database errors with capped backoff), publishes its
+dead letters, and only then acks the batch's messages, so Faust commits an offset only
+after everything before it is durable. The next batch fills while one is being written.
+A crash at any moment therefore replays uncommitted messages, and the idempotent sink
+turns the replay into no new rows.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Awaitable, Callable, Iterator
+
+import asyncpg
+import orjson
+from faust.types import EventT, StreamT
+
+from agents.dead_letters import dead_letter_value
+from schema.validation import (
+    InvalidReading,
+    Reading,
+    ValidationWindow,
+    validate_message,
+)
+from sinks.postgres import is_transient
+from sinks.timescale import Point, TimescaleSink, WriteResult
+from streams.topics import device_of_topic
+
+log = logging.getLogger(__name__)
+
+# Publishes one dead letter (key, value) and resolves once the broker has it.
+PublishDeadLetter = Callable[[bytes | None, bytes], Awaitable[Awaitable[Any]]]
+
+
+@dataclass
+class Batch:
+    """Messages taken from the stream whose rows and dead letters are not yet durable."""
+
+    window: ValidationWindow
+    created: float = field(default_factory=time.monotonic)
+    events: list[EventT] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)
+    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+
+    def add(self, event: EventT) -> None:
+        """Validate one message and keep its points and dead letters."""
+        message = event.message
+        readings, invalid = validate_message(
+            message.value, device_of_topic(message.topic), self.window
+        )
+        self.events.append(event)
+        for reading in readings:
+            self.points.extend(_points_of(reading))
+        if invalid:
+            self._dead_letter(message, invalid)
+
+    def _dead_letter(self, message: Any, invalid: list[InvalidReading]) -> None:
+        for reading in invalid:
+            self.dead_letters.append(
+                (
+                    message.key,
+                    dead_letter_value(reading, message.topic, message.partition, message.offset),
+                )
+            )
+        log.warning(
+            "dead-lettering %d reading(s) of topic=%s partition=%d offset=%d: %s",
+            len(invalid), message.topic, message.partition, message.offset, invalid[0].error,
+        )
+
+
+def _points_of(reading: Reading) -> Iterator[Point]:
+    time_us, device_id = reading.time_us, reading.device_id
+    for metric, value in reading.metrics.items():
+        yield (time_us, device_id, metric, value)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How big and how old a batch may grow, and how long a validity window reaches back."""
+
+    batch_points: int
+    linger: float
+    retention: timedelta
+    max_backoff: float
+
+
+class IngestPipeline:
+    """Runs the batching, writing and acking of one agent instance."""
+
+    def __init__(
+        self,
+        sink: TimescaleSink,
+        publish_dead_letter: PublishDeadLetter,
+        config: IngestConfig,
+    ) -> None:
+        self._sink = sink
+        self._publish = publish_dead_letter
+        self._config = config
+        self._batch = self._new_batch()
+        self._ready: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
+
+    def _new_batch(self) -> Batch:
+        now = datetime.now(timezone.utc)
+        return Batch(window=ValidationWindow.around(now, self._config.retention))
+
+    async def run(self, stream: StreamT) -> None:
+        """Consume ``stream`` (acks disabled) until cancelled."""
+        writer = asyncio.create_task(self._write_batches(stream), name="ingest-writer")
+        linger = asyncio.create_task(self._flush_old_batches(), name="ingest-linger")
+        try:
+            async for event in stream.events():
+                self._batch.add(event)
+                if len(self._batch.points) >= self._config.batch_points:
+                    await self._hand_over()
+                if writer.done():
+                    writer.result()  # the writer never ends on its own: surface why it did
+        finally:
+            linger.cancel()
+            writer.cancel()
+
+    async def _hand_over(self) -> None:
+        batch, self._batch = self._batch, self._new_batch()
+        await self._ready.put(batch)
+
+    async def _flush_old_batches(self) -> None:
+        tick = max(self._config.linger / 2, 0.01)
+        while True:
+            await asyncio.sleep(tick)
+            batch = self._batch
+            if batch.events and time.monotonic() - batch.created >= self._config.linger:
+                await self._hand_over()
+
+    async def _write_batches(self, stream: StreamT) -> None:
+        while True:
+            batch = await self._ready.get()
+            await self._deliver(batch)
+            for event in batch.events:
+                await stream.ack(event)
+
+    async def _deliver(self, batch: Batch) -> WriteResult:
+        """Make the batch's rows and dead letters durable, retrying until they are."""
+        result = await self._retrying("write rows", lambda: self._store(batch), is_transient)
+        if batch.dead_letters:
+            # Any broker error is worth retrying: dropping a dead letter would lose a reading.
+            await self._retrying(
+                "publish dead letters", lambda: self._publish_all(batch), lambda exc: True
+            )
+        return result
+
+    async def _retrying(
+        self,
+        what: str,
+        attempt: Callable[[], Awaitable[Any]],
+        retryable: Callable[[BaseException], bool],
+    ) -> Any:
+        delay = 0.1
+        while True:
+            try:
+                return await attempt()
+            except Exception as exc:
+                if not retryable(exc):
+                    raise
+                log.warning(
+                    "%s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._config.max_backoff)
+
+    async def _store(self, batch: Batch) -> WriteResult:
+        try:
+            return await self._sink.write(batch.points)
+        except asyncpg.PostgresError as exc:
+            if is_transient(exc):
+                raise
+            log.error(
+                "batch of %d points refused by the database (%s); isolating the readings at fault",
+                len(batch.points), exc,
+            )
+        return await self._store_isolating_failures(batch)
+
+    async def _store_isolating_failures(self, batch: Batch) -> WriteResult:
+        """Store the batch in halving groups of readings; dead-letter each one the database refuses."""
+        points = inserted = 0
+        pending = [list(_located_readings(batch))]
+        while pending:
+            group = pending.pop()
+            try:
+                result = await self._sink.write([p for *_, r in group for p in _points_of(r)])
+            except asyncpg.PostgresError as exc:
+                if is_transient(exc):
+                    raise
+                if len(group) > 1:
+                    middle = len(group) // 2
+                    pending.extend((group[middle:], group[:middle]))
+                else:
+                    batch.dead_letters.append(_refused_by_database(*group[0], exc))
+                continue
+            points += result.points
+            inserted += result.inserted
+        return WriteResult(points=points, inserted=inserted)
+
+    async def _publish_all(self, batch: Batch) -> None:
+        pending = [await self._publish(key, value) for key, value in batch.dead_letters]
+        await asyncio.gather(*pending)
+
+
+def _located_readings(batch: Batch) -> Iterator[tuple[Any, int | None, Reading]]:
+    """Each valid reading of the batch with its message and its index in an array message."""
+    for event in batch.events:
+        message = event.message
+        device_id = device_of_topic(message.topic)
+        readings, invalid = validate_message(message.value, device_id, batch.window)
+        if not readings:
+            continue
+        decoded = orjson.loads(message.value)
+        if not isinstance(decoded, list):
+            yield message, None, readings[0]
+            continue
+        # Positions of the valid readings: the elements validate_message did not refuse.
+        refused = {bad.index for bad in invalid}
+        positions = (i for i in range(len(decoded)) if i not in refused)
+        yield from ((message, index, reading) for index, reading in zip(positions, readings))
+
+
+def _refused_by_database(
+    message: Any, index: int | None, reading: Reading, exc: Exception
+) -> tuple[bytes | None, bytes]:
+    raw = orjson.dumps(
+        {"device_id": reading.device_id, "time": reading.time.isoformat(), "metrics": reading.metrics}
+    )
+    invalid = InvalidReading(error=f"refused by the database: {exc}", raw=raw, index=index)
+    log.error(
+        "database refused reading of topic=%s partition=%d offset=%d: %s",
+        message.topic, message.partition, message.offset, exc,
+    )
+    return message.key, dead_letter_value(invalid, message.topic, message.partition, message.offset)
+
+
+# --- Faust wiring -------------------------------------------------------------------------
+
+from sinks.postgres import create_pool  # noqa: E402
+from streams.app import app, device_topics, settings  # noqa: E402
+from streams.subscription import follow_device_topics  # noqa: E402
+from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner  # noqa: E402
+
+
+@app.agent(device_topics, name="ingest", concurrency=1)
+async def ingest(stream: StreamT) -> None:
+    """Validate, dead-letter and store every device reading."""
+    pool = await create_pool(settings)
+
+    async def publish_dead_letter(key: bytes | None, value: bytes) -> Awaitable[Any]:
+        return await app.producer.send(DEAD_LETTER_TOPIC, key, value, None, None, None)
+
+    config = IngestConfig(
+        batch_points=settings.sink_batch_points,
+        linger=settings.sink_linger,
+        retention=timedelta(days=settings.retention_days),
+        max_backoff=settings.db_retry_max_backoff,
+    )
+    try:
+        await IngestPipeline(TimescaleSink(pool), publish_dead_letter, config).run(stream.noack())
+    finally:
+        await pool.close()
+
+
+@app.task
+async def subscribe_device_topics() -> None:
+    """Create the dead-letter topic, then follow device topics as they appear."""
+    async with TopicProvisioner(settings) as topics:
+        await topics.ensure([DEAD_LETTER_TOPIC])
+        await follow_device_topics(app, device_topics, topics, settings)

@@ -1,0 +1,1 @@
+"""The devicestream Faust application, its settings and its topics."""

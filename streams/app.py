@@ -1,0 +1,37 @@
+"""The Faust application: run ``faust -A streams.app worker -l info`` on every node.
+
+Settings come from the environment (see ``streams.settings``); the agents, tasks, web
+views and commands register themselves on ``app`` when imported at the end of this module.
+"""
+from __future__ import annotations
+
+import faust
+
+from streams.settings import Settings
+from streams.subscription import GrowingTopic
+from streams.topics import DEAD_LETTER_TOPIC
+
+settings = Settings.from_env()
+
+app = faust.App(
+    settings.app_id,
+    broker=[f"kafka://{broker}" for broker in settings.kafka_brokers.split(",")],
+    store="memory://",
+    key_serializer="raw",
+    value_serializer="raw",
+    web_port=settings.web_port,
+    web_bind=settings.web_bind,
+    broker_session_timeout=settings.broker_session_timeout,
+    broker_heartbeat_interval=max(settings.broker_session_timeout / 10, 0.5),
+    broker_rebalance_timeout=max(settings.broker_session_timeout * 3, 30),
+    consumer_auto_offset_reset="earliest",
+    producer_acks=-1,
+    topic_partitions=settings.device_topic_partitions,
+    stream_wait_empty=True,
+)
+
+device_topics = GrowingTopic(app, key_serializer="raw", value_serializer="raw")
+dead_letter_topic = app.topic(DEAD_LETTER_TOPIC, key_serializer="raw", value_serializer="raw")
+
+from agents import ingest  # noqa: E402,F401  (registers the ingest agent)
+from streams import commands  # noqa: E402,F401  (registers migrate, simulate, ...)
