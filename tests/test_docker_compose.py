@@ -1,0 +1,414 @@
+"""The production deployment files (docker-compose.yml, Dockerfile, deploy/) say what they must.
+
+No Docker engine is needed: the files are parsed and checked against the contract
+(/work/shared/CONTRACT.md) and the seed design's settings.
+"""
+from __future__ import annotations
+
+import configparser
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+POSTGRESQL_CONF = ROOT / "deploy" / "postgresql.conf"
+PG_HBA_CONF = ROOT / "deploy" / "pg_hba.conf"
+PGBOUNCER_INI = ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini"
+
+ONE_MIB = 1_048_576
+PASSWORD_REFERENCE = re.compile(r"^\$\{DB_PASSWORD:\?[^}]*\}$")
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict) -> dict:
+    return compose["services"]
+
+
+def environment(service: dict) -> dict[str, str]:
+    """A service's environment as a dict of strings, whether written as a map or a list."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return {key: None if value is None else str(value) for key, value in env.items()}
+
+
+def kafka_properties(service: dict) -> dict[str, str]:
+    """Broker properties from the apache/kafka image's KAFKA_* variables (KAFKA_A_B -> a.b)."""
+    return {
+        key[len("KAFKA_"):].lower().replace("_", "."): value
+        for key, value in environment(service).items()
+        if key.startswith("KAFKA_")
+    }
+
+
+def command(service: dict) -> list[str]:
+    cmd = service.get("command")
+    return cmd.split() if isinstance(cmd, str) else list(cmd or [])
+
+
+def bind_mounts(service: dict) -> dict[str, str]:
+    """Container path -> host path of a service's bind mounts (short syntax)."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target, *_ = volume.split(":")
+            if source.startswith((".", "/")):
+                mounts[target] = source
+    return mounts
+
+
+def published_ports(service: dict) -> list[str]:
+    return [str(port) for port in service.get("ports", [])]
+
+
+def parse_postgresql_conf(text: str) -> dict[str, str]:
+    settings = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key, _, value = line.partition("=")
+        settings[key.strip()] = value.strip().strip("'")
+    return settings
+
+
+def size_in_bytes(value: str) -> int:
+    units = {"kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+    match = re.fullmatch(r"(\d+)\s*(kB|MB|GB|TB)", value)
+    assert match, f"not a size: {value!r}"
+    return int(match.group(1)) * units[match.group(2)]
+
+
+@pytest.fixture(scope="module")
+def postgresql_conf() -> dict[str, str]:
+    return parse_postgresql_conf(POSTGRESQL_CONF.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def pgbouncer_ini() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=None)
+    parser.read_string(PGBOUNCER_INI.read_text(encoding="utf-8"))
+    return parser
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    joined, current = [], ""
+    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        joined.append(current + line)
+        current = ""
+    instructions = []
+    for line in joined:
+        name, _, args = line.partition(" ")
+        instructions.append((name.upper(), args.strip()))
+    return instructions
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (name, _) in enumerate(instructions) if name == "FROM")
+    return instructions[last_from:]
+
+
+def resolve_build_args(text: str) -> str:
+    """Replace ${ARG} with the default given by a global ARG NAME=default line."""
+    defaults = {}
+    for name, args in dockerfile_instructions():
+        if name == "ARG" and "=" in args:
+            key, _, value = args.partition("=")
+            defaults[key.strip()] = value.strip()
+    return re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), m.group(0)), text)
+
+
+# --- the compose file -----------------------------------------------------------------------
+
+def test_compose_file_parses_and_has_the_four_services(services):
+    assert {"kafka", "timescaledb", "pgbouncer", "worker"} <= set(services)
+    for name in ("kafka", "timescaledb", "pgbouncer", "worker"):
+        assert services[name].get("restart") in ("unless-stopped", "always"), name
+
+
+def test_every_long_running_service_has_a_healthcheck(services):
+    for name in ("kafka", "timescaledb", "pgbouncer", "worker"):
+        check = services[name].get("healthcheck")
+        assert check and check.get("test"), f"{name} has no healthcheck"
+
+
+def test_kafka_runs_kraft_with_the_seed_settings(services):
+    kafka = services["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    props = kafka_properties(kafka)
+    env = environment(kafka)
+    # KRaft: the node is its own controller, no ZooKeeper anywhere.
+    assert set(props["process.roles"].split(",")) == {"broker", "controller"}
+    assert props["node.id"] == "1"
+    assert "1@kafka:9093" in props["controller.quorum.voters"]
+    assert props["controller.listener.names"] == "CONTROLLER"
+    assert env.get("CLUSTER_ID")
+    assert not any("zookeeper" in key for key in props)
+    # The seed design.
+    assert props["num.network.threads"] == "8"
+    assert props["num.io.threads"] == "16"
+    assert int(props["log.segment.bytes"]) == 1024**3
+    assert int(props["log.retention.hours"]) == 7 * 24
+    assert props["compression.type"] == "snappy"
+    assert props["num.partitions"] == "10"
+    assert props["auto.create.topics.enable"] in ("true", "false")
+
+
+def test_kafka_accepts_a_dead_lettered_one_mebibyte_reading(services):
+    props = kafka_properties(services["kafka"])
+    message_max = int(props["message.max.bytes"])
+    # A 1 MiB reading wrapped in the dead-letter JSON must still fit.
+    assert message_max > ONE_MIB + 64 * 1024
+    assert int(props["replica.fetch.max.bytes"]) >= message_max
+
+
+def test_kafka_serves_the_compose_network_on_9092_and_keeps_data_in_a_volume(compose, services):
+    kafka = services["kafka"]
+    props = kafka_properties(kafka)
+    assert "PLAINTEXT://kafka:9092" in props["advertised.listeners"].split(",")
+    assert props["log.dirs"] == "/var/lib/kafka/data"
+    named = [v.split(":")[0] for v in kafka["volumes"] if not v.startswith((".", "/"))]
+    assert any(v.endswith(":/var/lib/kafka/data") for v in kafka["volumes"])
+    assert set(named) <= set(compose["volumes"])
+    # The healthcheck's JVM must not inherit the broker's multi-gigabyte heap.
+    test = " ".join(kafka["healthcheck"]["test"])
+    assert "kafka-broker-api-versions" in test and "KAFKA_HEAP_OPTS=" in test
+
+
+def test_worker_gets_every_contract_environment_variable(services):
+    env = environment(services["worker"])
+    assert env["KAFKA_BROKERS"] == "kafka:9092"
+    assert env["DB_HOST"] == "pgbouncer"
+    assert env["DB_PORT"] == "6432"
+    assert env["DB_NAME"] == "devicestream"
+    assert env["DB_USER"] == "devicestream"
+    assert PASSWORD_REFERENCE.match(env["DB_PASSWORD"])
+    assert env["WEB_PORT"] == "6066"
+    assert env["RETENTION_DAYS"] == "90"
+    assert env["COMPRESS_AFTER_DAYS"] == "7"
+    assert env["DEVICE_TOPIC_PARTITIONS"] == "10"
+    assert env["KAFKA_IDEMPOTENT_PRODUCER"] == "true"
+    assert env["BROKER_SESSION_TIMEOUT"] == "60"
+    # The web server must listen beyond the container's loopback to be reachable at all.
+    assert env["WEB_BIND"] == "0.0.0.0"
+
+
+def test_workers_reach_the_database_only_through_pgbouncer(services, pgbouncer_ini):
+    env = environment(services["worker"])
+    assert (env["DB_HOST"], env["DB_PORT"]) == ("pgbouncer", "6432")
+    assert pgbouncer_ini["pgbouncer"]["listen_port"] == "6432"
+    target = pgbouncer_ini["databases"]["devicestream"]
+    assert "host=timescaledb" in target and "port=5432" in target
+    # PostgreSQL publishes no port: nothing outside the compose network bypasses pgBouncer.
+    assert not published_ports(services["timescaledb"])
+
+
+def test_workers_run_as_three_replicas_without_colliding_host_ports(services):
+    worker = services["worker"]
+    assert worker["deploy"]["replicas"] == 3
+    assert "6066" in [str(port) for port in worker.get("expose", [])]
+    for port in published_ports(worker):
+        # "127.0.0.1::6066" or "6066": an ephemeral host port per replica, never a fixed one.
+        parts = port.split(":")
+        host_port = parts[-2] if len(parts) >= 2 else ""
+        assert host_port == "", f"fixed host port {port!r} would collide between replicas"
+    assert "container_name" not in worker
+
+
+def test_worker_depends_on_healthy_kafka_and_started_pgbouncer(services):
+    depends = services["worker"]["depends_on"]
+    assert depends["kafka"]["condition"] == "service_healthy"
+    assert depends["pgbouncer"]["condition"] in ("service_started", "service_healthy")
+    assert services["pgbouncer"]["depends_on"]["timescaledb"]["condition"] == "service_healthy"
+
+
+def test_migrate_runs_before_workers(services):
+    migrate, worker = services["migrate"], services["worker"]
+    assert command(migrate) == ["faust", "-A", "streams.app", "migrate"]
+    assert str(migrate.get("restart", "no")) == "no"
+    assert worker["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert migrate["depends_on"]["timescaledb"]["condition"] == "service_healthy"
+    # Same image as the workers, so the schema matches the code that uses it.
+    assert migrate["image"] == worker["image"]
+    assert migrate["build"] == worker["build"]
+
+
+def test_simulator_only_runs_in_the_demo_profile(services):
+    simulator = services["simulator"]
+    assert simulator["profiles"] == ["demo"]
+    assert command(simulator)[:4] == ["faust", "-A", "streams.app", "simulate"]
+    assert environment(simulator)["KAFKA_BROKERS"] == "kafka:9092"
+    for name in ("kafka", "timescaledb", "pgbouncer", "worker", "migrate"):
+        assert "profiles" not in services[name], name
+
+
+def test_pgbouncer_uses_transaction_mode_and_seed_pool_sizes(services, pgbouncer_ini):
+    pgbouncer = services["pgbouncer"]
+    image, _, tag = pgbouncer["image"].partition(":")
+    assert image in ("edoburu/pgbouncer", "bitnami/pgbouncer")
+    version = re.match(r"v?(\d+)\.(\d+)", tag)
+    assert version, f"pgbouncer image tag not pinned to a version: {tag!r}"
+    assert tuple(map(int, version.groups())) >= (1, 21)  # max_prepared_statements
+    assert bind_mounts(pgbouncer)["/etc/pgbouncer/pgbouncer.ini"] == "./deploy/pgbouncer/pgbouncer.ini"
+
+    ini = pgbouncer_ini["pgbouncer"]
+    assert ini["pool_mode"] == "transaction"
+    assert ini["listen_port"] == "6432"
+    assert ini["max_client_conn"] == "1000"
+    assert ini["default_pool_size"] == "50"
+    assert ini["reserve_pool_size"] == "10"
+    assert ini["auth_type"] == "scram-sha-256"
+    assert "devicestream" in ini["admin_users"].replace(" ", "").split(",")
+    assert "devicestream" in ini["stats_users"].replace(" ", "").split(",")
+    assert int(ini["max_prepared_statements"]) >= 100  # asyncpg's default cache size
+    # The image writes userlist.txt from these at start (scram keeps the password usable).
+    env = environment(pgbouncer)
+    assert env["DB_USER"] == "devicestream"
+    assert env["AUTH_TYPE"] == "scram-sha-256"
+
+
+def test_pgbouncer_server_connections_fit_under_max_connections(pgbouncer_ini, postgresql_conf):
+    ini = pgbouncer_ini["pgbouncer"]
+    pooled = int(ini["default_pool_size"]) + int(ini["reserve_pool_size"])
+    reserved = int(postgresql_conf.get("superuser_reserved_connections", "3"))
+    assert pooled + 10 <= int(postgresql_conf["max_connections"]) - reserved
+
+
+def test_timescaledb_uses_the_full_tsl_image_and_mounted_config(services, postgresql_conf):
+    db = services["timescaledb"]
+    image, _, tag = db["image"].partition(":")
+    assert image == "timescale/timescaledb"  # not -ha, not an Apache-only build
+    assert tag.endswith("pg17") and "oss" not in tag
+    assert command(db) == ["postgres", "-c", "config_file=/etc/postgresql/postgresql.conf"]
+    mounts = bind_mounts(db)
+    assert mounts["/etc/postgresql/postgresql.conf"] == "./deploy/postgresql.conf"
+    assert POSTGRESQL_CONF.is_file()
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in db["volumes"])
+
+    libraries = postgresql_conf["shared_preload_libraries"].replace(" ", "").split(",")
+    assert libraries[0] == "timescaledb"
+    assert "pg_stat_statements" in libraries
+    assert postgresql_conf["listen_addresses"] == "*"
+
+    env = environment(db)
+    assert env["POSTGRES_DB"] == "devicestream"
+    assert env["POSTGRES_USER"] == "devicestream"
+    assert PASSWORD_REFERENCE.match(env["POSTGRES_PASSWORD"])
+    check = " ".join(db["healthcheck"]["test"])
+    assert "pg_isready" in check and "-h 127.0.0.1" in check
+
+
+def test_postgresql_conf_has_the_seed_settings_for_its_reference_host(postgresql_conf):
+    conf = postgresql_conf
+    for key in (
+        "shared_buffers", "effective_cache_size", "maintenance_work_mem", "work_mem",
+        "max_worker_processes", "max_parallel_workers", "max_parallel_workers_per_gather",
+        "timescaledb.max_background_workers",
+    ):
+        assert key in conf, key
+    # 25 % and 75 % of the same host.
+    assert size_in_bytes(conf["effective_cache_size"]) == 3 * size_in_bytes(conf["shared_buffers"])
+    assert size_in_bytes(conf["wal_buffers"]) == 16 * 1024**2
+    assert size_in_bytes(conf["min_wal_size"]) == 1024**3
+    assert size_in_bytes(conf["max_wal_size"]) == 4 * 1024**3
+    assert float(conf["checkpoint_completion_target"]) == 0.9
+    assert float(conf["random_page_cost"]) == 1.1
+    assert int(conf["effective_io_concurrency"]) == 200
+    # Enough worker processes for TimescaleDB's jobs plus the parallel query workers.
+    assert int(conf["max_worker_processes"]) >= (
+        3 + int(conf["timescaledb.max_background_workers"]) + int(conf["max_parallel_workers"])
+    )
+    assert int(conf["max_parallel_workers_per_gather"]) <= int(conf["max_parallel_workers"])
+    assert "REFERENCE HOST" in POSTGRESQL_CONF.read_text(encoding="utf-8")
+
+
+def test_postgres_accepts_the_compose_network_only_with_scram(services, postgresql_conf):
+    assert postgresql_conf["hba_file"] == "/etc/postgresql/pg_hba.conf"
+    assert bind_mounts(services["timescaledb"])["/etc/postgresql/pg_hba.conf"] == "./deploy/pg_hba.conf"
+    assert postgresql_conf["password_encryption"] == "scram-sha-256"
+    rules = [
+        line.split() for line in PG_HBA_CONF.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    network_rules = [rule for rule in rules if rule[0].startswith("host")]
+    assert network_rules
+    assert all(rule[-1] == "scram-sha-256" for rule in network_rules)
+    assert any(rule[3] == "samenet" for rule in network_rules)
+
+
+def test_config_files_mounted_by_compose_exist(services):
+    for name, service in services.items():
+        for target, source in bind_mounts(service).items():
+            assert (ROOT / source).is_file(), f"{name}: {source} (for {target}) is missing"
+
+
+def test_no_secret_is_committed(services):
+    for name, service in services.items():
+        for key, value in environment(service).items():
+            if "PASSWORD" in key:
+                assert value and PASSWORD_REFERENCE.match(value), f"{name}.{key} = {value!r}"
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert "DB_PASSWORD:-" not in text  # no default password
+    ini = PGBOUNCER_INI.read_text(encoding="utf-8").lower()
+    assert "password=" not in ini.replace(" ", "")
+    userlist = ROOT / "deploy" / "pgbouncer" / "userlist.txt"
+    assert not userlist.exists() or not userlist.read_text(encoding="utf-8").strip()
+    assert not (ROOT / "deploy" / ".env").exists()
+    ignored = DOCKERIGNORE.read_text(encoding="utf-8").split()
+    assert ".env" in ignored  # a local .env with the password never enters the image
+
+
+# --- the worker image -----------------------------------------------------------------------
+
+def test_worker_image_runs_the_faust_worker(services):
+    stage = final_stage()
+    base = resolve_build_args(stage[0][1]).split()[0]
+    assert base == "python:3.11-slim"
+    cmds = [args for name, args in stage if name == "CMD"]
+    assert json.loads(cmds[-1]) == ["faust", "-A", "streams.app", "worker", "-l", "info"]
+    assert "6066" in [args for name, args in stage if name == "EXPOSE"]
+    # The compose services all build this Dockerfile.
+    for name in ("worker", "migrate", "simulator"):
+        assert services[name]["build"]["context"] == "."
+        assert services[name]["build"].get("dockerfile", "Dockerfile") == "Dockerfile"
+
+
+def test_worker_image_installs_the_package_from_setup_cfg():
+    runs = [args for name, args in dockerfile_instructions() if name == "RUN"]
+    assert any(re.search(r"\bpip install \.(\s|$)", run) for run in runs)
+    # aiokafka needs cramjam to read snappy-compressed batches.
+    assert any("aiokafka[snappy]" in run or "cramjam" in run for run in runs)
+
+
+def test_worker_image_runs_as_an_unprivileged_user():
+    users = [args for name, args in final_stage() if name == "USER"]
+    assert users, "the final stage never leaves root"
+    assert users[-1].split(":")[0] not in ("root", "0")
+
+
+def test_dockerignore_keeps_local_state_out_of_the_build_context():
+    ignored = set(DOCKERIGNORE.read_text(encoding="utf-8").split())
+    for entry in (".venv", ".stack", ".git", "test-output"):
+        assert entry in ignored, entry
+    assert "__pycache__" in ignored or "**/__pycache__" in ignored
