@@ -21,21 +21,23 @@ import asyncpg
 import orjson
 from faust.types import EventT, StreamT
 
-from agents.dead_letters import dead_letter_value
+from schema.dead_letters import DeadLetter, dead_letter
 from schema.validation import (
     InvalidReading,
     Reading,
     ValidationWindow,
     validate_message,
 )
+from sinks.dead_letter_outbox import DeadLetterOutbox
 from sinks.postgres import is_transient
 from sinks.timescale import Point, TimescaleSink, WriteResult
+from streams.stats import PipelineStats
 from streams.topics import device_of_topic
 
 log = logging.getLogger(__name__)
 
-# Publishes one dead letter (key, value) and resolves once the broker has it.
-PublishDeadLetter = Callable[[bytes | None, bytes], Awaitable[Awaitable[Any]]]
+# Starts publishing one dead letter; the awaitable it returns resolves once the broker has it.
+PublishDeadLetter = Callable[[DeadLetter], Awaitable[Awaitable[Any]]]
 
 
 @dataclass
@@ -46,7 +48,7 @@ class Batch:
     created: float = field(default_factory=time.monotonic)
     events: list[EventT] = field(default_factory=list)
     points: list[Point] = field(default_factory=list)
-    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
 
     def add(self, event: EventT) -> None:
         """Validate one message and keep its points and dead letters."""
@@ -61,13 +63,7 @@ class Batch:
             self._dead_letter(message, invalid)
 
     def _dead_letter(self, message: Any, invalid: list[InvalidReading]) -> None:
-        for reading in invalid:
-            self.dead_letters.append(
-                (
-                    message.key,
-                    dead_letter_value(reading, message.topic, message.partition, message.offset),
-                )
-            )
+        self.dead_letters.extend(dead_letter(reading, message) for reading in invalid)
         log.warning(
             "dead-lettering %d reading(s) of topic=%s partition=%d offset=%d: %s",
             len(invalid), message.topic, message.partition, message.offset, invalid[0].error,
@@ -96,12 +92,18 @@ class IngestPipeline:
     def __init__(
         self,
         sink: TimescaleSink,
+        outbox: DeadLetterOutbox,
         publish_dead_letter: PublishDeadLetter,
         config: IngestConfig,
+        stats: PipelineStats | None = None,
+        commit_offsets: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self._sink = sink
+        self._outbox = outbox
         self._publish = publish_dead_letter
         self._config = config
+        self.stats = stats or PipelineStats()
+        self._commit_offsets = commit_offsets
         self._batch = self._new_batch()
         self._ready: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
 
@@ -114,8 +116,13 @@ class IngestPipeline:
         writer = asyncio.create_task(self._write_batches(stream), name="ingest-writer")
         linger = asyncio.create_task(self._flush_old_batches(), name="ingest-linger")
         try:
+            stats = self.stats
             async for event in stream.events():
-                self._batch.add(event)
+                batch = self._batch
+                before = len(batch.points)
+                batch.add(event)
+                stats.messages_total += 1
+                stats.points_total += len(batch.points) - before
                 if len(self._batch.points) >= self._config.batch_points:
                     await self._hand_over()
                 if writer.done():
@@ -142,15 +149,19 @@ class IngestPipeline:
             await self._deliver(batch)
             for event in batch.events:
                 await stream.ack(event)
+            if self._commit_offsets is not None:
+                # Commit now rather than on Faust's timer: a rebalance (new device topics
+                # arrive) then replays as little as possible.
+                await self._commit_offsets()
 
     async def _deliver(self, batch: Batch) -> WriteResult:
         """Make the batch's rows and dead letters durable, retrying until they are."""
+        started = time.monotonic()
         result = await self._retrying("write rows", lambda: self._store(batch), is_transient)
+        self.stats.db_available = True
+        self.stats.record_batch(result.points, result.inserted, time.monotonic() - started)
         if batch.dead_letters:
-            # Any broker error is worth retrying: dropping a dead letter would lose a reading.
-            await self._retrying(
-                "publish dead letters", lambda: self._publish_all(batch), lambda exc: True
-            )
+            await self._dead_letter(batch.dead_letters)
         return result
 
     async def _retrying(
@@ -166,6 +177,7 @@ class IngestPipeline:
             except Exception as exc:
                 if not retryable(exc):
                     raise
+                self.stats.retries_total += 1
                 log.warning(
                     "%s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay
                 )
@@ -175,8 +187,11 @@ class IngestPipeline:
     async def _store(self, batch: Batch) -> WriteResult:
         try:
             return await self._sink.write(batch.points)
-        except asyncpg.PostgresError as exc:
+        except Exception as exc:
             if is_transient(exc):
+                self.stats.db_available = False
+                raise
+            if not isinstance(exc, asyncpg.PostgresError):
                 raise
             log.error(
                 "batch of %d points refused by the database (%s); isolating the readings at fault",
@@ -205,9 +220,31 @@ class IngestPipeline:
             inserted += result.inserted
         return WriteResult(points=points, inserted=inserted)
 
-    async def _publish_all(self, batch: Batch) -> None:
-        pending = [await self._publish(key, value) for key, value in batch.dead_letters]
-        await asyncio.gather(*pending)
+    async def _dead_letter(self, letters: list[DeadLetter]) -> None:
+        """Publish each dead letter once: staged in the outbox, published, marked."""
+        # A message redelivered into the same batch (after a rebalance) counts once.
+        first: dict[tuple[str, int, int, int | None], DeadLetter] = {}
+        for letter in letters:
+            first.setdefault(letter.location, letter)
+        letters = list(first.values())
+        pending = await self._retrying(
+            "record dead letters", lambda: self._outbox.stage(letters), is_transient
+        )
+        if not pending:
+            return
+        # Any broker error is worth retrying: dropping a dead letter would lose a reading.
+        await self._retrying(
+            "publish dead letters", lambda: self._publish_all(pending), lambda exc: True
+        )
+        await self._retrying(
+            "mark dead letters published", lambda: self._outbox.mark_published(pending),
+            is_transient,
+        )
+        self.stats.dead_letters_total += len(pending)
+
+    async def _publish_all(self, letters: list[DeadLetter]) -> None:
+        acks = [await self._publish(letter) for letter in letters]
+        await asyncio.gather(*acks)
 
 
 def _located_readings(batch: Batch) -> Iterator[tuple[Any, int | None, Reading]]:
@@ -230,7 +267,7 @@ def _located_readings(batch: Batch) -> Iterator[tuple[Any, int | None, Reading]]
 
 def _refused_by_database(
     message: Any, index: int | None, reading: Reading, exc: Exception
-) -> tuple[bytes | None, bytes]:
+) -> DeadLetter:
     raw = orjson.dumps(
         {"device_id": reading.device_id, "time": reading.time.isoformat(), "metrics": reading.metrics}
     )
@@ -239,13 +276,13 @@ def _refused_by_database(
         "database refused reading of topic=%s partition=%d offset=%d: %s",
         message.topic, message.partition, message.offset, exc,
     )
-    return message.key, dead_letter_value(invalid, message.topic, message.partition, message.offset)
+    return dead_letter(invalid, message)
 
 
 # --- Faust wiring -------------------------------------------------------------------------
 
 from sinks.postgres import create_pool  # noqa: E402
-from streams.app import app, device_topics, settings  # noqa: E402
+from streams.app import app, device_topics, pipeline_stats, settings  # noqa: E402
 from streams.subscription import follow_device_topics  # noqa: E402
 from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner  # noqa: E402
 
@@ -255,8 +292,8 @@ async def ingest(stream: StreamT) -> None:
     """Validate, dead-letter and store every device reading."""
     pool = await create_pool(settings)
 
-    async def publish_dead_letter(key: bytes | None, value: bytes) -> Awaitable[Any]:
-        return await app.producer.send(DEAD_LETTER_TOPIC, key, value, None, None, None)
+    async def publish_dead_letter(letter: DeadLetter) -> Awaitable[Any]:
+        return await app.producer.send(DEAD_LETTER_TOPIC, letter.key, letter.value, None, None, None)
 
     config = IngestConfig(
         batch_points=settings.sink_batch_points,
@@ -265,7 +302,11 @@ async def ingest(stream: StreamT) -> None:
         max_backoff=settings.db_retry_max_backoff,
     )
     try:
-        await IngestPipeline(TimescaleSink(pool), publish_dead_letter, config).run(stream.noack())
+        pipeline = IngestPipeline(
+            TimescaleSink(pool), DeadLetterOutbox(pool), publish_dead_letter, config,
+            pipeline_stats, commit_offsets=app.consumer.commit,
+        )
+        await pipeline.run(stream.noack())
     finally:
         await pool.close()
 
@@ -276,3 +317,9 @@ async def subscribe_device_topics() -> None:
     async with TopicProvisioner(settings) as topics:
         await topics.ensure([DEAD_LETTER_TOPIC])
         await follow_device_topics(app, device_topics, topics, settings)
+
+
+@app.timer(1.0)
+async def sample_pipeline_stats() -> None:
+    """Feed the sliding-window rates of the stats views."""
+    pipeline_stats.sample()

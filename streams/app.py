@@ -8,8 +8,8 @@ from __future__ import annotations
 import faust
 
 from streams.settings import Settings
+from streams.stats import PipelineStats
 from streams.subscription import GrowingTopic
-from streams.topics import DEAD_LETTER_TOPIC
 
 settings = Settings.from_env()
 
@@ -31,7 +31,7 @@ app = faust.App(
 )
 
 device_topics = GrowingTopic(app, key_serializer="raw", value_serializer="raw")
-dead_letter_topic = app.topic(DEAD_LETTER_TOPIC, key_serializer="raw", value_serializer="raw")
+pipeline_stats = PipelineStats()
 
 from agents import ingest  # noqa: E402,F401  (registers the ingest agent)
 from streams import commands  # noqa: E402,F401  (registers migrate, simulate, ...)

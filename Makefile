@@ -1,0 +1,35 @@
+# devicestream -- developer entry points. The local stack (Kafka-compatible broker,
+# PostgreSQL + TimescaleDB, pgBouncer) is managed by the scripts in stack/.
+
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STACK := stack
+
+.PHONY: setup stack-up stack-down migrate run test
+
+# Install everything (Debian packages, TimescaleDB, venv, broker); idempotent.
+setup:
+	bash $(STACK)/setup.sh
+
+# Start the local services in the background; returns once they accept connections.
+stack-up: setup
+	bash $(STACK)/up.sh
+
+# Stop the local services (data is kept).
+stack-down:
+	bash $(STACK)/down.sh
+
+# Create or upgrade the database schema.
+migrate: stack-up
+	$(VENV)/bin/faust -A streams.app migrate
+
+# The pipeline end to end: stack, schema, one worker and the simulator; Ctrl-C stops them.
+run: migrate
+	bash $(STACK)/run.sh
+
+# The whole suite (unit and integration) against the local stack. pytest's "no tests
+# collected" (exit 5) counts as a failure.
+test: migrate
+	$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$status

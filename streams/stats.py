@@ -1,0 +1,62 @@
+"""Counters of one worker's pipeline: totals since start and rates over a sliding window.
+
+The ingest pipeline bumps plain integers (cheap on the hot path); ``snapshot`` derives
+rates from samples taken once a second, so a web request never does more than read them.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+RATE_WINDOW_SECONDS = 10.0
+_LATENCY_SAMPLES = 1024
+
+
+@dataclass
+class PipelineStats:
+    """Totals since the worker started."""
+
+    messages_total: int = 0
+    points_total: int = 0
+    rows_written_total: int = 0
+    dead_letters_total: int = 0
+    late_readings_total: int = 0
+    batches_total: int = 0
+    last_batch_points: int = 0
+    retries_total: int = 0
+    db_available: bool = True
+    started: float = field(default_factory=time.monotonic)
+    _write_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_SAMPLES))
+    _samples: deque[tuple[float, tuple[int, int, int, int]]] = field(default_factory=deque)
+
+    def record_batch(self, points: int, rows: int, seconds: float) -> None:
+        """One batch became durable."""
+        self.batches_total += 1
+        self.last_batch_points = points
+        self.rows_written_total += rows
+        self._write_seconds.append(seconds)
+
+    def write_latency(self, quantile: float) -> float | None:
+        """The given quantile of recent batch write times, in seconds."""
+        if not self._write_seconds:
+            return None
+        ordered = sorted(self._write_seconds)
+        return ordered[min(int(quantile * len(ordered)), len(ordered) - 1)]
+
+    def sample(self, now: float | None = None) -> None:
+        """Remember the totals now; called about once a second."""
+        now = time.monotonic() if now is None else now
+        totals = (self.messages_total, self.points_total, self.rows_written_total,
+                  self.dead_letters_total)
+        self._samples.append((now, totals))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW_SECONDS:
+            self._samples.popleft()
+
+    def rates(self) -> tuple[float, float, float, float]:
+        """Messages, points, rows and dead letters per second over the sampled window."""
+        if len(self._samples) < 2:
+            return (0.0, 0.0, 0.0, 0.0)
+        (t0, first), (t1, last) = self._samples[0], self._samples[-1]
+        span = max(t1 - t0, 1e-9)
+        return tuple((b - a) / span for a, b in zip(first, last))  # type: ignore[return-value]

@@ -1,0 +1,187 @@
+"""Unit tests of the ingest pipeline with an in-memory sink and stream (no network)."""
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import asyncpg
+import orjson
+import pytest
+
+from agents.ingest import IngestConfig, IngestPipeline
+from schema.dead_letters import DeadLetter
+from sinks.timescale import Point, WriteResult
+
+NOW = datetime.now(timezone.utc)
+
+
+def reading(device: str = "d1", seconds: int = 0, **metrics: Any) -> dict[str, Any]:
+    moment = NOW - timedelta(seconds=60 - seconds)
+    return {"device_id": device, "time": moment.isoformat(), "metrics": metrics or {"t": 1.0}}
+
+
+def event(value: Any, offset: int, device: str = "d1") -> SimpleNamespace:
+    raw = value if isinstance(value, bytes) else orjson.dumps(value)
+    message = SimpleNamespace(topic=f"device-data-{device}", partition=0, offset=offset,
+                              key=device.encode(), value=raw)
+    return SimpleNamespace(message=message)
+
+
+class FakeStream:
+    """Yields prepared events, then waits forever; records acks."""
+
+    def __init__(self, events: list[SimpleNamespace]) -> None:
+        self._events = events
+        self.acked: list[int] = []
+
+    async def events(self):
+        for e in self._events:
+            yield e
+        await asyncio.Event().wait()
+
+    async def ack(self, e: SimpleNamespace) -> bool:
+        self.acked.append(e.message.offset)
+        return True
+
+
+class FakeSink:
+    """Stores points in a dict; can be told to fail or to block."""
+
+    def __init__(self, fail_times: int = 0, refuse_metric: str | None = None) -> None:
+        self.rows: dict[tuple[int, str, str], float] = {}
+        self.fail_times = fail_times
+        self.refuse_metric = refuse_metric
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.calls = 0
+
+    async def write(self, points: Sequence[Point]) -> WriteResult:
+        self.calls += 1
+        await self.gate.wait()
+        if self.fail_times:
+            self.fail_times -= 1
+            raise ConnectionResetError("server closed the connection")
+        if self.refuse_metric and any(p[2] == self.refuse_metric for p in points):
+            raise asyncpg.DataError(f"value out of range for {self.refuse_metric}")
+        new = 0
+        for time_us, device, metric, value in points:
+            if (time_us, device, metric) not in self.rows:
+                self.rows[(time_us, device, metric)] = value
+                new += 1
+        return WriteResult(points=len(points), inserted=new)
+
+
+class DeadLetters:
+    """An in-memory outbox and broker: publishes each staged dead letter once."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.published: set[tuple[str, int, int, int | None]] = set()
+
+    async def stage(self, letters: list[DeadLetter]) -> list[DeadLetter]:
+        return [d for d in letters if d.location not in self.published]
+
+    async def mark_published(self, letters: list[DeadLetter]) -> None:
+        self.published.update(d.location for d in letters)
+
+    async def publish(self, letter: DeadLetter):
+        self.records.append(orjson.loads(letter.value))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def pipeline(sink: FakeSink, letters: DeadLetters, config: IngestConfig | None = None) -> IngestPipeline:
+    return IngestPipeline(sink, letters, letters.publish, config or CONFIG)
+
+
+CONFIG = IngestConfig(batch_points=1000, linger=0.05, retention=timedelta(days=90), max_backoff=0.05)
+
+
+async def run_until(pipeline: IngestPipeline, stream: FakeStream, done, timeout: float = 5.0) -> None:
+    task = asyncio.create_task(pipeline.run(stream))
+    try:
+        for _ in range(int(timeout / 0.01)):
+            if done():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("condition not reached")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_messages_are_acked_only_after_their_rows_are_written() -> None:
+    sink, letters = FakeSink(), DeadLetters()
+    sink.gate.clear()
+    stream = FakeStream([event(reading(seconds=i), i) for i in range(5)])
+    task = asyncio.create_task(pipeline(sink, letters).run(stream))
+    await asyncio.sleep(0.3)
+    assert sink.calls >= 1 and stream.acked == [] and sink.rows == {}
+    sink.gate.set()
+    for _ in range(100):
+        if len(stream.acked) == 5:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert stream.acked == [0, 1, 2, 3, 4]
+    assert len(sink.rows) == 5
+
+
+async def test_transient_database_errors_are_retried_until_the_rows_are_written() -> None:
+    sink, letters = FakeSink(fail_times=3), DeadLetters()
+    stream = FakeStream([event(reading(t=1.5, h=2), 0)])
+    await run_until(pipeline(sink, letters), stream, lambda: stream.acked)
+    assert sorted(v for v in sink.rows.values()) == [1.5, 2.0]
+    assert sink.calls == 4 and letters.records == []
+
+
+async def test_invalid_readings_are_dead_lettered_with_their_source_and_valid_ones_stored() -> None:
+    sink, letters = FakeSink(), DeadLetters()
+    stream = FakeStream([
+        event(b"{not json", 0),
+        event([reading(t=1), reading(t="hot"), reading(device="d2")], 1),
+    ])
+    await run_until(pipeline(sink, letters), stream,
+                    lambda: len(stream.acked) == 2)
+    assert len(sink.rows) == 1
+    located = sorted((r["offset"], r.get("index")) for r in letters.records)
+    assert located == [(0, None), (1, 1), (1, 2)]
+    assert all(r["topic"] == "device-data-d1" and r["partition"] == 0 for r in letters.records)
+    assert letters.records[0]["raw"] == "{not json"
+
+
+async def test_readings_the_database_refuses_are_dead_lettered_and_the_rest_stored() -> None:
+    sink, letters = FakeSink(refuse_metric="poison"), DeadLetters()
+    stream = FakeStream([
+        event(reading(seconds=1, t=1), 0),
+        event([reading(seconds=2, t=2), reading(seconds=3, poison=3), reading(seconds=4, t=4)], 1),
+        event(reading(seconds=5, t=5), 2),
+    ])
+    await run_until(pipeline(sink, letters), stream,
+                    lambda: len(stream.acked) == 3)
+    assert sorted(sink.rows.values()) == [1.0, 2.0, 4.0, 5.0]
+    assert len(letters.records) == 1
+    record = letters.records[0]
+    assert (record["offset"], record["index"]) == (1, 1)
+    assert "value out of range" in record["error"]
+
+
+async def test_a_full_batch_is_written_without_waiting_for_the_linger_time() -> None:
+    sink, letters = FakeSink(), DeadLetters()
+    config = IngestConfig(batch_points=4, linger=3600, retention=timedelta(days=90),
+                          max_backoff=0.05)
+    stream = FakeStream([event(reading(seconds=i, a=1, b=2), i) for i in range(4)])
+    await run_until(pipeline(sink, letters, config), stream,
+                    lambda: len(stream.acked) == 4)
+    assert len(sink.rows) == 8
+
+
+async def test_a_message_consumed_twice_is_dead_lettered_once() -> None:
+    sink, letters = FakeSink(), DeadLetters()
+    stream = FakeStream([event(b"[]", 7), event(b"[]", 7)])
+    await run_until(pipeline(sink, letters), stream, lambda: len(stream.acked) == 2)
+    assert [(r["offset"], r["error"][:11]) for r in letters.records] == [(7, "empty array")]

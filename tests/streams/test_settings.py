@@ -1,0 +1,35 @@
+"""Settings: defaults fit the local stack; bad values fail at start-up, naming the variable."""
+from __future__ import annotations
+
+import pytest
+
+from streams.settings import ConfigError, Settings
+
+
+def test_defaults_point_at_the_local_stack() -> None:
+    settings = Settings.from_env({})
+    assert (settings.kafka_brokers, settings.db_host, settings.db_port) == (
+        "127.0.0.1:9092", "127.0.0.1", 6432)
+    assert (settings.retention_days, settings.compress_after_days,
+            settings.device_topic_partitions, settings.web_port) == (90, 7, 10, 6066)
+
+
+def test_environment_overrides_defaults() -> None:
+    settings = Settings.from_env({"RETENTION_DAYS": "30", "DB_HOST": "db", "KAFKA_IDEMPOTENT_PRODUCER": "true"})
+    assert (settings.retention_days, settings.db_host, settings.kafka_idempotent_producer) == (
+        30, "db", True)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("RETENTION_DAYS", "ninety"), ("RETENTION_DAYS", "0"), ("DB_PORT", "70000"),
+    ("DEVICE_TOPIC_PARTITIONS", "-1"), ("KAFKA_IDEMPOTENT_PRODUCER", "maybe"),
+    ("SINK_LINGER", "-1"),
+])
+def test_bad_values_fail_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name.split("_")[0]):
+        Settings.from_env({name: value})
+
+
+def test_redacted_settings_hide_the_password() -> None:
+    shown = Settings.from_env({"DB_PASSWORD": "s3cret"}).redacted()
+    assert "s3cret" not in repr(shown)

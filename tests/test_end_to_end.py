@@ -1,0 +1,150 @@
+"""End to end on the real local stack: raw Kafka messages in, exact rows and dead letters out."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from streams.topics import device_topic
+from tests.stack import RawProducer, create_topics, db_connect, read_dead_letters, unique, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _us(moment: datetime) -> int:
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+
+
+@dataclass
+class Expectation:
+    """What the pipeline must have stored and dead-lettered for the messages sent."""
+
+    rows: dict[tuple[str, str, int], float] = field(default_factory=dict)
+    dead: set[tuple[str, int, int | None]] = field(default_factory=set)
+
+    def stored(self, device: str, moment: datetime, metrics: dict[str, Any]) -> None:
+        for metric, value in metrics.items():
+            self.rows.setdefault((device, metric, _us(moment)), float(value))
+
+    def dead_letter(self, topic: str, offset: int, index: int | None = None) -> None:
+        self.dead.add((topic, offset, index))
+
+
+async def _send_device_mix(producer: RawProducer, device: str, expect: Expectation) -> None:
+    """One device's messages: valid, invalid, duplicated, conflicting, out of order."""
+    topic = device_topic(device)
+    key = device.encode()
+    now = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)
+    t1, t2, t0 = now, now + timedelta(milliseconds=250), now - timedelta(seconds=30)
+
+    async def send(value: Any) -> int:
+        return (await producer.send(topic, key, value))[1]
+
+    first = {"device_id": device, "time": _iso(t1), "metrics": {"temperature": 21.5, "humidity": 40}}
+    await send(first)
+    expect.stored(device, t1, first["metrics"])
+
+    offset = await send([
+        {"device_id": device, "time": _iso(t2), "metrics": {"temperature": 21.7}},
+        {"device_id": device, "time": _iso(t2), "metrics": {"temperature": "hot"}},
+        {"device_id": device, "time": _iso(t0), "metrics": {"temperature": 19.0}},  # out of order
+    ])
+    expect.stored(device, t2, {"temperature": 21.7})
+    expect.dead_letter(topic, offset, 1)
+    expect.stored(device, t0, {"temperature": 19.0})
+
+    await send(first)  # exact duplicate: stored once
+    conflicting = {"device_id": device, "time": _iso(t1),
+                   "metrics": {"temperature": 99.0, "pressure": 1013.25}}
+    await send(conflicting)  # temperature keeps the first value; pressure is new
+    expect.stored(device, t1, conflicting["metrics"])
+
+    epoch_ms = int((now + timedelta(seconds=1)).timestamp() * 1000)
+    await send({"device_id": device, "time": epoch_ms, "metrics": {"door_open": True, "fan": False}})
+    expect.stored(device, now + timedelta(seconds=1), {"door_open": 1.0, "fan": 0.0})
+
+    for bad in (
+        b'{"device_id": "' + key + b'", "time": ',  # truncated JSON
+        {"device_id": device + "-other", "time": _iso(t1), "metrics": {"x": 1}},  # wrong device
+        {"device_id": device, "time": _iso(now + timedelta(hours=1)), "metrics": {"x": 1}},
+        {"device_id": device, "time": _iso(now - timedelta(days=400)), "metrics": {"x": 1}},
+        [],
+        42,
+        {"device_id": device, "time": "2026-11-28T17:00:00", "metrics": {"x": 1}},  # no zone
+    ):
+        expect.dead_letter(topic, await send(bad))
+    offset = await send([{"device_id": device, "metrics": {"x": 1}}, 7])
+    expect.dead_letter(topic, offset, 0)
+    expect.dead_letter(topic, offset, 1)
+
+
+async def _stored_rows(devices: list[str]) -> dict[tuple[str, str, int], float]:
+    conn = await db_connect()
+    try:
+        rows = await conn.fetch(
+            "SELECT device_id, metric, time, value FROM readings WHERE device_id = ANY($1)",
+            devices)
+    finally:
+        await conn.close()
+    found: dict[tuple[str, str, int], float] = {}
+    for row in rows:
+        key = (row["device_id"], row["metric"], _us(row["time"]))
+        assert key not in found, f"duplicate row {key}"
+        found[key] = row["value"]
+    return found
+
+
+async def test_readings_land_exactly_once_and_invalid_ones_are_dead_lettered(start_worker) -> None:
+    early = [unique("e2e-early-") for _ in range(3)]
+    late = [unique("e2e-late-") for _ in range(2)]
+    expect = Expectation()
+    await create_topics([device_topic(d) for d in early])
+    async with RawProducer() as producer:
+        for device in early:
+            await _send_device_mix(producer, device, expect)
+        worker = start_worker("e2e")
+        await wait_for(lambda: _has_rows(early), 90, "the worker to store the first rows")
+        # Topics created after the worker started are picked up while it runs.
+        await create_topics([device_topic(d) for d in late])
+        for device in late:
+            await _send_device_mix(producer, device, expect)
+
+    devices = early + late
+    await wait_for(lambda: _row_count_is(devices, len(expect.rows)), 60,
+                   f"{len(expect.rows)} rows")
+    assert await _stored_rows(devices) == expect.rows
+
+    topics = {device_topic(d) for d in devices}
+    letters = await read_dead_letters(topics, timeout=5)
+    seen = [(r["topic"], r["offset"], r.get("index")) for r in letters]
+    assert sorted(seen, key=str) == sorted(expect.dead, key=str), "one dead letter per invalid reading"
+    for record in letters:
+        assert record["error"] and isinstance(record["raw"], str)
+        assert isinstance(record["partition"], int)
+        assert record["_key"] == record["topic"].removeprefix("device-data-").encode()
+
+    conn = await db_connect()
+    try:
+        devices_rows = await conn.fetch(
+            "SELECT d.device_id, d.first_seen = min(r.time) AS first_ok, "
+            "d.last_seen = max(r.time) AS last_ok FROM devices d JOIN readings r USING (device_id) "
+            "WHERE d.device_id = ANY($1) GROUP BY d.device_id, d.first_seen, d.last_seen", devices)
+    finally:
+        await conn.close()
+    assert sorted(r["device_id"] for r in devices_rows) == sorted(devices)
+    assert all(r["first_ok"] and r["last_ok"] for r in devices_rows)
+    assert "Traceback" not in worker.log_text()
+
+
+async def _has_rows(devices: list[str]) -> bool:
+    return bool(await _stored_rows(devices))
+
+
+async def _row_count_is(devices: list[str], expected: int) -> bool:
+    return len(await _stored_rows(devices)) >= expected
