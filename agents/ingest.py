@@ -32,6 +32,7 @@ from sinks.dead_letter_outbox import DeadLetterOutbox
 from sinks.postgres import is_transient
 from sinks.timescale import Point, TimescaleSink, WriteResult
 from streams.stats import PipelineStats
+from tables.event_clock import EventClock, event_clock_table
 from streams.topics import device_of_topic
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ class Batch:
     points: list[Point] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
-    def add(self, event: EventT) -> None:
-        """Validate one message and keep its points and dead letters."""
+    def add(self, event: EventT) -> list[Reading]:
+        """Validate one message; keep its points and dead letters; return its valid readings."""
         message = event.message
         readings, invalid = validate_message(
             message.value, device_of_topic(message.topic), self.window
@@ -61,6 +62,7 @@ class Batch:
             self.points.extend(_points_of(reading))
         if invalid:
             self._dead_letter(message, invalid)
+        return readings
 
     def _dead_letter(self, message: Any, invalid: list[InvalidReading]) -> None:
         self.dead_letters.extend(dead_letter(reading, message) for reading in invalid)
@@ -97,6 +99,7 @@ class IngestPipeline:
         config: IngestConfig,
         stats: PipelineStats | None = None,
         commit_offsets: Callable[[], Awaitable[Any]] | None = None,
+        event_clock: EventClock | None = None,
     ) -> None:
         self._sink = sink
         self._outbox = outbox
@@ -104,6 +107,7 @@ class IngestPipeline:
         self._config = config
         self.stats = stats or PipelineStats()
         self._commit_offsets = commit_offsets
+        self._clock = event_clock
         self._batch = self._new_batch()
         self._ready: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
 
@@ -116,13 +120,15 @@ class IngestPipeline:
         writer = asyncio.create_task(self._write_batches(stream), name="ingest-writer")
         linger = asyncio.create_task(self._flush_old_batches(), name="ingest-linger")
         try:
-            stats = self.stats
+            stats, clock = self.stats, self._clock
             async for event in stream.events():
                 batch = self._batch
                 before = len(batch.points)
-                batch.add(event)
+                readings = batch.add(event)
                 stats.messages_total += 1
                 stats.points_total += len(batch.points) - before
+                if readings and clock is not None:
+                    stats.late_readings_total += clock.observe(readings, event.message.topic)
                 if len(self._batch.points) >= self._config.batch_points:
                     await self._hand_over()
                 if writer.done():
@@ -287,6 +293,9 @@ from streams.subscription import follow_device_topics  # noqa: E402
 from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner  # noqa: E402
 
 
+device_clocks = event_clock_table(app, settings.device_topic_partitions)
+
+
 @app.agent(device_topics, name="ingest", concurrency=1)
 async def ingest(stream: StreamT) -> None:
     """Validate, dead-letter and store every device reading."""
@@ -305,6 +314,7 @@ async def ingest(stream: StreamT) -> None:
         pipeline = IngestPipeline(
             TimescaleSink(pool), DeadLetterOutbox(pool), publish_dead_letter, config,
             pipeline_stats, commit_offsets=app.consumer.commit,
+            event_clock=EventClock(device_clocks, int(settings.aggregate_grace * 1_000_000)),
         )
         await pipeline.run(stream.noack())
     finally:

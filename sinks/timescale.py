@@ -1,7 +1,8 @@
 """Batched, idempotent writes of data points into the ``readings`` hypertable.
 
 A batch goes in one transaction: COPY (binary) into a per-connection temporary staging
-table, then ``INSERT ... ON CONFLICT DO NOTHING`` into ``readings`` and an upsert of the
+table, then ``INSERT ... ON CONFLICT DO NOTHING`` into ``readings``, additive upserts of
+the rows that were new into ``readings_1m`` and ``readings_1h``, and an upsert of the
 devices' first/last seen times. Writing the same batch twice stores nothing new, which is
 what makes replays after a crash harmless: the pipeline commits Kafka offsets only after
 this transaction has committed.
@@ -25,25 +26,40 @@ CREATE TEMP TABLE IF NOT EXISTS readings_staging (
 ) ON COMMIT DELETE ROWS
 """
 
+# Folds the newly inserted points into one aggregate table: an additive upsert, so only
+# points new to ``readings`` count, once each.
+_FOLD = """{name} AS (
+    INSERT INTO {table} AS a (bucket, device_id, metric, count, sum, min, max)
+    SELECT time_bucket('{width}', time), device_id, metric,
+           count(*), sum(value), min(value), max(value)
+    FROM inserted GROUP BY 2, 3, 1 ORDER BY 2, 3, 1
+    ON CONFLICT (device_id, metric, bucket) DO UPDATE
+        SET count = a.count + excluded.count, sum = a.sum + excluded.sum,
+            min = least(a.min, excluded.min), max = greatest(a.max, excluded.max)
+)"""
+
 _MERGE = """
 WITH staged AS MATERIALIZED (
     SELECT timestamptz 'epoch' + time_us * interval '1 microsecond' AS time,
            device_id, metric, value
     FROM readings_staging
-), inserted AS (
+), inserted AS MATERIALIZED (
     INSERT INTO readings (time, device_id, metric, value)
     SELECT time, device_id, metric, value FROM staged
     ON CONFLICT (device_id, metric, time) DO NOTHING
-    RETURNING 1
+    RETURNING time, device_id, metric, value
 ), seen AS (
     INSERT INTO devices AS d (device_id, first_seen, last_seen)
     SELECT device_id, min(time), max(time) FROM staged GROUP BY device_id ORDER BY device_id
     ON CONFLICT (device_id) DO UPDATE
         SET first_seen = least(d.first_seen, excluded.first_seen),
             last_seen = greatest(d.last_seen, excluded.last_seen)
-)
+), {minute}, {hour}
 SELECT count(*) FROM inserted
-"""
+""".format(
+    minute=_FOLD.format(name="minute", table="readings_1m", width="1 minute"),
+    hour=_FOLD.format(name="hour", table="readings_1h", width="1 hour"),
+)
 
 
 @dataclass(frozen=True, slots=True)

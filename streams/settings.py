@@ -6,6 +6,7 @@ developer machine. A bad value fails at start-up with a message naming the varia
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from typing import Mapping
 
@@ -57,10 +58,12 @@ def _str(env: Mapping[str, str], name: str, default: str) -> str:
     return default if raw is None or raw == "" else raw
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+def _regex(env: Mapping[str, str], name: str, default: str) -> str:
     value = _str(env, name, default)
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ConfigError(f"{name} must be a regular expression: {exc}") from None
     return value
 
 
@@ -75,6 +78,7 @@ class Settings:
     device_topic_partitions: int = 10
     topic_replication_factor: int = 1
     topic_discovery_interval: float = 5.0
+    device_filter: str = ""
 
     db_host: str = "127.0.0.1"
     db_port: int = 6432
@@ -91,6 +95,7 @@ class Settings:
     compress_after_days: int = 7
 
     sink_batch_points: int = 20_000
+    aggregate_grace: float = 60.0
     sink_linger: float = 0.2
 
     @classmethod
@@ -115,6 +120,7 @@ class Settings:
             topic_discovery_interval=_float(
                 env, "TOPIC_DISCOVERY_INTERVAL", cls.topic_discovery_interval, minimum=0.5
             ),
+            device_filter=_regex(env, "DEVICE_FILTER", cls.device_filter),
             db_host=_str(env, "DB_HOST", cls.db_host),
             db_port=_int(env, "DB_PORT", cls.db_port, minimum=1),
             db_name=_str(env, "DB_NAME", cls.db_name),
@@ -133,6 +139,7 @@ class Settings:
             ),
             sink_batch_points=_int(env, "SINK_BATCH_POINTS", cls.sink_batch_points, minimum=1),
             sink_linger=_float(env, "SINK_LINGER", cls.sink_linger, minimum=0.0),
+            aggregate_grace=_float(env, "AGGREGATE_GRACE", cls.aggregate_grace, minimum=0.0),
         )
         if settings.web_port > 65535 or settings.db_port > 65535:
             raise ConfigError("WEB_PORT and DB_PORT must be <= 65535")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 RATE_WINDOW_SECONDS = 10.0
 _LATENCY_SAMPLES = 1024
@@ -29,6 +30,15 @@ class PipelineStats:
     started: float = field(default_factory=time.monotonic)
     _write_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_SAMPLES))
     _samples: deque[tuple[float, tuple[int, int, int, int]]] = field(default_factory=deque)
+    # Connection pools whose usage /pipeline/db and /metrics show, by name (asyncpg pools).
+    db_pools: dict[str, Any] = field(default_factory=dict)
+
+    def register_pool(self, name: str, pool: Any) -> None:
+        """Show the usage of ``pool`` (an asyncpg pool) in the stats views as ``name``."""
+        self.db_pools[name] = pool
+
+    def unregister_pool(self, name: str) -> None:
+        self.db_pools.pop(name, None)
 
     def record_batch(self, points: int, rows: int, seconds: float) -> None:
         """One batch became durable."""

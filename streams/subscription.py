@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any, Iterable, Mapping
 
 import faust
 from faust.types import AppT
 
 from streams.settings import Settings
-from streams.topics import TopicProvisioner
+from streams.topics import TopicProvisioner, device_of_topic
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,11 @@ async def follow_device_topics(
 ) -> None:
     """Keep ``channel`` subscribed to every device topic the broker has, until cancelled."""
     app.topics._resubscribe_sleep_lock_seconds = RESUBSCRIBE_DELAY_SECONDS
+    wanted = re.compile(settings.device_filter)
     while True:
         try:
-            new = channel.add_topics(await topics.list_device_topics())
+            names = await topics.list_device_topics()
+            new = channel.add_topics(t for t in names if wanted.match(device_of_topic(t) or ""))
         except Exception as exc:  # the broker may be restarting: try again next round
             log.warning("listing device topics failed: %s: %s", type(exc).__name__, exc)
         else:

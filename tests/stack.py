@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -35,6 +36,12 @@ def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
 
 
+def fleet(prefix: str, count: int) -> tuple[list[str], str]:
+    """``count`` new device ids sharing a fresh prefix, and the DEVICE_FILTER matching them."""
+    group = unique(prefix)
+    return [f"{group}-{i}" for i in range(count)], re.escape(group) + "-"
+
+
 def require_stack() -> None:
     """Fail (not skip) with a clear message when the local stack is down."""
     for name, port in (("broker", 9092), ("pgBouncer", 6432), ("PostgreSQL", 55432)):
@@ -48,7 +55,7 @@ async def db_connect() -> asyncpg.Connection:
     return await asyncpg.connect(**connect_kwargs(SETTINGS))
 
 
-async def create_topics(names: list[str], partitions: int = 4) -> None:
+async def create_topics(names: list[str], partitions: int | None = None) -> None:
     async with TopicProvisioner(SETTINGS) as topics:
         await topics.ensure(names, partitions=partitions)
 
@@ -149,3 +156,74 @@ class Worker:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+_AGGREGATE_MISMATCHES = """
+WITH expected AS (
+    SELECT time_bucket($2::text::interval, time) AS bucket, device_id, metric, count(*) AS count,
+           sum(value) AS sum, min(value) AS min, max(value) AS max
+    FROM readings WHERE device_id = ANY($1) GROUP BY 1, 2, 3
+), actual AS (
+    SELECT * FROM {table} WHERE device_id = ANY($1)
+)
+SELECT e.device_id, e.metric, e.bucket, e.count, e.sum, e.min, e.max,
+       a.device_id AS a_device_id, a.metric AS a_metric, a.bucket AS a_bucket,
+       a.count AS a_count, a.sum AS a_sum, a.min AS a_min, a.max AS a_max
+FROM expected e
+FULL JOIN actual a ON (a.bucket, a.device_id, a.metric) = (e.bucket, e.device_id, e.metric)
+WHERE e.bucket IS NULL OR a.bucket IS NULL OR e.count <> a.count OR e.min <> a.min
+   OR e.max <> a.max OR abs(e.sum - a.sum) > 1e-9 * greatest(1, abs(e.sum))
+"""
+
+
+async def aggregate_mismatches(devices: list[str]) -> list[dict[str, Any]]:
+    """Rows of readings_1m / readings_1h that differ from SQL over ``readings`` (sum to 1e-9)."""
+    conn = await db_connect()
+    try:
+        found = []
+        for table, width in (("readings_1m", "1 minute"), ("readings_1h", "1 hour")):
+            rows = await conn.fetch(_AGGREGATE_MISMATCHES.format(table=table), devices, width)
+            found += [{"table": table, **dict(r)} for r in rows]
+        return found
+    finally:
+        await conn.close()
+
+
+async def publish_readings(devices: list[str], per_device: int, metrics: int = 2,
+                           step_ms: int = 250) -> int:
+    """Publish ``per_device`` readings per device through DeviceProducer; return the points.
+
+    Times start two hours ago and step by ``step_ms``, interleaved across devices, so the
+    readings span many 1-minute buckets and at least two 1-hour buckets.
+    """
+    from producers.device_producer import DeviceProducer, ProducerConfig
+
+    start_ms = int(time.time() * 1000) - 2 * 3600 * 1000
+    async with DeviceProducer(SETTINGS, ProducerConfig(max_batch_readings=50)) as producer:
+        for i in range(per_device):
+            await producer.send_many(
+                {"device_id": d, "time": start_ms + i * step_ms,
+                 "metrics": {f"m{j}": (i * 31 + j * 7 + n) % 1000 / 10 for j in range(metrics)}}
+                for n, d in enumerate(devices)
+            )
+    return len(devices) * per_device * metrics
+
+
+async def count_rows(devices: list[str]) -> int:
+    conn = await db_connect()
+    try:
+        return await conn.fetchval(
+            "SELECT count(*) FROM readings WHERE device_id = ANY($1)", devices)
+    finally:
+        await conn.close()
+
+
+async def duplicate_rows(devices: list[str]) -> int:
+    """Keys stored more than once (must always be 0: the unique index forbids it)."""
+    conn = await db_connect()
+    try:
+        return await conn.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM readings WHERE device_id = ANY($1) "
+            "GROUP BY device_id, metric, time HAVING count(*) > 1) d", devices)
+    finally:
+        await conn.close()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from streams.topics import device_topic
-from tests.stack import RawProducer, create_topics, db_connect, read_dead_letters, unique, wait_for
+from tests.stack import RawProducer, create_topics, db_connect, fleet, read_dead_letters, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -101,17 +101,17 @@ async def _stored_rows(devices: list[str]) -> dict[tuple[str, str, int], float]:
 
 
 async def test_readings_land_exactly_once_and_invalid_ones_are_dead_lettered(start_worker) -> None:
-    early = [unique("e2e-early-") for _ in range(3)]
-    late = [unique("e2e-late-") for _ in range(2)]
+    devices, only = fleet("e2e-", 5)
+    early, late = devices[:3], devices[3:]
     expect = Expectation()
     await create_topics([device_topic(d) for d in early])
     async with RawProducer() as producer:
         for device in early:
             await _send_device_mix(producer, device, expect)
-        worker = start_worker("e2e")
+        worker = start_worker("e2e", DEVICE_FILTER=only)
         await wait_for(lambda: _has_rows(early), 90, "the worker to store the first rows")
         # Topics created after the worker started are picked up while it runs.
-        await create_topics([device_topic(d) for d in late])
+        await create_topics([device_topic(d) for d in late], partitions=4)  # as auto-created
         for device in late:
             await _send_device_mix(producer, device, expect)
 

@@ -8,7 +8,7 @@ import pytest
 from schema.migrate import migrate
 from sinks.postgres import create_pool
 from sinks.timescale import TimescaleSink, first_of_each_key
-from tests.stack import SETTINGS, db_connect, unique
+from tests.stack import SETTINGS, aggregate_mismatches, db_connect, unique
 
 pytestmark = pytest.mark.integration
 
@@ -53,3 +53,25 @@ async def test_writing_the_same_batch_twice_stores_it_once_with_first_values(sta
     assert [(r["metric"], r["value"]) for r in rows] == [("h", 3.0), ("t", 1.0), ("t", 2.0)]
     assert seen["first_seen"].timestamp() * 1e6 == T0
     assert seen["last_seen"].timestamp() * 1e6 == T0 + 1
+
+
+async def test_aggregates_count_only_new_points_and_equal_sql_over_raw_rows(stack) -> None:
+    device = unique("agg-")
+    minute = 60_000_000
+    start = T0 - T0 % (3600 * 1_000_000)
+    first = [(start + i * 7_000_000, device, "t", float(i)) for i in range(30)]
+    repeat = first[5:12] + [(start + 5 * 7_000_000, device, "t", -50.0)]  # dupes + conflict
+    late = [(start + 2 * minute + 1, device, "t", 1e6), (start + 3, device, "h", -1.5)]
+    pool = await create_pool(SETTINGS)
+    try:
+        sink = TimescaleSink(pool)
+        await sink.write(first)
+        await sink.write(list(reversed(first[20:])) + repeat)
+        await sink.write(late)
+        async with pool.acquire() as conn, conn.transaction():
+            minutes = await conn.fetchval(
+                "SELECT sum(count) FROM readings_1m WHERE device_id = $1", device)
+    finally:
+        await pool.close()
+    assert minutes == 32
+    assert await aggregate_mismatches([device]) == []

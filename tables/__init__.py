@@ -1,0 +1,1 @@
+"""Faust tables of the pipeline (state that survives restarts and rebalances)."""
