@@ -229,7 +229,7 @@ class IngestPipeline:
     async def _dead_letter(self, letters: list[DeadLetter]) -> None:
         """Publish each dead letter once: staged in the outbox, published, marked."""
         # A message redelivered into the same batch (after a rebalance) counts once.
-        first: dict[tuple[str, int, int, int | None], DeadLetter] = {}
+        first: dict[tuple[str, int, int, int | None, int], DeadLetter] = {}
         for letter in letters:
             first.setdefault(letter.location, letter)
         letters = list(first.values())

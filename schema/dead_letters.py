@@ -26,13 +26,14 @@ class DeadLetter:
     partition: int
     offset: int
     index: int | None
+    message_ms: int
     key: bytes | None
     value: bytes
 
     @property
-    def location(self) -> tuple[str, int, int, int | None]:
-        """Where the reading was: (topic, partition, offset, index)."""
-        return (self.topic, self.partition, self.offset, self.index)
+    def location(self) -> tuple[str, int, int, int | None, int]:
+        """Where the reading was: (topic, partition, offset, index, message timestamp)."""
+        return (self.topic, self.partition, self.offset, self.index, self.message_ms)
 
 
 def dead_letter(invalid: InvalidReading, message: Any) -> DeadLetter:
@@ -50,4 +51,4 @@ def dead_letter(invalid: InvalidReading, message: Any) -> DeadLetter:
     if invalid.raw_truncated or len(invalid.raw) > MAX_RAW_BYTES:
         record["raw_truncated"] = True
     return DeadLetter(message.topic, message.partition, message.offset, invalid.index,
-                      message.key, orjson.dumps(record))
+                      int(message.timestamp * 1000), message.key, orjson.dumps(record))

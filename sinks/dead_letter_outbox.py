@@ -16,31 +16,34 @@ from schema.dead_letters import DeadLetter
 
 _STAGE = """
 WITH batch AS (
-    SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bytea[], $6::bytea[])
-        AS b(topic, partition, "offset", index, key, record)
+    SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[],
+                         $6::bytea[], $7::bytea[])
+        AS b(topic, partition, "offset", index, message_ms, key, record)
 ), recorded AS (
-    INSERT INTO dead_letters (topic, partition, "offset", index, key, record)
+    INSERT INTO dead_letters (topic, partition, "offset", index, message_ms, key, record)
     SELECT * FROM batch
     ON CONFLICT DO NOTHING
-    RETURNING topic, partition, "offset", index
+    RETURNING topic, partition, "offset", index, message_ms
 )
-SELECT topic, partition, "offset", index FROM recorded
+SELECT topic, partition, "offset", index, message_ms FROM recorded
 UNION
-SELECT d.topic, d.partition, d."offset", d.index
-FROM dead_letters d JOIN batch b USING (topic, partition, "offset", index)
+SELECT d.topic, d.partition, d."offset", d.index, d.message_ms
+FROM dead_letters d JOIN batch b USING (topic, partition, "offset", index, message_ms)
 WHERE d.published_at IS NULL
 """
 
 _MARK = """
 UPDATE dead_letters SET published_at = now()
-FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[]) AS p(topic, partition, "offset", index)
-WHERE (dead_letters.topic, dead_letters.partition, dead_letters."offset", dead_letters.index)
-    = (p.topic, p.partition, p."offset", p.index)
+FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[])
+    AS p(topic, partition, "offset", index, message_ms)
+WHERE (dead_letters.topic, dead_letters.partition, dead_letters."offset", dead_letters.index,
+       dead_letters.message_ms) = (p.topic, p.partition, p."offset", p.index, p.message_ms)
 """
 
 
-def _key(letter: DeadLetter) -> tuple[str, int, int, int]:
-    return (letter.topic, letter.partition, letter.offset, -1 if letter.index is None else letter.index)
+def _key(letter: DeadLetter) -> tuple[str, int, int, int, int]:
+    index = -1 if letter.index is None else letter.index
+    return (letter.topic, letter.partition, letter.offset, index, letter.message_ms)
 
 
 def _columns(letters: Sequence[DeadLetter]) -> list[list[object]]:
@@ -49,6 +52,7 @@ def _columns(letters: Sequence[DeadLetter]) -> list[list[object]]:
         [d.partition for d in letters],
         [d.offset for d in letters],
         [-1 if d.index is None else d.index for d in letters],
+        [d.message_ms for d in letters],
     ]
 
 
@@ -64,7 +68,8 @@ class DeadLetterOutbox:
         columns += [[d.key for d in letters], [d.value for d in letters]]
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(_STAGE, *columns)
-        pending = {(r["topic"], r["partition"], r["offset"], r["index"]) for r in rows}
+        pending = {(r["topic"], r["partition"], r["offset"], r["index"], r["message_ms"])
+                   for r in rows}
         return [d for d in letters if _key(d) in pending]
 
     async def mark_published(self, letters: Sequence[DeadLetter]) -> None:

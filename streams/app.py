@@ -10,6 +10,7 @@ import faust
 from streams.settings import Settings
 from streams.stats import PipelineStats
 from streams.subscription import GrowingTopic
+from streams.worker import worker_class
 
 settings = Settings.from_env()
 
@@ -28,6 +29,7 @@ app = faust.App(
     producer_acks=-1,
     topic_partitions=settings.device_topic_partitions,
     stream_wait_empty=True,
+    Worker=worker_class(settings.shutdown_timeout),
 )
 
 device_topics = GrowingTopic(app, key_serializer="raw", value_serializer="raw")

@@ -89,6 +89,7 @@ class Settings:
     db_statement_cache: bool = False
     db_retry_max_backoff: float = 10.0
 
+    shutdown_timeout: float = 25.0
     web_port: int = 6066
     web_bind: str = "127.0.0.1"
     retention_days: int = 90
@@ -131,6 +132,7 @@ class Settings:
             db_retry_max_backoff=_float(
                 env, "DB_RETRY_MAX_BACKOFF", cls.db_retry_max_backoff, minimum=0.1
             ),
+            shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", cls.shutdown_timeout, minimum=1.0),
             web_port=_int(env, "WEB_PORT", cls.web_port, minimum=1),
             web_bind=_str(env, "WEB_BIND", cls.web_bind),
             retention_days=_int(env, "RETENTION_DAYS", cls.retention_days, minimum=1),

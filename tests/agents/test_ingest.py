@@ -25,7 +25,7 @@ def reading(device: str = "d1", seconds: int = 0, **metrics: Any) -> dict[str, A
 def event(value: Any, offset: int, device: str = "d1") -> SimpleNamespace:
     raw = value if isinstance(value, bytes) else orjson.dumps(value)
     message = SimpleNamespace(topic=f"device-data-{device}", partition=0, offset=offset,
-                              key=device.encode(), value=raw)
+                              key=device.encode(), value=raw, timestamp=1_700_000_000.5)
     return SimpleNamespace(message=message)
 
 
