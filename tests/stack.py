@@ -114,10 +114,11 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, wha
 
 
 class Worker:
-    """A real ``faust -A streams.app worker`` process with its own group and web port."""
+    """A real ``faust -A <app> worker`` process with its own group and web port."""
 
-    def __init__(self, name: str, **env: str) -> None:
+    def __init__(self, name: str, app: str = "streams.app", **env: str) -> None:
         OUTPUT.mkdir(exist_ok=True)
+        self.app = app
         self.log_path = OUTPUT / f"worker-{name}.log"
         self.web_port = free_port()
         self.env = {
@@ -133,7 +134,7 @@ class Worker:
     def start(self) -> "Worker":
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info",
+            [sys.executable, "-m", "faust", "-A", self.app, "worker", "-l", "info",
              "--web-port", str(self.web_port)],
             cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )

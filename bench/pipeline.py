@@ -1,0 +1,444 @@
+"""End-to-end pipeline benchmark: ``make bench`` (or ``python -m bench.pipeline --help``).
+
+Against the running local stack, for two workloads:
+
+- ``single``: one reading with one metric per message (100 devices);
+- ``batched``: arrays of 100 readings x 5 metrics per message (1,000 devices);
+
+it publishes pre-generated readings through ``DeviceProducer`` (in separate processes) as
+fast as they go, and measures from the first publish until every row is committed. Each
+figure is the median of ``--runs`` runs, for our worker and, in the same run, for the
+baseline (``bench.baseline``: a take() batch + plain COPY, no validation or dedupe).
+Publish-to-row latency is measured at a steady rate of half our maximum, with probe
+devices whose rows are polled every 25 ms (so latencies carry up to 25 ms of polling
+error). A soak at half load reports the worker's RSS at its start and end.
+
+Writes ``bench/results/latest.json``, ``bench/results/report.md`` and
+``bench/results/throughput.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from tqdm import tqdm
+
+from streams.topics import device_topic
+from tests.stack import SETTINGS, Worker, create_topics, db_connect, fleet
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROBES = 10  # devices whose readings measure latency
+PROBE_INTERVAL = 0.05  # seconds between two readings of one probe device
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    devices: int
+    per_message: int
+    metrics: int
+    messages: int
+    publishers: int
+    partitions: int
+
+    @property
+    def points(self) -> int:
+        return self.messages * self.per_message * self.metrics
+
+
+WORKLOADS = {
+    "single": Workload("single", devices=100, per_message=1, metrics=1, messages=200_000,
+                       publishers=2, partitions=10),
+    # 1,000 topics of one partition each: at the default 10 (10,000 partitions in all) one
+    # worker spends itself in per-partition bookkeeping (see README, TOPIC_MODE).
+    "batched": Workload("batched", devices=1000, per_message=100, metrics=5, messages=4_000,
+                        publishers=1, partitions=1),
+}
+
+
+# --- publishing (child processes) ---------------------------------------------------------
+
+
+def _readings(workload: Workload, devices: list[str], count: int, start_ms: int) -> list[dict]:
+    metrics = [f"m{j}" for j in range(workload.metrics)]
+    return [
+        {"device_id": devices[i % len(devices)], "time": start_ms + i // len(devices),
+         "metrics": {m: float((i * 7 + j) % 1000) for j, m in enumerate(metrics)}}
+        for i in range(count)
+    ]
+
+
+def _publish_process(workload: Workload, devices: list[str], readings: int, rate: float,
+                     go: Any, results: Any) -> None:
+    """Publish ``readings`` readings of ``devices``; ``rate`` readings/s (0 = max)."""
+    from producers.device_producer import DeviceProducer, ProducerConfig
+
+    async def run() -> None:
+        config = ProducerConfig(max_batch_readings=workload.per_message, linger=0.02)
+        start_ms = int(time.time() * 1000) - 3 * 3600 * 1000
+        data = _readings(workload, devices, readings, start_ms)  # pre-generated
+        async with DeviceProducer(SETTINGS, config) as producer:
+            results.put(("ready", len(data)))
+            go.wait()
+            first = time.time()
+            if rate:
+                for i, reading in enumerate(data):
+                    due = first + i / rate
+                    if due > time.time():
+                        await asyncio.sleep(due - time.time())
+                    await producer.send_many([reading])
+            else:
+                await producer.send_many(data)
+            await producer.flush()
+        results.put(("done", first))
+
+    asyncio.run(run())
+
+
+def _probe_process(probes: list[str], seconds: float, go: Any, results: Any) -> None:
+    """Readings stamped with the wall clock at publish time, for the latency probes."""
+    from producers.device_producer import DeviceProducer, ProducerConfig
+
+    async def run() -> None:
+        async with DeviceProducer(SETTINGS, ProducerConfig(max_batch_readings=1, linger=0.001)) as p:
+            results.put(("ready", 0))
+            go.wait()
+            end = time.time() + seconds
+            while time.time() < end:
+                now_ms = int(time.time() * 1000)
+                await p.send_many({"device_id": d, "time": now_ms, "metrics": {"probe": 1.0}}
+                                  for d in probes)
+                await p.flush()
+                await asyncio.sleep(PROBE_INTERVAL)
+        results.put(("done", time.time()))
+
+    asyncio.run(run())
+
+
+def _start(ctx: Any, target: Any, *args: Any) -> multiprocessing.Process:
+    process = ctx.Process(target=target, args=args, daemon=True)
+    process.start()
+    return process
+
+
+# --- measuring ----------------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def _count(table: str, devices: list[str]) -> int:
+    conn = await db_connect()
+    try:
+        return await conn.fetchval(f"SELECT count(*) FROM {table} WHERE device_id = ANY($1)",
+                                   devices)
+    finally:
+        await conn.close()
+
+
+async def _wait_rows(table: str, devices: list[str], expected: int, label: str,
+                     timeout: float) -> float:
+    """Wait until ``expected`` rows exist; return when that was first seen (epoch s)."""
+    deadline = time.monotonic() + timeout
+    with tqdm(total=expected, desc=label, unit="pt", unit_scale=True, leave=False) as bar:
+        while True:
+            count = await _count(table, devices)
+            bar.update(count - bar.n)
+            if count >= expected:
+                return time.time()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{label}: {count} of {expected} rows after {timeout:.0f}s")
+            await asyncio.sleep(0.1)
+
+
+@dataclass
+class Run:
+    impl: str
+    workload: str
+    points: int
+    seconds: float
+    points_per_s: float
+    cpu_s_per_million: float
+    peak_rss_mb: float
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.ctx = multiprocessing.get_context("spawn")
+
+    async def _worker(self, impl: str, name: str, devices: list[str],
+                      only: str) -> tuple[Worker, str]:
+        """Start our worker or the baseline's; return it and the table it fills."""
+        if impl == "ours":
+            return Worker(name, DEVICE_FILTER=only).start(), "readings"
+        from bench.baseline import TABLE
+
+        conn = await db_connect()
+        try:
+            await conn.execute(TABLE)
+        finally:
+            await conn.close()
+        topics = ",".join(device_topic(d) for d in devices)
+        worker = Worker(name, app="bench.baseline", BENCH_TOPICS=topics).start()
+        return worker, "bench_baseline_readings"
+
+    async def _warm_up(self, workload: Workload, devices: list[str], table: str) -> None:
+        """One reading per device, so the worker has joined and subscribed everything."""
+        go, results = self.ctx.Event(), self.ctx.Queue()
+        go.set()
+        tiny = Workload(workload.name, len(devices), 1, 1, len(devices), 1, workload.partitions)
+        process = _start(self.ctx, _publish_process, tiny, devices, len(devices), 0, go, results)
+        await asyncio.get_running_loop().run_in_executor(None, process.join)
+        await _wait_rows(table, devices, len(devices), "warm-up", 180)
+
+    async def _ready(self, results: Any, count: int) -> None:
+        """Wait until ``count`` publisher processes have generated their data."""
+        loop = asyncio.get_running_loop()
+        for _ in range(count):
+            assert (await loop.run_in_executor(None, results.get))[0] == "ready"
+
+    async def _started(self, results: Any, count: int) -> float:
+        """Wait for ``count`` publishers to finish; return the first publish time."""
+        loop = asyncio.get_running_loop()
+        return min([(await loop.run_in_executor(None, results.get))[1] for _ in range(count)])
+
+    async def throughput(self, impl: str, workload: Workload, run: int) -> Run:
+        devices, only = fleet(f"bench-{workload.name}-", workload.devices)
+        await create_topics([device_topic(d) for d in devices], workload.partitions)
+        worker, table = await self._worker(impl, f"bench-{impl}-{workload.name}-{run}", devices, only)
+        try:
+            await self._warm_up(workload, devices, table)
+            go, results = self.ctx.Event(), self.ctx.Queue()
+            total = workload.messages * workload.per_message
+            shards = [devices[i::workload.publishers] for i in range(workload.publishers)]
+            processes = [
+                _start(self.ctx, _publish_process, workload, shard,
+                       total // workload.publishers, 0, go, results)
+                for shard in shards
+            ]
+            await self._ready(results, len(processes))
+            cpu_before = _cpu_seconds(worker.process.pid)
+            go.set()
+            done = await _wait_rows(table, devices, len(devices) + workload.points,
+                                    f"{impl} {workload.name} run {run}", 600)
+            cpu = _cpu_seconds(worker.process.pid) - cpu_before
+            first = await self._started(results, len(processes))
+            for process in processes:
+                process.join()
+            seconds = done - first
+            return Run(impl, workload.name, workload.points, seconds, workload.points / seconds,
+                       cpu / workload.points * 1e6, _rss_mb(worker.process.pid, "VmHWM"))
+        finally:
+            worker.stop(timeout=30)
+
+    async def latency(self, workload: Workload, rate_points: float, seconds: float,
+                      soak: bool = False) -> dict[str, Any]:
+        """Publish at ``rate_points`` points/s plus probes; probe latencies (and RSS)."""
+        devices, only = fleet(f"lat-{workload.name}-", workload.devices + PROBES)
+        devices, probes = devices[:workload.devices], devices[workload.devices:]
+        await create_topics([device_topic(d) for d in devices + probes], workload.partitions)
+        worker, table = await self._worker("ours", f"bench-latency-{workload.name}", devices, only)
+        try:
+            await self._warm_up(workload, devices + probes, table)
+            go, results = self.ctx.Event(), self.ctx.Queue()
+            rate = rate_points / workload.metrics  # readings per second
+            readings = int(rate * seconds)
+            load = _start(self.ctx, _publish_process, workload, devices, readings, rate, go,
+                          results)
+            probe = _start(self.ctx, _probe_process, probes, seconds, go, results)
+            await self._ready(results, 2)
+            go.set()
+            latencies, rss = await self._poll_probes(probes, seconds, worker.process.pid)
+            await self._started(results, 2)
+            for process in (load, probe):
+                process.join()
+        finally:
+            worker.stop(timeout=30)
+        latencies.sort()
+        result = {
+            "rate_points_per_s": rate_points,
+            "probes": len(latencies),
+            "latency_p50_s": _quantile(latencies, 0.5),
+            "latency_p99_s": _quantile(latencies, 0.99),
+        }
+        if soak:
+            result.update(rss_mb_start=rss[0][1], rss_mb_end=rss[-1][1], rss_mb_samples=rss)
+        return result
+
+    async def _poll_probes(self, probes: list[str], seconds: float,
+                           pid: int) -> tuple[list[float], list[tuple[float, float]]]:
+        conn = await db_connect()
+        latencies: list[float] = []
+        rss: list[tuple[float, float]] = []
+        seen: set[tuple[str, Any]] = set()
+        start = time.time()
+        next_rss = start
+        try:
+            with tqdm(total=seconds, desc="steady load", unit="s", leave=False) as bar:
+                while time.time() < start + seconds + 5:
+                    async with conn.transaction():
+                        rows = await conn.fetch(
+                            "SELECT device_id, time FROM readings WHERE device_id = ANY($1) "
+                            "AND metric = 'probe' AND time > now() - interval '30 seconds'",
+                            probes)
+                    now = time.time()
+                    for row in rows:
+                        key = (row["device_id"], row["time"])
+                        if key not in seen:
+                            seen.add(key)
+                            latencies.append(now - row["time"].timestamp())
+                    if now >= next_rss:
+                        rss.append((round(now - start, 1), round(_rss_mb(pid), 1)))
+                        next_rss = now + 10
+                    bar.update(min(now - start, seconds) - bar.n)
+                    await asyncio.sleep(0.025)
+        finally:
+            await conn.close()
+        return latencies, rss
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return round(values[min(int(q * len(values)), len(values) - 1)], 4)
+
+
+def _median(runs: list[Run], impl: str, workload: str, field: str) -> float:
+    return statistics.median(getattr(r, field) for r in runs
+                             if r.impl == impl and r.workload == workload)
+
+
+def _plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(WORKLOADS)
+    ours = [summary[f"points_per_s_{n}"] for n in names]
+    base = [summary[f"baseline_points_per_s_{n}"] for n in names]
+    xs = range(len(names))
+    left.bar([x - 0.2 for x in xs], ours, width=0.4, label="devicestream")
+    left.bar([x + 0.2 for x in xs], base, width=0.4, label="baseline (take + COPY)")
+    left.set_xticks(list(xs), names)
+    left.set_ylabel("points/s, end to end (median)")
+    left.legend()
+    soak = summary.get("soak") or {}
+    if soak.get("rss_mb_samples"):
+        t, mb = zip(*soak["rss_mb_samples"])
+        right.plot(t, mb)
+        right.set_xlabel("seconds of soak at half load")
+        right.set_ylabel("worker RSS, MB")
+    right.set_title("worker memory")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _report(summary: dict[str, Any], runs: list[Run]) -> str:
+    lines = ["# devicestream pipeline benchmark", "",
+             f"{summary['machine']}, {summary['date']}; medians of {summary['runs']} runs.", "",
+             "| workload | ours points/s | baseline points/s | ratio | p50 latency s | "
+             "p99 latency s | CPU s / M points | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in WORKLOADS:
+        lines.append(
+            f"| {name} | {summary[f'points_per_s_{name}']:,.0f} | "
+            f"{summary[f'baseline_points_per_s_{name}']:,.0f} | {summary[f'ratio_{name}']:.2f} | "
+            f"{summary.get(f'latency_p50_s_{name}')} | {summary.get(f'latency_p99_s_{name}')} | "
+            f"{summary[f'cpu_s_per_million_points_{name}']:.1f} | "
+            f"{summary[f'peak_rss_mb_{name}']:.0f} |")
+    soak = summary.get("soak")
+    if soak:
+        lines += ["", f"Soak: {soak['seconds']:.0f} s at {soak['rate_points_per_s']:,.0f} "
+                  f"points/s: RSS {soak['rss_mb_start']} MB at the start, "
+                  f"{soak['rss_mb_end']} MB at the end."]
+    lines += ["", "![throughput](throughput.png)", "", "## Runs", "",
+              "| impl | workload | points | seconds | points/s | CPU s/M | peak RSS MB |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.impl} | {r.workload} | {r.points} | {r.seconds:.1f} | "
+              f"{r.points_per_s:,.0f} | {r.cpu_s_per_million:.1f} | {r.peak_rss_mb:.0f} |"
+              for r in runs]
+    return "\n".join(lines) + "\n"
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    bench = Bench(args)
+    runs: list[Run] = []
+    summary: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.node()} {os.cpu_count()} cores", "runs": args.runs}
+    for name in args.workloads:
+        workload = WORKLOADS[name]
+        if args.scale != 1:
+            workload = Workload(**{**asdict(workload),
+                                   "messages": max(int(workload.messages * args.scale), 10)})
+        for run in range(1, args.runs + 1):
+            for impl in ("ours", "baseline"):
+                result = await bench.throughput(impl, workload, run)
+                runs.append(result)
+                print(f"{impl:8} {name:7} run {run}: {result.points_per_s:10,.0f} points/s "
+                      f"({result.seconds:.1f} s, {result.cpu_s_per_million:.1f} CPU s/M points)")
+        ours = _median(runs, "ours", name, "points_per_s")
+        base = _median(runs, "baseline", name, "points_per_s")
+        summary.update({
+            f"points_per_s_{name}": round(ours),
+            f"baseline_points_per_s_{name}": round(base),
+            f"ratio_{name}": round(ours / base, 3),
+            f"cpu_s_per_million_points_{name}": round(_median(runs, "ours", name,
+                                                              "cpu_s_per_million"), 2),
+            f"peak_rss_mb_{name}": round(_median(runs, "ours", name, "peak_rss_mb"), 1),
+        })
+        print(f"{name}: ours {ours:,.0f} points/s, baseline {base:,.0f}, ratio {ours / base:.2f}")
+        latency = await bench.latency(workload, ours / 2, args.latency_seconds)
+        summary[f"latency_p50_s_{name}"] = latency["latency_p50_s"]
+        summary[f"latency_p99_s_{name}"] = latency["latency_p99_s"]
+        print(f"{name}: latency at {ours / 2:,.0f} points/s: p50 {latency['latency_p50_s']} s, "
+              f"p99 {latency['latency_p99_s']} s ({latency['probes']} probes)")
+    if args.soak and "batched" in args.workloads:
+        soak = await bench.latency(WORKLOADS["batched"], summary["points_per_s_batched"] / 2,
+                                   args.soak, soak=True)
+        summary["soak"] = {"seconds": args.soak, **soak}
+        print(f"soak: RSS {soak['rss_mb_start']} MB -> {soak['rss_mb_end']} MB")
+    summary["run_details"] = [asdict(r) for r in runs]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    (RESULTS / "report.md").write_text(_report(summary, runs))
+    if all(f"points_per_s_{n}" in summary for n in WORKLOADS):
+        _plot(summary, RESULTS / "throughput.png")
+    print(f"wrote {RESULTS / 'latest.json'} and {RESULTS / 'report.md'}")
+    return summary
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per workload (median)")
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    parser.add_argument("--scale", type=float, default=1.0, help="scale the message counts")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--soak", type=float, default=600.0,
+                        help="seconds of soak at half load (0 = none)")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
