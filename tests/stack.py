@@ -65,7 +65,7 @@ class RawProducer:
 
     def __init__(self) -> None:
         self._producer = AIOKafkaProducer(bootstrap_servers=SETTINGS.kafka_brokers,
-                                          max_request_size=4 * 1024 * 1024)
+                                          max_request_size=16 * 1024 * 1024)
 
     async def __aenter__(self) -> "RawProducer":
         await self._producer.start()
