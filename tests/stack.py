@@ -228,3 +228,62 @@ async def duplicate_rows(devices: list[str]) -> int:
             "GROUP BY device_id, metric, time HAVING count(*) > 1) d", devices)
     finally:
         await conn.close()
+
+
+class Stream:
+    """Publishes readings at a steady rate, with one bad message every ``bad_every`` readings,
+    and remembers what the pipeline must end up with."""
+
+    def __init__(self, devices: list[str], readings_per_s: float, seconds: float,
+                 metrics: int = 2, bad_every: int = 200) -> None:
+        self.devices = devices
+        self.rate = readings_per_s
+        self.seconds = seconds
+        self.metrics = metrics
+        self.bad_every = bad_every
+        self.points = 0
+        self.dead: set[tuple[str, int]] = set()  # (topic, offset) of the bad messages
+
+    async def run(self) -> None:
+        from producers.device_producer import DeviceProducer, ProducerConfig
+        from streams.topics import device_topic
+
+        start_ms = int(time.time() * 1000) - 3600 * 1000
+        total = int(self.rate * self.seconds)
+        began = time.monotonic()
+        async with DeviceProducer(SETTINGS, ProducerConfig(max_batch_readings=20)) as good, \
+                RawProducer() as bad:
+            for i in range(total):
+                device = self.devices[i % len(self.devices)]
+                if i % self.bad_every == self.bad_every - 1:
+                    topic = device_topic(device)
+                    _, offset = await bad.send(topic, device.encode(), b'{"device_id": "' +
+                                               device.encode() + b'", "time": "yesterday"}')
+                    self.dead.add((topic, offset))
+                else:
+                    await good.send_many([{
+                        "device_id": device, "time": start_ms + i,
+                        "metrics": {f"m{j}": float(i % 977 + j) for j in range(self.metrics)},
+                    }])
+                    self.points += self.metrics
+                delay = began + (i + 1) / self.rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+
+
+async def assert_exactly_once(stream: Stream, timeout: float = 120) -> None:
+    """Raw rows, aggregates and dead letters of ``stream`` are exactly what it sent."""
+    devices = stream.devices
+
+    async def complete() -> bool:
+        return await count_rows(devices) >= stream.points
+
+    await wait_for(complete, timeout, f"{stream.points} rows")
+    await asyncio.sleep(2)  # anything extra would show up now
+    assert await count_rows(devices) == stream.points
+    assert await duplicate_rows(devices) == 0
+    assert await aggregate_mismatches(devices) == []
+    from streams.topics import device_topic
+
+    letters = await read_dead_letters({device_topic(d) for d in devices})
+    assert {(r["topic"], r["offset"]) for r in letters} == stream.dead
