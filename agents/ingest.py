@@ -32,10 +32,12 @@ from sinks.dead_letter_outbox import DeadLetterOutbox
 from sinks.postgres import is_transient
 from sinks.timescale import Point, TimescaleSink, WriteResult
 from streams.stats import PipelineStats
-from tables.event_clock import EventClock, event_clock_table
-from streams.topics import device_of_topic
+from tables.event_clock import EventClock
+from streams.topics import expected_device
 
 log = logging.getLogger(__name__)
+
+COMMIT_INTERVAL_SECONDS = 1.0
 
 # Starts publishing one dead letter; the awaitable it returns resolves once the broker has it.
 PublishDeadLetter = Callable[[DeadLetter], Awaitable[Awaitable[Any]]]
@@ -55,7 +57,7 @@ class Batch:
         """Validate one message; keep its points and dead letters; return its valid readings."""
         message = event.message
         readings, invalid = validate_message(
-            message.value, device_of_topic(message.topic), self.window
+            message.value, expected_device(message.topic, message.key), self.window
         )
         self.events.append(event)
         for reading in readings:
@@ -100,6 +102,7 @@ class IngestPipeline:
         stats: PipelineStats | None = None,
         commit_offsets: Callable[[], Awaitable[Any]] | None = None,
         event_clock: EventClock | None = None,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self._sink = sink
         self._outbox = outbox
@@ -108,6 +111,9 @@ class IngestPipeline:
         self.stats = stats or PipelineStats()
         self._commit_offsets = commit_offsets
         self._clock = event_clock
+        # True while Faust waits for every taken message to be acked (a rebalance or a
+        # shutdown): then a batch is written at once instead of after its linger time.
+        self._draining = draining
         self._batch = self._new_batch()
         self._ready: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
 
@@ -128,7 +134,7 @@ class IngestPipeline:
                 stats.messages_total += 1
                 stats.points_total += len(batch.points) - before
                 if readings and clock is not None:
-                    stats.late_readings_total += clock.observe(readings, event.message.topic)
+                    stats.late_readings_total += clock.observe(readings)
                 if len(self._batch.points) >= self._config.batch_points:
                     await self._hand_over()
                 if writer.done():
@@ -142,22 +148,27 @@ class IngestPipeline:
         await self._ready.put(batch)
 
     async def _flush_old_batches(self) -> None:
-        tick = max(self._config.linger / 2, 0.01)
+        tick = min(max(self._config.linger / 2, 0.01), 0.1)
         while True:
             await asyncio.sleep(tick)
             batch = self._batch
-            if batch.events and time.monotonic() - batch.created >= self._config.linger:
+            if batch.events and (
+                time.monotonic() - batch.created >= self._config.linger or self._draining()
+            ):
                 await self._hand_over()
 
     async def _write_batches(self, stream: StreamT) -> None:
+        next_commit = 0.0
         while True:
             batch = await self._ready.get()
             await self._deliver(batch)
             for event in batch.events:
                 await stream.ack(event)
-            if self._commit_offsets is not None:
-                # Commit now rather than on Faust's timer: a rebalance (new device topics
-                # arrive) then replays as little as possible.
+            if self._commit_offsets is not None and time.monotonic() >= next_commit:
+                # Commit sooner than Faust's timer (a rebalance, e.g. when new device topics
+                # arrive, then replays less), but at most once a second: each commit costs
+                # the consumer time in proportion to its assigned partitions.
+                next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
                 await self._commit_offsets()
 
     async def _deliver(self, batch: Batch) -> WriteResult:
@@ -257,7 +268,7 @@ def _located_readings(batch: Batch) -> Iterator[tuple[Any, int | None, Reading]]
     """Each valid reading of the batch with its message and its index in an array message."""
     for event in batch.events:
         message = event.message
-        device_id = device_of_topic(message.topic)
+        device_id = expected_device(message.topic, message.key)
         readings, invalid = validate_message(message.value, device_id, batch.window)
         if not readings:
             continue
@@ -289,17 +300,15 @@ def _refused_by_database(
 
 from sinks.postgres import create_pool  # noqa: E402
 from streams.app import app, device_topics, pipeline_stats, settings  # noqa: E402
-from streams.subscription import follow_device_topics  # noqa: E402
+from streams.subscription import follow_device_topics, followed_devices  # noqa: E402
 from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner  # noqa: E402
-
-
-device_clocks = event_clock_table(app, settings.device_topic_partitions)
 
 
 @app.agent(device_topics, name="ingest", concurrency=1)
 async def ingest(stream: StreamT) -> None:
     """Validate, dead-letter and store every device reading."""
     pool = await create_pool(settings)
+    pipeline_stats.register_pool("ingest", pool)
 
     async def publish_dead_letter(letter: DeadLetter) -> Awaitable[Any]:
         return await app.producer.send(DEAD_LETTER_TOPIC, letter.key, letter.value, None, None, None)
@@ -314,11 +323,26 @@ async def ingest(stream: StreamT) -> None:
         pipeline = IngestPipeline(
             TimescaleSink(pool), DeadLetterOutbox(pool), publish_dead_letter, config,
             pipeline_stats, commit_offsets=app.consumer.commit,
-            event_clock=EventClock(device_clocks, int(settings.aggregate_grace * 1_000_000)),
+            event_clock=EventClock(int(settings.aggregate_grace * 1_000_000),
+                                   await _device_clocks(pool)),
+            draining=lambda: app.rebalancing or app.should_stop,
         )
-        await pipeline.run(stream.noack())
+        await pipeline.run(followed_devices(stream.noack(), settings))
     finally:
+        pipeline_stats.unregister_pool("ingest")
         await pool.close()
+
+
+async def _device_clocks(pool: Any) -> dict[str, int]:
+    """Each known device's newest stored reading time, to seed the event clocks."""
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT device_id, (extract(epoch FROM last_seen) * 1e6)::bigint AS us FROM devices")
+    except Exception as exc:  # the database may be down: clocks then start from the stream
+        log.warning("event clocks start empty (devices unreadable: %s)", exc)
+        return {}
+    return {row["device_id"]: row["us"] for row in rows}
 
 
 @app.task

@@ -1,4 +1,22 @@
-"""Publishing device readings straight to Kafka."""
-from producers.device_producer import DeliveryError, DeviceProducer, InvalidReadingError
+"""Publishing device readings straight to Kafka: ``DeviceProducer`` (see its module)."""
+from producers.device_producer import (
+    BrokerUnavailable,
+    DeliveryError,
+    DeliveryTimeout,
+    DeviceProducer,
+    Failure,
+    InvalidReadingError,
+    ProducerConfig,
+    ProducerStartError,
+)
 
-__all__ = ["DeliveryError", "DeviceProducer", "InvalidReadingError"]
+__all__ = [
+    "BrokerUnavailable",
+    "DeliveryError",
+    "DeliveryTimeout",
+    "DeviceProducer",
+    "Failure",
+    "InvalidReadingError",
+    "ProducerConfig",
+    "ProducerStartError",
+]

@@ -1,4 +1,8 @@
-"""A simulated fleet: devices reporting random-walk metrics at a steady rate."""
+"""A simulated fleet: devices reporting random-walk metrics at a steady rate.
+
+It publishes through ``DeviceProducer`` (validation, batching, compression, topic
+provisioning and backpressure included): there is no second way of producing.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -90,10 +94,10 @@ async def run_fleet(
             due = min(due, config.count - progress.readings)
             if due <= 0 and progress.readings >= config.count:
                 break
-        for _ in range(max(due, 0)):
-            await producer.send_many([fleet.next_reading()])
-            progress.readings += 1
-            progress.points += config.metrics
+        if due > 0:
+            await producer.send_many([fleet.next_reading() for _ in range(due)])
+            progress.readings += due
+            progress.points += due * config.metrics
         if now >= next_report:
             report(progress)
             next_report = now + report_every

@@ -18,6 +18,7 @@ app = faust.App(
     settings.app_id,
     broker=[f"kafka://{broker}" for broker in settings.kafka_brokers.split(",")],
     store="memory://",
+    datadir=f"{settings.data_dir}/{settings.app_id}",
     key_serializer="raw",
     value_serializer="raw",
     web_port=settings.web_port,
@@ -37,3 +38,5 @@ pipeline_stats = PipelineStats()
 
 from agents import ingest  # noqa: E402,F401  (registers the ingest agent)
 from streams import commands  # noqa: E402,F401  (registers migrate, simulate, ...)
+from web import views  # noqa: E402,F401  (registers the web routes)
+from web import ingest  # noqa: E402,F401  (registers POST /ingest)

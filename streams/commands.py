@@ -11,6 +11,7 @@ from producers.simulator import FleetConfig, Progress, run_fleet
 from schema.migrate import migrate as apply_migrations
 from sinks.postgres import connect
 from streams.app import app, settings
+from streams.settings import COMPRESSIONS, TOPIC_MODES
 
 
 @app.command()
@@ -33,7 +34,7 @@ async def migrate(self: AppCommand) -> None:
     option("--metrics", type=click.IntRange(1, 1000), default=5, show_default=True,
            help="Metrics per reading."),
     option("--per-message", type=click.IntRange(1), default=10, show_default=True,
-           help="Readings batched into one message (per device)."),
+           help="Readings of one device batched into one message, at most."),
     option("--rate", type=click.FloatRange(0), default=1000.0, show_default=True,
            help="Readings per second over the whole fleet (0 = as fast as possible)."),
     option("--duration", type=click.FloatRange(0), default=0.0, show_default=True,
@@ -41,8 +42,15 @@ async def migrate(self: AppCommand) -> None:
     option("--count", type=click.IntRange(0), default=0, show_default=True,
            help="Stop after this many readings (0 = no limit)."),
     option("--prefix", default="sim-", show_default=True, help="Device id prefix."),
-    option("--compression", type=click.Choice(["snappy", "gzip", "lz4", "zstd", "none"]),
-           default="snappy", show_default=True, help="Message compression."),
+    option("--seed", type=int, default=None, help="Random seed (repeatable values)."),
+    option("--compression", type=click.Choice(list(COMPRESSIONS)), default=None,
+           help="Message compression  [default: PRODUCER_COMPRESSION, snappy]"),
+    option("--linger", type=click.FloatRange(0), default=None,
+           help="Seconds a device's readings may wait to fill a message  "
+                "[default: PRODUCER_LINGER, 0.05]"),
+    option("--topic-mode", type=click.Choice(list(TOPIC_MODES)), default=None,
+           help="per-device: device-data-{id} topics; shared: one device-data topic "
+                "keyed by device  [default: TOPIC_MODE, per-device]"),
 )
 async def simulate(
     self: AppCommand,
@@ -53,21 +61,28 @@ async def simulate(
     duration: float,
     count: int,
     prefix: str,
-    compression: str,
+    seed: int | None,
+    compression: str | None,
+    linger: float | None,
+    topic_mode: str | None,
 ) -> None:
-    """Publish simulated device readings straight to Kafka."""
+    """Publish simulated device readings straight to Kafka (through DeviceProducer)."""
     fleet = FleetConfig(devices=devices, metrics=metrics, rate=rate, duration=duration,
-                        count=count, prefix=prefix)
-    config = replace(
-        ProducerConfig(),
-        max_batch_readings=per_message,
-        compression=None if compression == "none" else compression,
-    )
+                        count=count, prefix=prefix, seed=seed)
+    run_settings = replace(settings, topic_mode=topic_mode) if topic_mode else settings
+    overrides: dict[str, object] = {"max_batch_readings": per_message}
+    if compression is not None:
+        overrides["compression"] = None if compression == "none" else compression
+    if linger is not None:
+        overrides["linger"] = linger
+    config = ProducerConfig.from_settings(run_settings, **overrides)
 
     def report(progress: Progress) -> None:
         self.say(progress.line())
 
+    layout = "one shared topic" if run_settings.topic_mode == "shared" else "per-device topics"
     self.say(f"simulating {devices} devices x {metrics} metrics at "
-             f"{'max' if not rate else f'{rate:g}'} readings/s to {settings.kafka_brokers}")
-    async with DeviceProducer(settings, config) as producer:
+             f"{'max' if not rate else f'{rate:g}'} readings/s to {settings.kafka_brokers} "
+             f"({layout}, {config.compression or 'no'} compression)")
+    async with DeviceProducer(run_settings, config) as producer:
         await run_fleet(producer, fleet, report)

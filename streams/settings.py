@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, fields
 from typing import Mapping
 
+from schema.validation import MAX_VALUE_BYTES
+
 
 class ConfigError(ValueError):
     """An environment variable holds a value the pipeline cannot run with."""
@@ -58,6 +60,13 @@ def _str(env: Mapping[str, str], name: str, default: str) -> str:
     return default if raw is None or raw == "" else raw
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _str(env, name, default).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {env.get(name)!r}")
+    return value
+
+
 def _regex(env: Mapping[str, str], name: str, default: str) -> str:
     value = _str(env, name, default)
     try:
@@ -65,6 +74,25 @@ def _regex(env: Mapping[str, str], name: str, default: str) -> str:
     except re.error as exc:
         raise ConfigError(f"{name} must be a regular expression: {exc}") from None
     return value
+
+
+def _token(env: Mapping[str, str], name: str) -> str:
+    """A secret; the error never shows the value."""
+    value = env.get(name) or ""
+    if value and (value != value.strip() or any(ord(c) < 0x21 or ord(c) > 0x7E for c in value)):
+        raise ConfigError(
+            f"{name} must be printable ASCII without spaces (it travels in an HTTP header)"
+        )
+    return value
+
+
+def _is_secret(name: str) -> bool:
+    return "password" in name or "token" in name
+
+
+# TOPIC_MODE: one topic per device (the design's default) or one shared topic keyed by device.
+TOPIC_MODES = ("per-device", "shared")
+COMPRESSIONS = ("snappy", "lz4", "zstd", "gzip", "none")
 
 
 @dataclass(frozen=True)
@@ -79,6 +107,13 @@ class Settings:
     topic_replication_factor: int = 1
     topic_discovery_interval: float = 5.0
     device_filter: str = ""
+    topic_mode: str = "per-device"
+
+    producer_compression: str = "snappy"
+    producer_linger: float = 0.05
+    producer_batch_bytes: int = 512 * 1024
+    producer_buffer_bytes: int = 32 * 1024 * 1024
+    producer_delivery_timeout: float = 30.0
 
     db_host: str = "127.0.0.1"
     db_port: int = 6432
@@ -90,10 +125,21 @@ class Settings:
     db_retry_max_backoff: float = 10.0
 
     shutdown_timeout: float = 25.0
+    data_dir: str = ".faust-data"
     web_port: int = 6066
     web_bind: str = "127.0.0.1"
+    ingest_token: str = ""
     retention_days: int = 90
     compress_after_days: int = 7
+    aggregate_1m_retention_days: int = 365
+    aggregate_1h_retention_days: int = 1825
+    maintenance_interval: int = 3600
+    read_db_host: str = ""
+    read_db_port: int = 0
+    read_db_pool_size: int = 4
+    query_raw_max_range: int = 24
+    query_max_rows: int = 10_000
+    query_timeout: float = 10.0
 
     sink_batch_points: int = 20_000
     aggregate_grace: float = 60.0
@@ -122,6 +168,20 @@ class Settings:
                 env, "TOPIC_DISCOVERY_INTERVAL", cls.topic_discovery_interval, minimum=0.5
             ),
             device_filter=_regex(env, "DEVICE_FILTER", cls.device_filter),
+            topic_mode=_choice(env, "TOPIC_MODE", cls.topic_mode, TOPIC_MODES),
+            producer_compression=_choice(
+                env, "PRODUCER_COMPRESSION", cls.producer_compression, COMPRESSIONS
+            ),
+            producer_linger=_float(env, "PRODUCER_LINGER", cls.producer_linger, minimum=0.0),
+            producer_batch_bytes=_int(
+                env, "PRODUCER_BATCH_BYTES", cls.producer_batch_bytes, minimum=1024
+            ),
+            producer_buffer_bytes=_int(
+                env, "PRODUCER_BUFFER_BYTES", cls.producer_buffer_bytes, minimum=1024 * 1024
+            ),
+            producer_delivery_timeout=_float(
+                env, "PRODUCER_DELIVERY_TIMEOUT", cls.producer_delivery_timeout, minimum=0.1
+            ),
             db_host=_str(env, "DB_HOST", cls.db_host),
             db_port=_int(env, "DB_PORT", cls.db_port, minimum=1),
             db_name=_str(env, "DB_NAME", cls.db_name),
@@ -133,23 +193,49 @@ class Settings:
                 env, "DB_RETRY_MAX_BACKOFF", cls.db_retry_max_backoff, minimum=0.1
             ),
             shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", cls.shutdown_timeout, minimum=1.0),
+            data_dir=_str(env, "DATA_DIR", cls.data_dir),
             web_port=_int(env, "WEB_PORT", cls.web_port, minimum=1),
             web_bind=_str(env, "WEB_BIND", cls.web_bind),
+            ingest_token=_token(env, "INGEST_TOKEN"),
             retention_days=_int(env, "RETENTION_DAYS", cls.retention_days, minimum=1),
             compress_after_days=_int(
                 env, "COMPRESS_AFTER_DAYS", cls.compress_after_days, minimum=1
             ),
+            aggregate_1m_retention_days=_int(
+                env, "AGGREGATE_1M_RETENTION_DAYS", cls.aggregate_1m_retention_days, minimum=1
+            ),
+            aggregate_1h_retention_days=_int(
+                env, "AGGREGATE_1H_RETENTION_DAYS", cls.aggregate_1h_retention_days, minimum=1
+            ),
+            maintenance_interval=_int(
+                env, "MAINTENANCE_INTERVAL", cls.maintenance_interval, minimum=0
+            ),
+            read_db_host=_str(env, "READ_DB_HOST", cls.read_db_host),
+            read_db_port=_int(env, "READ_DB_PORT", cls.read_db_port, minimum=0),
+            read_db_pool_size=_int(env, "READ_DB_POOL_SIZE", cls.read_db_pool_size, minimum=1),
+            query_raw_max_range=_int(
+                env, "QUERY_RAW_MAX_RANGE", cls.query_raw_max_range, minimum=1
+            ),
+            query_max_rows=_int(env, "QUERY_MAX_ROWS", cls.query_max_rows, minimum=1),
+            query_timeout=_float(env, "QUERY_TIMEOUT", cls.query_timeout, minimum=0.1),
             sink_batch_points=_int(env, "SINK_BATCH_POINTS", cls.sink_batch_points, minimum=1),
             sink_linger=_float(env, "SINK_LINGER", cls.sink_linger, minimum=0.0),
             aggregate_grace=_float(env, "AGGREGATE_GRACE", cls.aggregate_grace, minimum=0.0),
         )
         if settings.web_port > 65535 or settings.db_port > 65535:
             raise ConfigError("WEB_PORT and DB_PORT must be <= 65535")
+        if settings.read_db_port > 65535:
+            raise ConfigError("READ_DB_PORT must be <= 65535")
+        if settings.producer_batch_bytes > MAX_VALUE_BYTES:
+            raise ConfigError(
+                f"PRODUCER_BATCH_BYTES must be <= {MAX_VALUE_BYTES} (the 1 MiB message limit), "
+                f"got {settings.producer_batch_bytes}"
+            )
         return settings
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict with secrets masked, safe to log."""
         return {
-            f.name: ("***" if "password" in f.name else getattr(self, f.name))
+            f.name: ("***" if _is_secret(f.name) else getattr(self, f.name))
             for f in fields(self)
         }

@@ -1,22 +1,27 @@
-"""Subscribing to device topics that appear while the worker runs.
+"""Which topics (and devices) a worker follows.
 
-Faust 0.15's pattern subscription never subscribes with the aiokafka driver, so the
-worker lists the broker's topics every ``TOPIC_DISCOVERY_INTERVAL`` seconds and adds new
-device topics to one growing topic channel, which makes Faust resubscribe (one rebalance
-per round of new topics, not per topic).
+``TOPIC_MODE=per-device``: Faust 0.15's pattern subscription never subscribes with the
+aiokafka driver, so the worker lists the broker's topics every ``TOPIC_DISCOVERY_INTERVAL``
+seconds and adds new device topics to one growing topic channel, which makes Faust
+resubscribe (one rebalance per round of new topics, not per topic). ``DEVICE_FILTER``
+limits which device topics it subscribes to.
+
+``TOPIC_MODE=shared``: the worker subscribes once to ``device-data`` (creating it if
+needed); there is nothing to discover. ``DEVICE_FILTER`` then limits which messages it
+processes: the others (by key) are acked untouched.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, AsyncIterator, Iterable, Mapping
 
 import faust
 from faust.types import AppT
 
 from streams.settings import Settings
-from streams.topics import TopicProvisioner, device_of_topic
+from streams.topics import SHARED, SHARED_TOPIC, TopicProvisioner, device_of_topic
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +65,15 @@ class GrowingTopic(faust.Topic):
 async def follow_device_topics(
     app: AppT, channel: GrowingTopic, topics: TopicProvisioner, settings: Settings
 ) -> None:
-    """Keep ``channel`` subscribed to every device topic the broker has, until cancelled."""
+    """Keep ``channel`` subscribed to every device topic the broker has, until cancelled.
+
+    In shared topic mode: subscribe ``channel`` to ``device-data`` (created if missing) and
+    return.
+    """
     app.topics._resubscribe_sleep_lock_seconds = RESUBSCRIBE_DELAY_SECONDS
+    if settings.topic_mode == SHARED:
+        await _follow_shared_topic(channel, topics, settings)
+        return
     wanted = re.compile(settings.device_filter)
     while True:
         try:
@@ -74,3 +86,56 @@ async def follow_device_topics(
                 log.info("subscribing to %d new device topic(s): %s%s", len(new),
                          ", ".join(new[:10]), " ..." if len(new) > 10 else "")
         await asyncio.sleep(settings.topic_discovery_interval)
+
+
+async def _follow_shared_topic(
+    channel: GrowingTopic, topics: TopicProvisioner, settings: Settings
+) -> None:
+    while True:
+        try:
+            await topics.ensure([SHARED_TOPIC])
+        except Exception as exc:  # the broker may be restarting: try again
+            log.warning("creating topic %s failed: %s: %s", SHARED_TOPIC, type(exc).__name__, exc)
+            await asyncio.sleep(settings.topic_discovery_interval)
+            continue
+        if channel.add_topics([SHARED_TOPIC]):
+            log.info("shared topic mode: subscribing to %s", SHARED_TOPIC)
+        return
+
+
+class KeyFilteredStream:
+    """A stream of the shared topic limited to the devices ``DEVICE_FILTER`` matches.
+
+    It offers what the ingest pipeline uses (``events()`` and ``ack()``). Messages of other
+    devices are acked at once and never reach the pipeline (Faust commits an offset only
+    once every message before it is acked, so acking them early is safe).
+    """
+
+    def __init__(self, stream: Any, device_filter: str) -> None:
+        self._stream = stream
+        self._wanted = re.compile(device_filter)
+
+    def _follows(self, key: bytes | None) -> bool:
+        device_id = "" if key is None else bytes(key).decode("utf-8", "replace")
+        return self._wanted.match(device_id) is not None
+
+    async def events(self) -> AsyncIterator[Any]:
+        async for event in self._stream.events():
+            if self._follows(event.message.key):
+                yield event
+            else:
+                await self._stream.ack(event)
+
+    async def ack(self, event: Any) -> bool:
+        return await self._stream.ack(event)
+
+
+def followed_devices(stream: Any, settings: Settings) -> Any:
+    """``stream`` limited to the devices this worker follows.
+
+    Per-device mode filters by subscription (see ``follow_device_topics``), so the stream is
+    returned as it is; in shared mode with a ``DEVICE_FILTER`` it is filtered by key.
+    """
+    if settings.topic_mode == SHARED and settings.device_filter:
+        return KeyFilteredStream(stream, settings.device_filter)
+    return stream

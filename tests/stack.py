@@ -126,13 +126,14 @@ class Worker:
             "APP_ID": unique("devicestream-test-"),
             "WEB_PORT": str(self.web_port),
             "TOPIC_DISCOVERY_INTERVAL": "1",
+            "DATA_DIR": str(OUTPUT / "faust-data"),
             "BROKER_SESSION_TIMEOUT": "6",
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "Worker":
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "faust", "-A", self.app, "worker", "-l", "info",
              "--web-port", str(self.web_port)],

@@ -1,4 +1,9 @@
-"""End to end on the real local stack: raw Kafka messages in, exact rows and dead letters out."""
+"""End to end on the real local stack: raw Kafka messages in, exact rows and dead letters out.
+
+The same scenario runs in both topic modes: ``per-device`` (topic ``device-data-{id}``) and
+``shared`` (every device on ``device-data``, keyed by its id; the worker checks each
+reading's device against the key as it checks it against the topic in per-device mode).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,10 +12,29 @@ from typing import Any
 
 import pytest
 
-from streams.topics import device_topic
+from streams.topics import SHARED_TOPIC, device_topic
+from tests.producers.helpers import own_log
 from tests.stack import RawProducer, create_topics, db_connect, fleet, read_dead_letters, wait_for
 
 pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class TopicLayout:
+    """Where the scenario's messages go in one topic mode."""
+
+    mode: str
+
+    def topic(self, device: str) -> str:
+        return SHARED_TOPIC if self.mode == "shared" else device_topic(device)
+
+    async def create(self, devices: list[str], partitions: int | None = None) -> None:
+        """Provision the devices' topics, as a producer would before publishing."""
+        await create_topics(sorted({self.topic(d) for d in devices}),
+                            partitions=None if self.mode == "shared" else partitions)
+
+
+LAYOUTS = [TopicLayout("per-device"), TopicLayout("shared")]
 
 
 def _iso(moment: datetime) -> str:
@@ -26,19 +50,20 @@ class Expectation:
     """What the pipeline must have stored and dead-lettered for the messages sent."""
 
     rows: dict[tuple[str, str, int], float] = field(default_factory=dict)
-    dead: set[tuple[str, int, int | None]] = field(default_factory=set)
+    dead: set[tuple[str, str, int, int | None]] = field(default_factory=set)
 
     def stored(self, device: str, moment: datetime, metrics: dict[str, Any]) -> None:
         for metric, value in metrics.items():
             self.rows.setdefault((device, metric, _us(moment)), float(value))
 
-    def dead_letter(self, topic: str, offset: int, index: int | None = None) -> None:
-        self.dead.add((topic, offset, index))
+    def dead_letter(self, device: str, topic: str, offset: int, index: int | None = None) -> None:
+        self.dead.add((device, topic, offset, index))
 
 
-async def _send_device_mix(producer: RawProducer, device: str, expect: Expectation) -> None:
+async def _send_device_mix(producer: RawProducer, layout: TopicLayout, device: str,
+                           expect: Expectation) -> None:
     """One device's messages: valid, invalid, duplicated, conflicting, out of order."""
-    topic = device_topic(device)
+    topic = layout.topic(device)
     key = device.encode()
     now = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)
     t1, t2, t0 = now, now + timedelta(milliseconds=250), now - timedelta(seconds=30)
@@ -56,7 +81,7 @@ async def _send_device_mix(producer: RawProducer, device: str, expect: Expectati
         {"device_id": device, "time": _iso(t0), "metrics": {"temperature": 19.0}},  # out of order
     ])
     expect.stored(device, t2, {"temperature": 21.7})
-    expect.dead_letter(topic, offset, 1)
+    expect.dead_letter(device, topic, offset, 1)
     expect.stored(device, t0, {"temperature": 19.0})
 
     await send(first)  # exact duplicate: stored once
@@ -71,17 +96,18 @@ async def _send_device_mix(producer: RawProducer, device: str, expect: Expectati
 
     for bad in (
         b'{"device_id": "' + key + b'", "time": ',  # truncated JSON
-        {"device_id": device + "-other", "time": _iso(t1), "metrics": {"x": 1}},  # wrong device
+        # wrong device for the topic (per-device) or for the key (shared)
+        {"device_id": device + "-other", "time": _iso(t1), "metrics": {"x": 1}},
         {"device_id": device, "time": _iso(now + timedelta(hours=1)), "metrics": {"x": 1}},
         {"device_id": device, "time": _iso(now - timedelta(days=400)), "metrics": {"x": 1}},
         [],
         42,
         {"device_id": device, "time": "2026-11-28T17:00:00", "metrics": {"x": 1}},  # no zone
     ):
-        expect.dead_letter(topic, await send(bad))
+        expect.dead_letter(device, topic, await send(bad))
     offset = await send([{"device_id": device, "metrics": {"x": 1}}, 7])
-    expect.dead_letter(topic, offset, 0)
-    expect.dead_letter(topic, offset, 1)
+    expect.dead_letter(device, topic, offset, 0)
+    expect.dead_letter(device, topic, offset, 1)
 
 
 async def _stored_rows(devices: list[str]) -> dict[tuple[str, str, int], float]:
@@ -100,34 +126,43 @@ async def _stored_rows(devices: list[str]) -> dict[tuple[str, str, int], float]:
     return found
 
 
-async def test_readings_land_exactly_once_and_invalid_ones_are_dead_lettered(start_worker) -> None:
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout.mode)
+async def test_readings_land_exactly_once_and_invalid_ones_are_dead_lettered(
+    start_worker, layout: TopicLayout,
+) -> None:
     devices, only = fleet("e2e-", 5)
     early, late = devices[:3], devices[3:]
     expect = Expectation()
-    await create_topics([device_topic(d) for d in early])
+    await layout.create(early)
     async with RawProducer() as producer:
         for device in early:
-            await _send_device_mix(producer, device, expect)
-        worker = start_worker("e2e", DEVICE_FILTER=only)
+            await _send_device_mix(producer, layout, device, expect)
+        worker = start_worker(f"e2e-{layout.mode}", DEVICE_FILTER=only, TOPIC_MODE=layout.mode)
         await wait_for(lambda: _has_rows(early), 90, "the worker to store the first rows")
-        # Topics created after the worker started are picked up while it runs.
-        await create_topics([device_topic(d) for d in late], partitions=4)  # as auto-created
+        # Devices that appear after the worker started are picked up while it runs (their
+        # topics are created now, with 4 partitions as auto-created ones get, per-device).
+        await layout.create(late, partitions=4)
         for device in late:
-            await _send_device_mix(producer, device, expect)
+            await _send_device_mix(producer, layout, device, expect)
 
     devices = early + late
     await wait_for(lambda: _row_count_is(devices, len(expect.rows)), 60,
                    f"{len(expect.rows)} rows")
     assert await _stored_rows(devices) == expect.rows
 
-    topics = {device_topic(d) for d in devices}
+    topics = {layout.topic(d) for d in devices}
     letters = await read_dead_letters(topics, timeout=5)
-    seen = [(r["topic"], r["offset"], r.get("index")) for r in letters]
+    if layout.mode == "shared":  # device-data holds every shared-mode run's devices
+        letters = [r for r in letters if r["_key"].decode() in devices]
+    seen = [(r["_key"].decode(), r["topic"], r["offset"], r.get("index")) for r in letters]
     assert sorted(seen, key=str) == sorted(expect.dead, key=str), "one dead letter per invalid reading"
     for record in letters:
         assert record["error"] and isinstance(record["raw"], str)
         assert isinstance(record["partition"], int)
-        assert record["_key"] == record["topic"].removeprefix("device-data-").encode()
+        if layout.mode == "per-device":
+            assert record["_key"] == record["topic"].removeprefix("device-data-").encode()
+        else:
+            assert record["topic"] == SHARED_TOPIC
 
     conn = await db_connect()
     try:
@@ -139,7 +174,7 @@ async def test_readings_land_exactly_once_and_invalid_ones_are_dead_lettered(sta
         await conn.close()
     assert sorted(r["device_id"] for r in devices_rows) == sorted(devices)
     assert all(r["first_ok"] and r["last_ok"] for r in devices_rows)
-    assert "Traceback" not in worker.log_text()
+    assert "Traceback" not in own_log(worker)
 
 
 async def _has_rows(devices: list[str]) -> bool:

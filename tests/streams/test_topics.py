@@ -1,9 +1,30 @@
-"""Topic names: only valid device ids become topics."""
+"""Topic names and topic modes: only valid device ids become topics; the shared topic and the
+dead-letter topic are never taken for device topics; which device a message must hold."""
 from __future__ import annotations
 
+import asyncio
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
 import pytest
 
-from streams.topics import InvalidDeviceId, device_of_topic, device_topic
+from agents.ingest import Batch
+from schema.validation import ValidationWindow
+
+from streams.settings import ConfigError, Settings
+from streams.subscription import KeyFilteredStream, follow_device_topics, followed_devices
+from streams.topics import (
+    DEAD_LETTER_TOPIC,
+    SHARED_TOPIC,
+    InvalidDeviceId,
+    device_of_topic,
+    device_topic,
+    expected_device,
+    is_ingest_topic,
+    topic_for,
+)
 
 
 def test_device_topic_is_prefix_plus_device_id() -> None:
@@ -20,3 +41,147 @@ def test_invalid_device_ids_never_become_topic_names(bad: str) -> None:
 @pytest.mark.parametrize("topic", ["device-data.dlq", "other", "device-data-", "device-data-a b"])
 def test_non_device_topics_are_not_taken_for_device_topics(topic: str) -> None:
     assert device_of_topic(topic) is None
+
+
+# --- topic modes ----------------------------------------------------------------------------
+
+
+def test_topic_mode_defaults_to_per_device_and_refuses_unknown_modes() -> None:
+    assert Settings.from_env({}).topic_mode == "per-device"
+    assert Settings.from_env({"TOPIC_MODE": "shared"}).topic_mode == "shared"
+    with pytest.raises(ConfigError, match="TOPIC_MODE must be one of per-device, shared"):
+        Settings.from_env({"TOPIC_MODE": "per_device"})
+
+
+def test_each_mode_names_the_topic_a_device_publishes_to() -> None:
+    assert topic_for("sensor-001", "per-device") == "device-data-sensor-001"
+    assert topic_for("sensor-001", "shared") == "device-data"
+
+
+@pytest.mark.parametrize("mode", ["per-device", "shared"])
+@pytest.mark.parametrize("bad", ["", "a b", "x" * 129, "é"])
+def test_invalid_device_ids_are_refused_in_both_modes(mode: str, bad: str) -> None:
+    with pytest.raises(InvalidDeviceId):
+        topic_for(bad, mode)
+
+
+def test_the_shared_and_dead_letter_topics_are_never_device_topics() -> None:
+    assert device_of_topic(SHARED_TOPIC) is None
+    assert device_of_topic(DEAD_LETTER_TOPIC) is None
+    assert is_ingest_topic(SHARED_TOPIC) and is_ingest_topic("device-data-a")
+    assert not is_ingest_topic(DEAD_LETTER_TOPIC)
+    assert not is_ingest_topic("device-data-") and not is_ingest_topic("other")
+
+
+def test_on_a_device_topic_the_topic_names_the_device_whatever_the_key() -> None:
+    assert expected_device("device-data-a", b"b") == "a"
+    assert expected_device("device-data-a", None) == "a"
+
+
+def test_on_the_shared_topic_the_key_names_the_device() -> None:
+    assert expected_device(SHARED_TOPIC, b"sensor-001") == "sensor-001"
+    # A missing or undecodable key matches no reading (None would accept any device).
+    assert expected_device(SHARED_TOPIC, None) == ""
+    assert expected_device(SHARED_TOPIC, b"\xff") == "\ufffd"
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def add_topics(self, names: Any) -> list[str]:
+        new = [n for n in names if n not in self.names]
+        self.names += new
+        return new
+
+
+class FakeProvisioner:
+    def __init__(self, topics: set[str]) -> None:
+        self.topics, self.ensured = topics, []
+
+    async def list_device_topics(self) -> set[str]:
+        return {t for t in self.topics if device_of_topic(t)}
+
+    async def ensure(self, names: Any, **kwargs: Any) -> None:
+        self.ensured += list(names)
+
+
+def _app() -> Any:
+    return SimpleNamespace(topics=SimpleNamespace(_resubscribe_sleep_lock_seconds=45))
+
+
+async def test_shared_mode_subscribes_to_device_data_only_after_creating_it() -> None:
+    channel, topics = FakeChannel(), FakeProvisioner({"device-data-a", SHARED_TOPIC})
+    settings = Settings.from_env({"TOPIC_MODE": "shared"})
+    await asyncio.wait_for(follow_device_topics(_app(), channel, topics, settings), 1)
+    assert channel.names == [SHARED_TOPIC] and topics.ensured == [SHARED_TOPIC]
+
+
+async def test_per_device_mode_subscribes_to_device_topics_never_to_shared_or_dlq() -> None:
+    channel = FakeChannel()
+    topics = FakeProvisioner({"device-data-a", "device-data-b", SHARED_TOPIC, DEAD_LETTER_TOPIC})
+    settings = Settings.from_env({"TOPIC_DISCOVERY_INTERVAL": "0.5"})
+    task = asyncio.create_task(follow_device_topics(_app(), channel, topics, settings))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    assert sorted(channel.names) == ["device-data-a", "device-data-b"]
+
+
+class FakeStream:
+    def __init__(self, keys: list[bytes | None]) -> None:
+        self._events = [SimpleNamespace(message=SimpleNamespace(key=k, offset=i))
+                        for i, k in enumerate(keys)]
+        self.acked: list[int] = []
+
+    async def events(self) -> Any:
+        for event in self._events:
+            yield event
+
+    async def ack(self, event: Any) -> bool:
+        self.acked.append(event.message.offset)
+        return True
+
+
+async def test_in_shared_mode_device_filter_passes_only_matching_keys_and_acks_the_rest() -> None:
+    stream = FakeStream([b"mine-1", b"other-1", None, b"mine-2", b"\xff"])
+    settings = Settings.from_env({"TOPIC_MODE": "shared", "DEVICE_FILTER": "mine-"})
+    filtered = followed_devices(stream, settings)
+    assert isinstance(filtered, KeyFilteredStream)
+    passed = [e.message.offset async for e in filtered.events()]
+    assert passed == [0, 3]
+    assert stream.acked == [1, 2, 4], "others are acked so their offsets can be committed"
+    await filtered.ack(SimpleNamespace(message=SimpleNamespace(offset=0)))
+    assert stream.acked[-1] == 0
+
+
+def test_without_a_filter_or_in_per_device_mode_the_stream_is_left_alone() -> None:
+    stream = object()
+    assert followed_devices(stream, Settings.from_env({"TOPIC_MODE": "shared"})) is stream
+    assert followed_devices(stream, Settings.from_env({"DEVICE_FILTER": "x"})) is stream
+
+
+def _event(topic: str, key: bytes | None, value: Any) -> Any:
+    message = SimpleNamespace(topic=topic, partition=0, offset=7, key=key, timestamp=1.0,
+                              value=orjson.dumps(value))
+    return SimpleNamespace(message=message)
+
+
+def test_the_agent_dead_letters_a_shared_topic_reading_whose_device_is_not_the_key() -> None:
+    now = datetime.now(timezone.utc)
+    window = ValidationWindow.around(now, timedelta(days=90))
+
+    def reading(device: str) -> dict[str, Any]:
+        return {"device_id": device, "time": now.isoformat(), "metrics": {"t": 1}}
+
+    batch = Batch(window=window)
+    assert [r.device_id for r in batch.add(_event(SHARED_TOPIC, b"a", [reading("a")]))] == ["a"]
+    assert batch.add(_event(SHARED_TOPIC, b"a", [reading("a"), reading("b")]))[0].device_id == "a"
+    assert batch.add(_event(SHARED_TOPIC, None, reading("a"))) == []
+    assert batch.add(_event("device-data-a", b"b", reading("a")))[0].device_id == "a", \
+        "per-device: the topic decides, as before"
+    errors = [orjson.loads(d.value)["error"] for d in batch.dead_letters]
+    assert len(errors) == 2 and all("does not match" in e for e in errors)
+    wrong_topic = Batch(window=window)
+    wrong_topic.add(_event("device-data-a", b"a", reading("b")))
+    assert orjson.loads(wrong_topic.dead_letters[0].value)["error"] == errors[0], \
+        "dead-lettered like a reading on another device's topic"

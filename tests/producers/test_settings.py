@@ -1,0 +1,47 @@
+"""The producer and POST /ingest settings: defaults, and bad values naming the variable."""
+from __future__ import annotations
+
+import pytest
+
+from producers import ProducerConfig
+from streams.settings import ConfigError, Settings
+
+
+def test_producer_defaults_snappy_bounded_buffer_and_delivery_timeout() -> None:
+    settings = Settings.from_env({})
+    config = ProducerConfig.from_settings(settings)
+    assert config.compression == "snappy"
+    assert (config.linger, config.max_message_bytes, config.buffer_bytes,
+            config.delivery_timeout) == (0.05, 512 * 1024, 32 * 1024 * 1024, 30.0)
+    assert settings.kafka_idempotent_producer is False and settings.ingest_token == ""
+
+
+def test_producer_settings_come_from_the_environment() -> None:
+    settings = Settings.from_env({"PRODUCER_COMPRESSION": "ZSTD", "PRODUCER_LINGER": "0",
+                                  "PRODUCER_BATCH_BYTES": "1048576",
+                                  "PRODUCER_BUFFER_BYTES": "2097152",
+                                  "PRODUCER_DELIVERY_TIMEOUT": "5"})
+    config = ProducerConfig.from_settings(settings)
+    assert (config.compression, config.linger, config.max_message_bytes, config.buffer_bytes,
+            config.delivery_timeout) == ("zstd", 0.0, 1048576, 2097152, 5.0)
+    assert ProducerConfig.from_settings(
+        Settings.from_env({"PRODUCER_COMPRESSION": "none"})).compression is None
+
+
+@pytest.mark.parametrize("name, value", [
+    ("PRODUCER_COMPRESSION", "brotli"), ("PRODUCER_LINGER", "-1"),
+    ("PRODUCER_BATCH_BYTES", "2000000"), ("PRODUCER_BATCH_BYTES", "10"),
+    ("PRODUCER_BUFFER_BYTES", "1k"), ("PRODUCER_DELIVERY_TIMEOUT", "0"),
+    ("INGEST_TOKEN", "has space"), ("INGEST_TOKEN", " lead"),
+])
+def test_bad_values_fail_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_a_bad_token_is_not_echoed_and_the_token_is_redacted() -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"INGEST_TOKEN": "sec ret"})
+    assert "sec ret" not in str(refused.value)
+    shown = Settings.from_env({"INGEST_TOKEN": "s3cret"}).redacted()
+    assert shown["ingest_token"] == "***" and "s3cret" not in repr(shown)

@@ -1,0 +1,89 @@
+"""/dashboard of a real worker in headless Chromium: the charts fill with data points and
+the page logs no JavaScript error. A screenshot goes to test-output/dashboard.png."""
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from typing import AsyncIterator, Iterator
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+from tests.stack import OUTPUT
+from tests.web.worker_web import PrivateBroker, new_device_topic, produce, reading, wait_for_answer
+
+pytestmark = pytest.mark.integration
+
+CHARTS = ("throughput", "lag", "dead_letters", "latency", "db_size")
+
+
+@pytest.fixture
+async def broker(stack: None) -> AsyncIterator[PrivateBroker]:
+    broker = await PrivateBroker().start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def chromium() -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    with tempfile.TemporaryDirectory(prefix="devicestream-chromium-") as profile:
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu",
+                     "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--no-first-run", "--window-size=1400,1200",
+                     f"--user-data-dir={profile}"):
+            options.add_argument(flag)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        # the Debian driver: Selenium Manager must not try to download one
+        driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"),
+                                  options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+def _points(driver: webdriver.Chrome) -> dict[str, int]:
+    return driver.execute_script(
+        "var out = {};"
+        "document.querySelectorAll('svg.chart').forEach(function (svg) {"
+        "  out[svg.dataset.chart] = Number(svg.getAttribute('data-points') || 0); });"
+        "return out;")
+
+
+async def test_dashboard_charts_fill_with_data(broker: PrivateBroker, start_worker,
+                                               chromium: webdriver.Chrome) -> None:
+    device, topic = await new_device_topic(broker, "webdash-", partitions=2)
+    values = [reading(device, i) for i in range(50)] + [b"not json"] * 3
+    await produce(broker, topic, device.encode(), {0: values[::2], 1: values[1::2]})
+    worker = start_worker("web-dashboard", **broker.worker_env())
+    await wait_for_answer(worker, "/pipeline/throughput", lambda t: t["dead_letters_total"] == 3,
+                          "the messages to be stored")
+    await wait_for_answer(worker, "/pipeline/lag", lambda r: r["total_lag"] == 0, "lag 0")
+
+    chromium.get(f"http://127.0.0.1:{worker.web_port}/dashboard")
+    deadline = time.monotonic() + 30
+    while True:  # each refresh (every 3 s) adds one point to each series
+        points = _points(chromium)
+        if set(points) == set(CHARTS) and all(n >= 3 for n in points.values()):
+            break
+        assert time.monotonic() < deadline, f"charts did not fill: {points}"
+        await asyncio.sleep(0.5)
+
+    OUTPUT.mkdir(exist_ok=True)
+    chromium.save_screenshot(str(OUTPUT / "dashboard.png"))
+    tiles = chromium.execute_script(
+        "return {dead: document.getElementById('t-dead').textContent,"
+        "        db: document.getElementById('t-db').textContent,"
+        "        status: document.getElementById('status').textContent};")
+    assert tiles["dead"] == "3" and tiles["db"] == "up", tiles
+    assert tiles["status"].startswith("updated"), tiles
+    series = chromium.execute_script(
+        "return Array.from(document.querySelectorAll('svg.chart polyline'))"
+        "  .map(function (p) { return p.dataset.series; });")
+    assert {"points/s", "this worker", "dead letters total", "p99", "hypertables"} <= set(series)
+    errors = [entry for entry in chromium.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, errors

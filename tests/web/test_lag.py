@@ -1,0 +1,190 @@
+"""Lag arithmetic and the broker offset parsing behind /pipeline/lag (no broker needed)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from aiokafka import errors as kafka_errors
+from aiokafka.structs import TopicPartition as TP
+
+from web.kafka_offsets import (
+    BrokerOffsets,
+    Watermarks,
+    committed_of_offset_fetch,
+    group_by_topic,
+    watermarks_of_fetch,
+)
+from web.lag import (
+    Assignment,
+    LagSample,
+    LagSampler,
+    PartitionLag,
+    lag_report,
+    lag_summary,
+    partition_lags,
+)
+
+A0, A1, B0 = TP("device-data-a", 0), TP("device-data-a", 1), TP("device-data-b", 0)
+
+
+def test_lag_is_end_minus_committed_and_total_sums_them() -> None:
+    lags = partition_lags(
+        [A0, A1, B0],
+        {A0: Watermarks(0, 10), A1: Watermarks(0, 7), B0: Watermarks(0, 3)},
+        {A0: 4, A1: 7, B0: 0},
+    )
+    report = lag_report(lags.values())
+    assert report == {"total_lag": 9, "partitions": [
+        {"topic": "device-data-a", "partition": 0, "committed": 4, "end": 10, "lag": 6},
+        {"topic": "device-data-a", "partition": 1, "committed": 7, "end": 7, "lag": 0},
+        {"topic": "device-data-b", "partition": 0, "committed": 0, "end": 3, "lag": 3},
+    ]}
+
+
+def test_a_partition_never_committed_resumes_from_its_log_start() -> None:
+    lags = partition_lags([A0], {A0: Watermarks(log_start=5, end=12)}, {A0: None})
+    assert lags[A0] == PartitionLag("device-data-a", 0, committed=5, end=12)
+    assert lags[A0].lag == 7
+
+
+def test_unmeasured_figures_are_null_and_make_the_total_null() -> None:
+    # end unknown (fetch failed), committed unknown (offset fetch did not cover it)
+    lags = partition_lags([A0, A1], {A1: Watermarks(0, 9)}, {A0: 3})
+    assert lags[A0].as_json() == {"topic": "device-data-a", "partition": 0,
+                                  "committed": 3, "end": None, "lag": None}
+    assert lags[A1].committed is None and lags[A1].lag is None
+    assert lag_report(lags.values())["total_lag"] is None
+
+
+def test_no_partitions_is_a_measured_zero() -> None:
+    assert lag_report([]) == {"total_lag": 0, "partitions": []}
+
+
+def test_own_scope_lists_every_assigned_partition_even_unmeasured_ones() -> None:
+    sample = LagSample(partitions={A0: PartitionLag("device-data-a", 0, 1, 2)},
+                       assigned=frozenset({A0, B0}), assignment_known=True)
+    assert [p.as_json() for p in sample.own()] == [
+        {"topic": "device-data-a", "partition": 0, "committed": 1, "end": 2, "lag": 1},
+        {"topic": "device-data-b", "partition": 0, "committed": None, "end": None, "lag": None},
+    ]
+    assert sample.group() == [PartitionLag("device-data-a", 0, 1, 2)]
+
+
+def test_the_summary_gives_totals_and_counts_only() -> None:
+    sample = LagSample(partitions={A0: PartitionLag("device-data-a", 0, 1, 5),
+                                   B0: PartitionLag("device-data-b", 0, 0, 2)},
+                       assigned=frozenset({A0}), assignment_known=True)
+    assert lag_summary(sample) == {"worker": 4, "group": 6, "worker_partitions": 1,
+                                   "group_partitions": 2}
+    unassigned = LagSample(partitions=sample.partitions, assigned=frozenset(),
+                           assignment_known=False)
+    assert lag_summary(unassigned)["worker"] is None
+    assert lag_summary(None) == {"worker": None, "group": None, "worker_partitions": None,
+                                 "group_partitions": None}
+
+
+class FakeOffsets:
+    def __init__(self, partitions: list[TP]) -> None:
+        self.topics = partitions
+        self.calls: list[str] = []
+
+    async def partitions(self, wanted, expected=()):
+        return "metadata", [tp for tp in self.topics if wanted(tp.topic)]
+
+    async def committed(self, group_id, tps):
+        self.calls.append("committed")
+        return {tp: None for tp in tps}
+
+    async def watermarks(self, metadata, tps):
+        self.calls.append("watermarks")
+        return {tp: Watermarks(0, 10) for tp in tps}
+
+
+async def test_own_lag_is_known_only_once_an_assignment_covered_every_device_topic() -> None:
+    offsets = FakeOffsets([A0, A1, B0, TP("other-topic", 0)])
+    current: list[Assignment | None] = [None]
+    sampler = LagSampler(offsets, "group", lambda t: t.startswith("device-data-"),
+                         lambda: current[0])
+
+    sample = await sampler.measure()  # not assigned yet
+    assert not sample.assignment_known
+    assert sorted(sample.partitions) == [A0, A1, B0]
+    assert offsets.calls == ["committed", "watermarks"]  # committed before the end
+
+    # the first assignment of a fresh worker: made before it subscribed to device topics
+    current[0] = Assignment(frozenset({TP("app-internal", 0)}), frozenset({"app-internal"}))
+    assert not (await sampler.measure()).assignment_known
+
+    current[0] = Assignment(frozenset({A1}), frozenset({"device-data-a", "device-data-b"}))
+    sample = await sampler.measure()
+    assert sample.assignment_known and sample.assigned == {A1}
+    assert lag_report(sample.own())["total_lag"] == 10
+
+    # a device topic created later does not make it unknown again
+    offsets.topics.append(TP("device-data-c", 0))
+    assert (await sampler.measure()).assignment_known
+
+
+def _fetch_response(version: int, partitions: list[tuple]) -> SimpleNamespace:
+    return SimpleNamespace(API_VERSION=version, topics=[("device-data-a", partitions)])
+
+
+def test_watermarks_come_from_the_fetch_high_watermark() -> None:
+    # v11 partition: partition, error, high watermark, last stable, log start,
+    # aborted transactions, preferred read replica, records
+    response = _fetch_response(11, [
+        (0, 0, 300, 300, 0, None, -1, b"batch"),
+        (1, 0, 0, 0, -1, None, -1, b""),
+        (2, kafka_errors.NotLeaderForPartitionError.errno, -1, -1, -1, None, -1, b""),
+    ])
+    found, errors = watermarks_of_fetch(response)
+    assert found == {A0: Watermarks(0, 300), A1: Watermarks(None, 0)}
+    assert errors == {TP("device-data-a", 2): kafka_errors.NotLeaderForPartitionError.errno}
+    # v4 has no log start offset
+    found, _ = watermarks_of_fetch(_fetch_response(4, [(0, 0, 42, 42, None, b"")]))
+    assert found == {A0: Watermarks(None, 42)}
+
+
+def test_committed_offsets_minus_one_means_none() -> None:
+    response = SimpleNamespace(error_code=0, topics=[
+        ("device-data-a", [(0, 17, "", 0), (1, -1, "", 0)])])
+    assert committed_of_offset_fetch(response) == {A0: 17, A1: None}
+    failing = SimpleNamespace(error_code=kafka_errors.CoordinatorNotAvailableError.errno,
+                              topics=[])
+    with pytest.raises(kafka_errors.CoordinatorNotAvailableError):
+        committed_of_offset_fetch(failing)
+
+
+def test_requests_list_partitions_by_topic() -> None:
+    assert group_by_topic([B0, A1, A0]) == {"device-data-a": [0, 1], "device-data-b": [0]}
+
+
+async def test_each_probe_fetches_from_the_last_end_seen_and_recovers_from_out_of_range(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    offsets = BrokerOffsets(["127.0.0.1:1"])
+    fetched: list[dict[TP, int]] = []
+    ends = {A0: 300, A1: 0}
+    out_of_range = kafka_errors.OffsetOutOfRangeError.errno
+
+    async def fake_fetch(node, requested):
+        fetched.append(dict(requested))
+        found = {tp: Watermarks(0, ends[tp]) for tp, at in requested.items() if at <= ends[tp]}
+        errors = {tp: out_of_range for tp, at in requested.items() if at > ends[tp]}
+        return found, errors
+
+    async def fake_list_latest(node, tps):
+        return {tp: ends[tp] for tp in tps}
+
+    monkeypatch.setattr(offsets, "_fetch", fake_fetch)
+    monkeypatch.setattr(offsets, "_list_latest", fake_list_latest)
+    metadata = SimpleNamespace(leader_for_partition=lambda tp: 1)
+
+    assert await offsets.watermarks(metadata, [A0, A1]) == {A0: Watermarks(0, 300),
+                                                           A1: Watermarks(0, 0)}
+    assert fetched[-1] == {A0: 0, A1: 0}
+    ends[A0] = 350
+    assert (await offsets.watermarks(metadata, [A0, A1]))[A0].end == 350
+    assert fetched[-1] == {A0: 300, A1: 0}  # from the last end: at most the new records
+    ends[A0] = 10  # topic recreated: the old end is past the new log's end
+    assert (await offsets.watermarks(metadata, [A0]))[A0].end == 10
+    assert fetched[-2:] == [{A0: 350}, {A0: 10}]

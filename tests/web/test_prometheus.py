@@ -1,0 +1,141 @@
+"""The /metrics exposition from fake samples, read back with prometheus_client's parser."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from aiokafka.structs import TopicPartition as TP
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.stats import PipelineStats
+from web.lag import LagSample, PartitionLag
+from web.periodic import PeriodicSample
+from web.prometheus import PipelineCollector, exposition, metrics_registry
+
+
+def _sample(value: Any) -> PeriodicSample[Any]:
+    async def never() -> Any:
+        raise AssertionError("a scrape must not measure")
+
+    sample: PeriodicSample[Any] = PeriodicSample("fake", never, interval=60)
+    sample.value, sample.measured_at = value, time.time() - 2
+    return sample
+
+
+DB_STATE = {
+    "available": True,
+    "pools": {"ingest": {"size": 3, "idle": 1, "in_use": 2, "max": 4}},
+    "pgbouncer": {
+        "pools": [{"database": "devicestream", "user": "devicestream", "cl_active": 5,
+                   "cl_waiting": 1, "sv_active": 2, "sv_idle": 3, "sv_used": 0, "sv_tested": 0,
+                   "sv_login": 0, "maxwait": 1, "maxwait_us": 500000}],
+        "stats": [{"database": "devicestream", "total_xact_count": 42, "total_query_count": 84,
+                   "total_received": 1000, "total_sent": 2000, "total_xact_time": 3_000_000,
+                   "total_query_time": 2_000_000, "total_wait_time": 250_000}],
+    },
+    "postgres": {"database_bytes": 123456, "connections": 7, "cache_hit_ratio": 0.99,
+                 "blocks_hit_total": 990, "blocks_read_total": 10,
+                 "wal": {"position_bytes": 5_000_000, "directory_bytes": 16_777_216},
+                 "checkpoints": {"timed": 4, "requested": 1}},
+    "hypertables": [{"schema": "public", "name": "readings", "table_bytes": 1000,
+                     "index_bytes": 500, "toast_bytes": 8, "total_bytes": 1508,
+                     "approximate_rows": 77, "chunks": 3, "compressed_chunks": 1,
+                     "compression_enabled": True, "largest_chunk_bytes": 900,
+                     "newest_chunk": {"name": "c3", "range_start": None, "range_end": None,
+                                      "total_bytes": 300}}],
+    "compression": {"state": "unavailable: apache build"},
+    "top_statements": [{"queryid": -12, "calls": 9, "total_seconds": 0.5, "mean_seconds": 0.05,
+                        "rows": 1, "query": "SELECT 1"}],
+}
+
+
+def _scrape(stats: PipelineStats, lag: Any, db: Any) -> dict[str, Any]:
+    registry = metrics_registry(PipelineCollector(stats, _sample(lag), _sample(db)),
+                                process=None)
+    text = exposition(registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    return families
+
+
+def _value(families: dict[str, Any], sample_name: str, **labels: str) -> float:
+    for family in families.values():
+        for sample in family.samples:
+            if sample.name == sample_name and all(sample.labels.get(k) == v
+                                                  for k, v in labels.items()):
+                return sample.value
+    raise KeyError(f"{sample_name} {labels}")
+
+
+def test_every_figure_is_exported_with_prometheus_names_and_units() -> None:
+    stats = PipelineStats()
+    stats.messages_total, stats.points_total, stats.dead_letters_total = 10, 30, 2
+    stats.record_batch(points=30, rows=28, seconds=0.25)
+    lag = LagSample(
+        partitions={TP("device-data-a", 0): PartitionLag("device-data-a", 0, 5, 9),
+                    TP("device-data-b", 0): PartitionLag("device-data-b", 0, 0, 4)},
+        assigned=frozenset({TP("device-data-a", 0)}), assignment_known=True)
+
+    families = _scrape(stats, lag, DB_STATE)
+
+    assert families["devicestream_messages"].type == "counter"
+    assert _value(families, "devicestream_messages_total") == 10
+    assert _value(families, "devicestream_points_total") == 30
+    assert _value(families, "devicestream_rows_written_total") == 28
+    assert _value(families, "devicestream_dead_letters_total") == 2
+    assert _value(families, "devicestream_sink_write_latency_seconds", quantile="0.99") == 0.25
+    assert _value(families, "devicestream_consumer_lag_messages", scope="worker") == 4
+    assert _value(families, "devicestream_consumer_lag_messages", scope="group") == 8
+    assert _value(families, "devicestream_consumer_partitions", scope="group") == 2
+    assert 1 < _value(families, "devicestream_lag_sample_age_seconds") < 60
+    assert _value(families, "devicestream_db_up") == 1
+    assert _value(families, "devicestream_db_pool_connections", pool="ingest", state="in_use") == 2
+    assert _value(families, "devicestream_pgbouncer_client_connections",
+                  database="devicestream", state="waiting") == 1
+    assert _value(families, "devicestream_pgbouncer_max_wait_seconds") == pytest.approx(1.5)
+    assert _value(families, "devicestream_pgbouncer_transactions_total") == 42
+    assert _value(families, "devicestream_pgbouncer_transaction_seconds_total") == 3.0
+    assert _value(families, "devicestream_db_size_bytes") == 123456
+    assert _value(families, "devicestream_db_cache_hit_ratio") == pytest.approx(0.99)
+    assert _value(families, "devicestream_db_wal_bytes_total") == 5_000_000
+    assert _value(families, "devicestream_db_wal_directory_bytes") == 16_777_216
+    assert _value(families, "devicestream_db_checkpoints_total", kind="requested") == 1
+    assert _value(families, "devicestream_hypertable_bytes",
+                  hypertable="public.readings", kind="index") == 500
+    assert _value(families, "devicestream_hypertable_rows", hypertable="public.readings") == 77
+    assert _value(families, "devicestream_hypertable_chunks",
+                  hypertable="public.readings", compressed="false") == 2
+    assert _value(families, "devicestream_hypertable_newest_chunk_bytes",
+                  hypertable="public.readings") == 300
+    assert _value(families, "devicestream_db_compression_available") == 0
+    assert _value(families, "devicestream_db_statement_seconds_total", queryid="-12") == 0.5
+    for family in families.values():
+        assert family.name.startswith("devicestream_")
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
+
+
+def test_unmeasured_figures_are_left_out_not_zero() -> None:
+    lag = LagSample(partitions={TP("device-data-a", 0): PartitionLag("device-data-a", 0, 5, None)},
+                    assigned=frozenset(), assignment_known=False)
+    down = {"available": False, "error": "OSError: refused", "pools": {},
+            "pgbouncer": {"error": "OSError: refused"}, "postgres": None, "hypertables": None,
+            "compression": None, "top_statements": None}
+
+    families = _scrape(PipelineStats(), lag, down)
+
+    with pytest.raises(KeyError):
+        _value(families, "devicestream_consumer_lag_messages", scope="group")
+    with pytest.raises(KeyError):
+        _value(families, "devicestream_consumer_partitions", scope="worker")
+    with pytest.raises(KeyError):
+        _value(families, "devicestream_sink_write_latency_seconds", quantile="0.5")
+    assert _value(families, "devicestream_db_up") == 0
+    assert _value(families, "devicestream_pgbouncer_up") == 0
+    assert "devicestream_db_size_bytes" not in families
+
+
+def test_before_any_sample_the_scrape_still_works() -> None:
+    families = _scrape(PipelineStats(), None, None)
+    assert _value(families, "devicestream_messages_total") == 0
+    assert "devicestream_db_up" not in families
