@@ -61,6 +61,21 @@ class GrowingTopic(faust.Topic):
             self.app.topics._flag_changes()  # Faust's own trigger to resubscribe
         return new
 
+    def resubscribe_if_dropped(self) -> bool:
+        """Ask Faust again for names its subscription lacks; True when some were missing.
+
+        Faust's conductor drops a subscription change that arrives while a rebalance is
+        under way (it clears the request without resubscribing), so each round checks that
+        every name made it into the conductor's index.
+        """
+        conductor = self.app.topics
+        if self.app.rebalancing:
+            return False
+        missing = [name for name in self._names if name not in conductor._topic_name_index]
+        if missing:
+            conductor._flag_changes()
+        return bool(missing)
+
 
 async def follow_device_topics(
     app: AppT, channel: GrowingTopic, topics: TopicProvisioner, settings: Settings
@@ -78,6 +93,7 @@ async def follow_device_topics(
     while True:
         try:
             names = await topics.list_device_topics()
+            channel.resubscribe_if_dropped()
             new = channel.add_topics(t for t in names if wanted.match(device_of_topic(t) or ""))
         except Exception as exc:  # the broker may be restarting: try again next round
             log.warning("listing device topics failed: %s: %s", type(exc).__name__, exc)
