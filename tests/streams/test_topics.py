@@ -94,6 +94,9 @@ class FakeChannel:
         self.names += new
         return new
 
+    def resubscribe_if_dropped(self) -> bool:
+        return False
+
 
 class FakeProvisioner:
     def __init__(self, topics: set[str]) -> None:
