@@ -54,6 +54,7 @@ def connect_kwargs(settings: Settings, *, host: str | None = None) -> dict[str, 
         "password": settings.db_password,
         "database": settings.db_name,
         "statement_cache_size": 100 if settings.db_statement_cache else 0,
+        "ssl": settings.db_sslmode,
         "command_timeout": 60,
         "server_settings": {"application_name": "devicestream"},
     }

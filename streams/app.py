@@ -10,6 +10,7 @@ import faust
 from streams.settings import Settings
 from streams.stats import PipelineStats
 from streams.subscription import GrowingTopic
+from streams.topics import broker_credentials
 from streams.worker import worker_class
 
 settings = Settings.from_env()
@@ -17,6 +18,7 @@ settings = Settings.from_env()
 app = faust.App(
     settings.app_id,
     broker=[f"kafka://{broker}" for broker in settings.kafka_brokers.split(",")],
+    broker_credentials=broker_credentials(settings),
     store="memory://",
     datadir=f"{settings.data_dir}/{settings.app_id}",
     key_serializer="raw",

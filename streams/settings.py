@@ -102,6 +102,11 @@ class Settings:
     app_id: str = "devicestream"
     kafka_brokers: str = "127.0.0.1:9092"
     kafka_idempotent_producer: bool = False
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ca_file: str = ""
     broker_session_timeout: float = 10.0
     device_topic_partitions: int = 10
     topic_replication_factor: int = 1
@@ -122,6 +127,7 @@ class Settings:
     db_password: str = "devicestream"
     db_pool_size: int = 4
     db_statement_cache: bool = False
+    db_sslmode: str = "prefer"
     db_retry_max_backoff: float = 10.0
 
     shutdown_timeout: float = 25.0
@@ -152,6 +158,17 @@ class Settings:
         settings = cls(
             app_id=_str(env, "APP_ID", cls.app_id),
             kafka_brokers=_str(env, "KAFKA_BROKERS", cls.kafka_brokers),
+            kafka_security_protocol=_choice(
+                env, "KAFKA_SECURITY_PROTOCOL", cls.kafka_security_protocol,
+                ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl"),
+            ).upper(),
+            kafka_sasl_mechanism=_choice(
+                env, "KAFKA_SASL_MECHANISM", cls.kafka_sasl_mechanism,
+                ("plain", "scram-sha-256", "scram-sha-512"),
+            ).upper(),
+            kafka_sasl_username=_str(env, "KAFKA_SASL_USERNAME", cls.kafka_sasl_username),
+            kafka_sasl_password=_str(env, "KAFKA_SASL_PASSWORD", cls.kafka_sasl_password),
+            kafka_ca_file=_str(env, "KAFKA_CA_FILE", cls.kafka_ca_file),
             kafka_idempotent_producer=_bool(
                 env, "KAFKA_IDEMPOTENT_PRODUCER", cls.kafka_idempotent_producer
             ),
@@ -188,6 +205,10 @@ class Settings:
             db_user=_str(env, "DB_USER", cls.db_user),
             db_password=_str(env, "DB_PASSWORD", cls.db_password),
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size, minimum=1),
+            db_sslmode=_choice(
+                env, "DB_SSLMODE", cls.db_sslmode,
+                ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+            ),
             db_statement_cache=_bool(env, "DB_STATEMENT_CACHE", cls.db_statement_cache),
             db_retry_max_backoff=_float(
                 env, "DB_RETRY_MAX_BACKOFF", cls.db_retry_max_backoff, minimum=0.1

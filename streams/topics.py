@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Iterable
 
+import faust
+import faust.types.auth
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.helpers import create_ssl_context
 
 from schema.validation import DEVICE_ID_PATTERN
 from streams.settings import Settings
@@ -105,8 +109,39 @@ def is_ingest_topic(topic: str) -> bool:
 
 
 def kafka_client_kwargs(settings: Settings) -> dict[str, object]:
-    """Connection arguments every Kafka client of ours shares."""
-    return {"bootstrap_servers": settings.kafka_brokers.split(",")}
+    """Connection arguments every Kafka client of ours shares (servers, TLS, SASL)."""
+    kwargs: dict[str, object] = {
+        "bootstrap_servers": settings.kafka_brokers.split(","),
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if "SSL" in settings.kafka_security_protocol:
+        kwargs["ssl_context"] = kafka_ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        kwargs.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_password,
+        )
+    return kwargs
+
+
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """The same TLS/SASL settings in the form Faust's own clients take."""
+    protocol = settings.kafka_security_protocol
+    context = kafka_ssl_context(settings) if "SSL" in protocol else None
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context) if context else None
+
+
+def kafka_ssl_context(settings: Settings) -> ssl.SSLContext:
+    """TLS context for the brokers: the system's CAs, or ``KAFKA_CA_FILE``."""
+    return create_ssl_context(cafile=settings.kafka_ca_file or None)
 
 
 class TopicProvisioner:

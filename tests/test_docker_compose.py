@@ -23,6 +23,7 @@ PGBOUNCER_INI = ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini"
 
 ONE_MIB = 1_048_576
 PASSWORD_REFERENCE = re.compile(r"^\$\{DB_PASSWORD:\?[^}]*\}$")
+SECRET_REFERENCE = re.compile(r"^\$\{(?P<name>[A-Z_]+)(:\?[^}]*|:-)\}$")
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -366,8 +367,9 @@ def test_config_files_mounted_by_compose_exist(services):
 def test_no_secret_is_committed(services):
     for name, service in services.items():
         for key, value in environment(service).items():
-            if "PASSWORD" in key:
-                assert value and PASSWORD_REFERENCE.match(value), f"{name}.{key} = {value!r}"
+            if "PASSWORD" in key or "TOKEN" in key:
+                # Taken from the operator's environment: required, or empty by default.
+                assert value and SECRET_REFERENCE.match(value), f"{name}.{key} = {value!r}"
     text = COMPOSE_FILE.read_text(encoding="utf-8")
     assert "DB_PASSWORD:-" not in text  # no default password
     ini = PGBOUNCER_INI.read_text(encoding="utf-8").lower()

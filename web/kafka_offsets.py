@@ -95,9 +95,9 @@ class BrokerOffsets:
     """A small Kafka client of its own that reads offsets; ``start`` before use."""
 
     def __init__(self, bootstrap_servers: list[str], *, client_id: str = "devicestream-lag",
-                 request_timeout_ms: int = 10_000) -> None:
+                 request_timeout_ms: int = 10_000, **security: Any) -> None:
         self._client_kwargs = {"bootstrap_servers": bootstrap_servers, "client_id": client_id,
-                               "request_timeout_ms": request_timeout_ms}
+                               "request_timeout_ms": request_timeout_ms, **security}
         self._client: AIOKafkaClient | None = None  # made in start(): it needs a running loop
         self._next_fetch: dict[TopicPartition, int] = {}  # last end seen: never past the end
         self._metadata: ClusterMetadata | None = None

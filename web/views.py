@@ -22,7 +22,7 @@ from faust.web.exceptions import MethodNotAllowed
 
 from streams.app import app, device_topics, pipeline_stats, settings
 from streams.settings import Settings
-from streams.topics import SHARED_TOPIC, device_of_topic
+from streams.topics import SHARED_TOPIC, device_of_topic, kafka_client_kwargs
 from web.database import DatabaseSampler
 from web.kafka_offsets import BrokerOffsets
 from web.lag import Assignment, LagSample, LagSampler, lag_report, lag_summary
@@ -83,7 +83,7 @@ def _consumer_subscription() -> frozenset[str]:
 
 assignment = _LatestAssignment()
 lag_sampler = LagSampler(
-    BrokerOffsets(settings.kafka_brokers.split(",")),
+    BrokerOffsets(**kafka_client_kwargs(settings)),
     group_id=app.conf.id,
     wanted=followed_topics(settings),
     assignment=assignment,

@@ -188,3 +188,20 @@ def test_the_agent_dead_letters_a_shared_topic_reading_whose_device_is_not_the_k
     wrong_topic.add(_event("device-data-a", b"a", reading("b")))
     assert orjson.loads(wrong_topic.dead_letters[0].value)["error"] == errors[0], \
         "dead-lettered like a reading on another device's topic"
+
+
+def test_kafka_tls_and_sasl_settings_reach_every_client() -> None:
+    from streams.topics import broker_credentials, kafka_client_kwargs
+
+    plain = Settings.from_env({})
+    assert kafka_client_kwargs(plain)["security_protocol"] == "PLAINTEXT"
+    assert broker_credentials(plain) is None
+    secure = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                                "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                                "KAFKA_SASL_USERNAME": "worker", "KAFKA_SASL_PASSWORD": "pw"})
+    kwargs = kafka_client_kwargs(secure)
+    assert (kwargs["security_protocol"], kwargs["sasl_mechanism"], kwargs["sasl_plain_username"],
+            kwargs["sasl_plain_password"]) == ("SASL_SSL", "SCRAM-SHA-512", "worker", "pw")
+    assert kwargs["ssl_context"] is not None
+    credentials = broker_credentials(secure)
+    assert (credentials.username, credentials.mechanism.value) == ("worker", "SCRAM-SHA-512")
