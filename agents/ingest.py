@@ -307,6 +307,7 @@ from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner  # noqa: E402
 @app.agent(device_topics, name="ingest", concurrency=1)
 async def ingest(stream: StreamT) -> None:
     """Validate, dead-letter and store every device reading."""
+    log.info("ingest starting with settings %s", settings.redacted())
     pool = await create_pool(settings)
     pipeline_stats.register_pool("ingest", pool)
 
