@@ -30,4 +30,9 @@ MSG
 # shellcheck disable=SC2086
 "$FAUST" -A streams.app simulate ${SIMULATE_ARGS:---devices 100 --metrics 5 --rate 2000} &
 simulator=$!
-wait "$simulator"
+# Whichever ends first (the simulator's count or duration, or a worker that failed) ends both.
+wait -n "$worker" "$simulator" || true
+if ! kill -0 "$worker" 2>/dev/null; then
+    echo "the worker exited; see .stack/log/worker.log" >&2
+    tail -n 20 .stack/log/worker.log >&2
+fi

@@ -5,6 +5,8 @@ views and commands register themselves on ``app`` when imported at the end of th
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import faust
 
 from streams.settings import Settings
@@ -14,6 +16,7 @@ from streams.topics import broker_credentials
 from streams.worker import worker_class
 
 settings = Settings.from_env()
+Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # Faust makes only its own folder
 
 app = faust.App(
     settings.app_id,
