@@ -14,15 +14,21 @@ from streams.settings import Settings
 from streams.topics import TopicProvisioner, device_topic
 from tests.stack import (
     REPO,
+    RawProducer,
     Stream,
     assert_exactly_once,
     count_rows,
+    create_topics,
+    db_connect,
     fleet,
     free_port,
+    read_dead_letters,
     wait_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+POISON = 6.66e66  # the value the database is made to refuse
 
 
 async def _rows_at_least(devices: list[str], expected: int) -> bool:
@@ -164,3 +170,38 @@ async def test_the_worker_goes_on_after_the_broker_restarts_with_its_data_gone(
         assert await count_rows(devices) == 4
     finally:
         broker.stop()
+
+
+async def test_readings_the_database_refuses_are_dead_lettered_with_its_reason(
+    start_worker,
+) -> None:
+    (device,), only = fleet("refused-", 1)
+    topic, key = device_topic(device), device.encode()
+    constraint = "test_refuse_" + device.replace("-", "_")
+    conn = await db_connect()
+    try:
+        # A permanent database error for one value no other test writes.
+        await conn.execute(f"ALTER TABLE storage.readings ADD CONSTRAINT {constraint} "
+                           f"CHECK (value <> {POISON!r})")
+        await create_topics([topic])
+        start_worker("refused", DEVICE_FILTER=only)
+        base = int(time.time() * 1000) - 60_000
+        async with RawProducer() as producer:
+            await producer.send(topic, key, {"device_id": device, "time": base,
+                                             "metrics": {"t": 1.0}})
+            _, offset = await producer.send(topic, key, [
+                {"device_id": device, "time": base + 1, "metrics": {"t": 2.0}},
+                {"device_id": device, "time": base + 2, "metrics": {"t": POISON, "h": 5.0}},
+                {"device_id": device, "time": base + 3, "metrics": {"t": 3.0}},
+            ])
+            await producer.send(topic, key, {"device_id": device, "time": base + 4,
+                                             "metrics": {"t": 4.0}})
+        await wait_for(lambda: _rows_at_least([device], 4), 90, "the other readings")
+        letters = await read_dead_letters({topic})
+    finally:
+        await conn.execute(f"ALTER TABLE storage.readings DROP CONSTRAINT IF EXISTS {constraint}")
+        await conn.close()
+    assert await count_rows([device]) == 4
+    assert [(r["offset"], r["index"]) for r in letters] == [(offset, 1)]
+    assert "refused by the database" in letters[0]["error"]
+    assert constraint in letters[0]["error"]

@@ -1,0 +1,655 @@
+"""Storage lifecycle of the readings: retention, index compaction, ANALYZE, compression.
+
+One run (``run_maintenance``) does, in this order, each step in its own transaction:
+
+1. **Global retention.** The horizon ``H`` is the longest raw retention in force:
+   ``max(RETENTION_DAYS, max(devices.retention_days))``. Chunks of ``storage.readings``
+   wholly older than ``H`` are dropped (``drop_chunks``). Nothing any device must keep is
+   older than ``H``, so dropping whole chunks there is safe by construction. With the
+   Timescale license the same horizon is also installed as ``add_retention_policy`` (kept
+   equal to ``H`` on every run), so it applies even while no worker runs.
+2. **Aggregate retention.** ``readings_1m`` / ``readings_1h`` chunks older than
+   ``AGGREGATE_1M_RETENTION_DAYS`` / ``AGGREGATE_1H_RETENTION_DAYS`` are dropped (policies
+   too under the Timescale license). Aggregates do not follow per-device overrides.
+3. **Trim.** When some device keeps its readings longer than ``RETENTION_DAYS`` (so
+   ``H > RETENTION_DAYS``), a raw chunk wholly older than ``RETENTION_DAYS`` is rewritten
+   once to hold only the rows of those devices: in one transaction the chunk is locked, its
+   keepers copied aside, the chunk truncated and the keepers put back (cost proportional to
+   what is kept, no dead rows, no bloat); a chunk with no keeper is dropped. A compressed
+   chunk (Timescale license) is trimmed with a DELETE on the segment-by column, which
+   removes whole compressed batches.
+4. **Per-device deletes.** For each ``devices.retention_days`` value shorter than ``H``:
+   ``DELETE`` the rows of those devices older than it, by series id through the
+   ``(series_id, time)`` index (index probes, no chunk scan). Devices with no override
+   (``RETENTION_DAYS``) are covered by steps 1 and 3 at chunk granularity, like
+   ``drop_chunks`` itself; overrides are exact to the row.
+5. **Index compaction.** A raw chunk's unique index fills to ~55-70% while the chunk is
+   written (every series appends in the middle of the key space). Once a chunk is closed
+   (its end ``CLOSED_AFTER`` in the past) its index is rebuilt packed
+   (``fillfactor = 100``, ``REINDEX INDEX CONCURRENTLY``: reads and writes go on), once:
+   from ~45 to 28 bytes per point.
+6. **ANALYZE** of the hypertables (``full``) or of the chunks changed since they were last
+   analyzed, and of ``storage.series`` and ``devices``.
+7. **Compression.** ``SHOW timescaledb.license`` decides: ``timescale`` -> compression on
+   the three hypertables (segment by ``series_id``, which is exactly (device_id, metric);
+   order by time DESC) with ``add_compression_policy`` at ``COMPRESS_AFTER_DAYS``, kept
+   equal to the setting; ``apache`` -> nothing, said once in the log and in the report.
+
+Runs are serialised by a lease row (``storage.maintenance_lease``) and recorded in
+``storage.maintenance_runs``; ``maintain`` wraps all that for the leader's timer and the
+``maintenance`` command. ``compression_state`` is what ``/pipeline/db`` can show.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+
+from sinks.postgres import connect_kwargs
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RAW = "storage.readings"
+MINUTE = "storage.readings_1m"
+HOUR = "storage.readings_1h"
+HYPERTABLES = (RAW, MINUTE, HOUR)
+TIME_COLUMN = {RAW: "time", MINUTE: "bucket", HOUR: "bucket"}
+
+# A raw chunk whose end is this far in the past is closed: its index gets packed.
+CLOSED_AFTER = timedelta(hours=6)
+# At most this many indexes are rebuilt per run (a backlog clears over the next runs).
+COMPACTIONS_PER_RUN = 24
+# Series ids per DELETE of the per-device step (keeps every plan an index probe).
+DELETE_IDS_PER_STATEMENT = 1000
+LEASE_TTL = timedelta(hours=1)
+RUNS_KEPT = 200
+APACHE_NOTE = (
+    "TimescaleDB is the Apache-licensed build: compression and retention policies are "
+    "unavailable; raw chunks stay uncompressed and retention runs from the workers "
+    "(drop_chunks + per-device deletes)"
+)
+
+_apache_logged = False
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """The retention and compression knobs (days)."""
+
+    raw_days: int = 90
+    minute_days: int = 365
+    hour_days: int = 1825
+    compress_after_days: int = 7
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "RetentionSettings":
+        return cls(
+            raw_days=settings.retention_days,
+            minute_days=settings.aggregate_1m_retention_days,
+            hour_days=settings.aggregate_1h_retention_days,
+            compress_after_days=settings.compress_after_days,
+        )
+
+    def aggregate_days(self, table: str) -> int:
+        return self.minute_days if table == MINUTE else self.hour_days
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    """What retention has to do, given the default and the per-device overrides."""
+
+    default_days: int
+    overrides: tuple[int, ...]  # distinct devices.retention_days values
+
+    @property
+    def horizon_days(self) -> int:
+        """The longest raw retention in force: whole chunks older than this go."""
+        return max((self.default_days, *self.overrides))
+
+    @property
+    def trims(self) -> bool:
+        """True when some device keeps readings past the default retention."""
+        return self.horizon_days > self.default_days
+
+    @property
+    def delete_days(self) -> list[int]:
+        """Override values whose devices need row deletes (shorter than the horizon)."""
+        return sorted(d for d in set(self.overrides) if d < self.horizon_days)
+
+
+@dataclass
+class MaintenanceReport:
+    """What a run did; ``lines()`` is what the ``maintenance`` command prints."""
+
+    license: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    horizon_days: int | None = None
+    dropped_chunks: dict[str, int] = field(default_factory=dict)
+    trimmed_chunks: int = 0
+    trimmed_rows_kept: int = 0
+    emptied_chunks_dropped: int = 0
+    deleted_rows: dict[str, int] = field(default_factory=dict)  # "7 days" -> rows
+    compacted_indexes: int = 0
+    compaction_backlog: int = 0
+    analyzed: list[str] = field(default_factory=list)
+    policies: list[str] = field(default_factory=list)
+    compression: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return orjson.loads(orjson.dumps(asdict(self)))
+
+    def lines(self) -> list[str]:
+        dropped = ", ".join(f"{t}: {n}" for t, n in self.dropped_chunks.items()) or "none"
+        deleted = ", ".join(f"{k}: {n}" for k, n in self.deleted_rows.items()) or "none"
+        lines = [
+            f"timescaledb license: {self.license}",
+            f"raw retention horizon: {self.horizon_days} days (longest retention in force)",
+            f"chunks dropped: {dropped}",
+            f"chunks trimmed to long-retention devices: {self.trimmed_chunks} "
+            f"({self.trimmed_rows_kept} rows kept, "
+            f"{self.emptied_chunks_dropped} empty chunks dropped)",
+            f"rows deleted for per-device retention: {deleted}",
+            f"chunk indexes compacted: {self.compacted_indexes}" + (
+                f" ({self.compaction_backlog} left for the next runs)"
+                if self.compaction_backlog else ""),
+            f"analyzed: {', '.join(self.analyzed) or 'nothing changed'}",
+            f"compression: {self.compression.get('state', 'unknown')}",
+        ]
+        lines += [f"policy: {p}" for p in self.policies]
+        lines += [f"note: {n}" for n in self.notes]
+        total = sum(self.seconds.values())
+        steps = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
+        lines.append(f"took {total:.2f}s ({steps})")
+        return lines
+
+
+# ------------------------------------------------------------------------------ license
+
+async def timescale_license(conn: asyncpg.Connection) -> str | None:
+    """``SHOW timescaledb.license`` (``apache`` or ``timescale``); None without TimescaleDB."""
+    async with conn.transaction():
+        return await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
+
+
+def _note_apache_once() -> None:
+    global _apache_logged
+    if not _apache_logged:
+        _apache_logged = True
+        log.warning(APACHE_NOTE)
+
+
+# ------------------------------------------------------------------------------ compression
+
+_HYPERTABLE_STATE = """
+SELECT format('%I.%I', h.hypertable_schema, h.hypertable_name) AS name, h.compression_enabled,
+       s.segmentby, s.orderby,
+       (SELECT count(*) FROM timescaledb_information.chunks c
+         WHERE c.hypertable_schema = h.hypertable_schema
+           AND c.hypertable_name = h.hypertable_name) AS chunks,
+       (SELECT count(*) FROM timescaledb_information.chunks c
+         WHERE c.hypertable_schema = h.hypertable_schema
+           AND c.hypertable_name = h.hypertable_name AND c.is_compressed) AS compressed_chunks,
+       (SELECT j.config->>'compress_after' FROM timescaledb_information.jobs j
+         WHERE j.proc_name = 'policy_compression' AND j.hypertable_schema = h.hypertable_schema
+           AND j.hypertable_name = h.hypertable_name LIMIT 1) AS compress_after,
+       (SELECT j.config->>'drop_after' FROM timescaledb_information.jobs j
+         WHERE j.proc_name = 'policy_retention' AND j.hypertable_schema = h.hypertable_schema
+           AND j.hypertable_name = h.hypertable_name LIMIT 1) AS drop_after
+FROM timescaledb_information.hypertables h
+LEFT JOIN timescaledb_information.hypertable_compression_settings s
+       ON s.hypertable = format('%I.%I', h.hypertable_schema, h.hypertable_name)::regclass
+WHERE h.hypertable_schema = 'storage'
+ORDER BY 1
+"""
+
+_COMPRESSION_STATS = """
+SELECT before_compression_total_bytes AS before_bytes,
+       after_compression_total_bytes AS after_bytes
+FROM hypertable_compression_stats($1::regclass)
+"""
+
+
+async def compression_state(conn: asyncpg.Connection) -> dict[str, Any]:
+    """The compression state of the storage hypertables, for ``/pipeline/db``.
+
+    ``{"license", "available", "state", "hypertables": {name: {...}}}`` where ``state`` is
+    ``"unavailable: apache build"``, ``"enabled"``, ``"not enabled yet"`` (Timescale
+    license, maintenance has not run yet) or ``"partly enabled"``. Read-only and cheap.
+    """
+    async with conn.transaction(readonly=True):
+        license_ = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
+        if license_ is None:
+            return {"license": None, "available": False,
+                    "state": "unavailable: timescaledb not loaded", "hypertables": {}}
+        rows = await conn.fetch(_HYPERTABLE_STATE)
+        tables: dict[str, Any] = {}
+        for row in rows:
+            entry = dict(row)
+            name = entry.pop("name")
+            if license_ == "timescale" and entry["compression_enabled"]:
+                stats = await conn.fetchrow(_COMPRESSION_STATS, name)
+                entry.update(dict(stats) if stats else {"before_bytes": None, "after_bytes": None})
+            tables[name] = entry
+    if license_ != "timescale":
+        state = f"unavailable: {license_} build"
+    else:
+        enabled = [t["compression_enabled"] and t["compress_after"] for t in tables.values()]
+        state = ("enabled" if enabled and all(enabled)
+                 else "partly enabled" if any(enabled) else "not enabled yet")
+    return {"license": license_, "available": license_ == "timescale", "state": state,
+            "hypertables": tables}
+
+
+async def _policy_interval(conn: asyncpg.Connection, proc: str, key: str,
+                           table: str) -> tuple[bool, timedelta | None]:
+    """Whether ``table`` has a ``proc`` policy, and its ``key`` interval."""
+    schema, name = table.split(".")
+    row = await conn.fetchrow(
+        "SELECT j.job_id, (j.config->>$4)::interval AS value FROM timescaledb_information.jobs j "
+        "WHERE j.proc_name = $1 AND j.hypertable_schema = $2 AND j.hypertable_name = $3 "
+        "LIMIT 1", proc, schema, name, key)
+    return (row is not None, row["value"] if row else None)
+
+
+async def ensure_retention_policy(conn: asyncpg.Connection, table: str, days: int) -> str | None:
+    """Timescale license: make ``table``'s retention policy drop after ``days``; what changed."""
+    want = timedelta(days=days)
+    async with conn.transaction():
+        exists, current = await _policy_interval(conn, "policy_retention", "drop_after", table)
+        if exists and current == want:
+            return None
+        if exists:
+            await conn.execute("SELECT remove_retention_policy($1::regclass, if_exists => true)",
+                               table)
+        await conn.execute("SELECT add_retention_policy($1::regclass, drop_after => $2::interval)",
+                           table, want)
+    return f"{table}: retention policy drop_after {days} days" + (
+        f" (was {current})" if exists else "")
+
+
+async def ensure_compression(conn: asyncpg.Connection, table: str, days: int) -> list[str]:
+    """Timescale license: compression on ``table`` with a policy at ``days``; what changed."""
+    schema, name = table.split(".")
+    done = []
+    want = timedelta(days=days)
+    async with conn.transaction():
+        enabled = await conn.fetchval(
+            "SELECT compression_enabled FROM timescaledb_information.hypertables "
+            "WHERE hypertable_schema = $1 AND hypertable_name = $2", schema, name)
+        if not enabled:
+            await conn.execute(
+                f"ALTER TABLE {table} SET (timescaledb.compress, "
+                f"timescaledb.compress_segmentby = 'series_id', "
+                f"timescaledb.compress_orderby = '{TIME_COLUMN[table]} DESC')")
+            done.append(f"{table}: compression enabled (segment by series_id, "
+                        f"order by {TIME_COLUMN[table]} DESC)")
+        exists, current = await _policy_interval(
+            conn, "policy_compression", "compress_after", table)
+        if not (exists and current == want):
+            if exists:
+                await conn.execute(
+                    "SELECT remove_compression_policy($1::regclass, if_exists => true)", table)
+            await conn.execute(
+                "SELECT add_compression_policy($1::regclass, compress_after => $2::interval)",
+                table, want)
+            done.append(f"{table}: compression policy compress_after {days} days"
+                        + (f" (was {current})" if exists else ""))
+    return done
+
+
+# ------------------------------------------------------------------------------ retention
+
+async def retention_plan(conn: asyncpg.Connection, default_days: int) -> RetentionPlan:
+    async with conn.transaction():
+        rows = await conn.fetch(
+            "SELECT DISTINCT retention_days FROM devices WHERE retention_days IS NOT NULL")
+    return RetentionPlan(default_days, tuple(sorted(r["retention_days"] for r in rows)))
+
+
+async def _drop_chunks(conn: asyncpg.Connection, table: str, older_than: datetime) -> int:
+    async with conn.transaction():
+        dropped = await conn.fetch(
+            "SELECT drop_chunks($1::regclass, older_than => $2::timestamptz)", table, older_than)
+    return len(dropped)
+
+
+_CHUNKS_TO_TRIM = """
+SELECT format('%I.%I', c.chunk_schema, c.chunk_name) AS chunk, c.is_compressed,
+       c.range_start, c.range_end
+FROM timescaledb_information.chunks c
+LEFT JOIN storage.chunk_maintenance m ON m.chunk = format('%I.%I', c.chunk_schema, c.chunk_name)
+WHERE c.hypertable_schema = 'storage' AND c.hypertable_name = 'readings'
+  AND c.range_end <= $1 AND m.trimmed_at IS NULL
+ORDER BY c.range_start
+"""
+
+_LONG_SERIES = """
+SELECT s.series_id FROM storage.series s JOIN devices d USING (device_id)
+WHERE d.retention_days > $1
+"""
+
+
+async def _trim_chunk(conn: asyncpg.Connection, chunk: str, compressed: bool,
+                      range_start: datetime, range_end: datetime,
+                      default_days: int) -> tuple[int, bool]:
+    """Keep only the rows of devices with a retention longer than the default.
+
+    Returns (rows kept, chunk dropped because nothing was kept).
+    """
+    async with conn.transaction():
+        if compressed:
+            # Filtered on the segment-by column: whole compressed batches go.
+            keep = [r["series_id"] for r in await conn.fetch(_LONG_SERIES, default_days)]
+            await conn.execute(
+                f"DELETE FROM {RAW} WHERE time >= $1 AND time < $2 "
+                f"AND NOT (series_id = ANY($3::integer[]))", range_start, range_end, keep)
+            kept = await conn.fetchval(
+                f"SELECT count(*) FROM {RAW} WHERE time >= $1 AND time < $2",
+                range_start, range_end)
+        else:
+            # Locked first: the copy below then sees every committed row, and nothing
+            # is written to the chunk until the rewrite commits.
+            await conn.execute(f"LOCK TABLE {chunk} IN ACCESS EXCLUSIVE MODE")
+            await conn.execute(f"CREATE TEMP TABLE trim_keep (LIKE {RAW}) ON COMMIT DROP")
+            kept = int((await conn.execute(
+                f"INSERT INTO trim_keep SELECT * FROM {chunk} "
+                f"WHERE series_id IN ({_LONG_SERIES})", default_days)).split()[-1])
+            await conn.execute(f"TRUNCATE {chunk}")
+            if kept:
+                await conn.execute(
+                    f"INSERT INTO {chunk} SELECT * FROM trim_keep ORDER BY series_id, time")
+        if kept == 0:
+            await conn.execute(
+                "SELECT drop_chunks($1::regclass, older_than => $2::timestamptz, "
+                "newer_than => $3::timestamptz)", RAW, range_end, range_start)
+            await conn.execute("DELETE FROM storage.chunk_maintenance WHERE chunk = $1", chunk)
+            return 0, True
+        await conn.execute(
+            "INSERT INTO storage.chunk_maintenance (chunk, trimmed_at) VALUES ($1, now()) "
+            "ON CONFLICT (chunk) DO UPDATE SET trimmed_at = now()", chunk)
+        return kept, False
+
+
+async def _delete_for_override(conn: asyncpg.Connection, days: int, cutoff: datetime) -> int:
+    """Delete the rows older than ``cutoff`` of the devices whose retention is ``days``."""
+    async with conn.transaction():
+        ids = await conn.fetchval(
+            "SELECT array_agg(s.series_id ORDER BY s.series_id) FROM storage.series s "
+            "JOIN devices d USING (device_id) WHERE d.retention_days = $1", days)
+    deleted = 0
+    for i in range(0, len(ids or ()), DELETE_IDS_PER_STATEMENT):
+        part = ids[i:i + DELETE_IDS_PER_STATEMENT]
+        async with conn.transaction():
+            status = await conn.execute(
+                f"DELETE FROM {RAW} WHERE series_id = ANY($1::integer[]) AND time < $2",
+                part, cutoff)
+        deleted += int(status.split()[-1])
+    return deleted
+
+
+# ------------------------------------------------------------------------------ compaction
+
+_CHUNKS_TO_COMPACT = """
+SELECT format('%I.%I', c.chunk_schema, c.chunk_name) AS chunk,
+       format('%I.%I', n.nspname, ic.relname) AS index
+FROM timescaledb_information.chunks c
+JOIN pg_index i ON i.indrelid = format('%I.%I', c.chunk_schema, c.chunk_name)::regclass
+JOIN pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = ic.relnamespace
+LEFT JOIN storage.chunk_maintenance m ON m.chunk = format('%I.%I', c.chunk_schema, c.chunk_name)
+WHERE c.hypertable_schema = 'storage' AND c.hypertable_name = 'readings'
+  AND NOT c.is_compressed AND c.range_end <= $1 AND m.compacted_at IS NULL
+  AND i.indisunique AND i.indisvalid
+ORDER BY c.range_start DESC
+"""
+
+# A REINDEX CONCURRENTLY that failed leaves an invalid "<index>_ccnew" behind.
+_LEFTOVER_INDEXES = """
+SELECT format('%I.%I', n.nspname, ic.relname) AS index
+FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = ic.relnamespace
+JOIN timescaledb_information.chunks c
+  ON i.indrelid = format('%I.%I', c.chunk_schema, c.chunk_name)::regclass
+WHERE c.hypertable_schema = 'storage' AND NOT i.indisvalid AND ic.relname LIKE '%\\_ccnew%'
+"""
+
+
+async def _compact_indexes(conn: asyncpg.Connection, closed_before: datetime,
+                           report: MaintenanceReport) -> None:
+    async with conn.transaction():
+        leftovers = await conn.fetch(_LEFTOVER_INDEXES)
+        todo = await conn.fetch(_CHUNKS_TO_COMPACT, closed_before)
+    for row in leftovers:
+        await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row['index']}")
+        report.notes.append(f"dropped {row['index']} left by an interrupted rebuild")
+    for row in todo[:COMPACTIONS_PER_RUN]:
+        async with conn.transaction():
+            await conn.execute(f"ALTER INDEX {row['index']} SET (fillfactor = 100)")
+        # Not in a transaction block (simple protocol, one statement): reads and writes
+        # of the chunk go on while the new index is built.
+        await conn.execute(f"REINDEX INDEX CONCURRENTLY {row['index']}")
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO storage.chunk_maintenance (chunk, compacted_at) VALUES ($1, now()) "
+                "ON CONFLICT (chunk) DO UPDATE SET compacted_at = now()", row["chunk"])
+        report.compacted_indexes += 1
+    report.compaction_backlog = max(0, len(todo) - COMPACTIONS_PER_RUN)
+
+
+# ------------------------------------------------------------------------------ analyze
+
+_CHANGED_CHUNKS = """
+SELECT format('%I.%I', c.chunk_schema, c.chunk_name) AS chunk
+FROM timescaledb_information.chunks c
+JOIN pg_stat_user_tables t ON t.relid = format('%I.%I', c.chunk_schema, c.chunk_name)::regclass
+WHERE c.hypertable_schema = 'storage'
+  AND (coalesce(t.last_analyze, t.last_autoanalyze) IS NULL
+       OR t.n_mod_since_analyze > 0.05 * greatest(t.n_live_tup, 1000))
+ORDER BY c.range_start DESC
+"""
+
+
+async def _analyze(conn: asyncpg.Connection, full: bool) -> list[str]:
+    if full:
+        targets = [*HYPERTABLES, "storage.series", "devices"]
+        for target in targets:
+            await conn.execute(f"ANALYZE {target}")
+        return targets
+    async with conn.transaction():
+        chunks = [r["chunk"] for r in await conn.fetch(_CHANGED_CHUNKS)]
+    for target in [*chunks, "storage.series", "devices"]:
+        await conn.execute(f"ANALYZE {target}")
+    return [f"{len(chunks)} changed chunks", "storage.series", "devices"]
+
+
+# ------------------------------------------------------------------------------ the run
+
+class LeaseTaken(RuntimeError):
+    """Another run holds the maintenance lease."""
+
+
+async def run_maintenance(conn: asyncpg.Connection, retention: RetentionSettings, *,
+                          full_analyze: bool = True,
+                          renew: Any = None) -> MaintenanceReport:
+    """One maintenance run on ``conn`` (see the module docstring); returns its report.
+
+    ``renew`` (an async callable) is awaited between steps to keep the lease.
+    """
+    report = MaintenanceReport()
+
+    async def step(name: str, started: float) -> None:
+        report.seconds[name] = round(time.perf_counter() - started, 3)
+        if renew is not None and not await renew():
+            raise LeaseTaken(f"maintenance lease lost after the {name} step")
+
+    t = time.perf_counter()
+    async with conn.transaction():
+        now, license_ = await conn.fetchrow(
+            "SELECT now(), current_setting('timescaledb.license', true)")
+    report.started_at, report.license = now, license_
+    tsl = license_ == "timescale"
+    if not tsl:
+        _note_apache_once()
+        report.notes.append(APACHE_NOTE)
+
+    plan = await retention_plan(conn, retention.raw_days)
+    report.horizon_days = plan.horizon_days
+    if tsl:
+        changed = await ensure_retention_policy(conn, RAW, plan.horizon_days)
+        report.policies += [changed] if changed else []
+    report.dropped_chunks[RAW] = await _drop_chunks(
+        conn, RAW, now - timedelta(days=plan.horizon_days))
+    await step("raw retention", t)
+
+    t = time.perf_counter()
+    for table in (MINUTE, HOUR):
+        days = retention.aggregate_days(table)
+        if tsl:
+            changed = await ensure_retention_policy(conn, table, days)
+            report.policies += [changed] if changed else []
+        report.dropped_chunks[table] = await _drop_chunks(conn, table, now - timedelta(days=days))
+    await step("aggregate retention", t)
+
+    t = time.perf_counter()
+    if plan.trims:
+        async with conn.transaction():
+            chunks = await conn.fetch(
+                _CHUNKS_TO_TRIM, now - timedelta(days=retention.raw_days))
+        for row in chunks:
+            kept, dropped = await _trim_chunk(
+                conn, row["chunk"], row["is_compressed"], row["range_start"], row["range_end"],
+                retention.raw_days)
+            report.trimmed_chunks += 1
+            report.trimmed_rows_kept += kept
+            report.emptied_chunks_dropped += dropped
+    await step("trim", t)
+
+    t = time.perf_counter()
+    for days in plan.delete_days:
+        deleted = await _delete_for_override(conn, days, now - timedelta(days=days))
+        report.deleted_rows[f"{days} days"] = deleted
+    await step("per-device deletes", t)
+
+    t = time.perf_counter()
+    await _compact_indexes(conn, now - CLOSED_AFTER, report)
+    await step("index compaction", t)
+
+    t = time.perf_counter()
+    report.analyzed = await _analyze(conn, full_analyze)
+    await step("analyze", t)
+
+    t = time.perf_counter()
+    if tsl:
+        for table in HYPERTABLES:
+            report.policies += await ensure_compression(conn, table, retention.compress_after_days)
+    report.compression = await compression_state(conn)
+    await step("compression", t)
+
+    async with conn.transaction():
+        report.finished_at = await conn.fetchval("SELECT clock_timestamp()")
+    return report
+
+
+# ------------------------------------------------------------------------------ lease, runs
+
+_ACQUIRE = """
+INSERT INTO storage.maintenance_lease AS l (singleton, holder, expires_at)
+VALUES (true, $1, now() + $2::interval)
+ON CONFLICT (singleton) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+WHERE l.expires_at < now() OR l.holder = excluded.holder
+RETURNING holder
+"""
+
+
+async def acquire_lease(conn: asyncpg.Connection, holder: str,
+                        ttl: timedelta = LEASE_TTL) -> bool:
+    """Take (or renew) the maintenance lease; False while another holder has it."""
+    async with conn.transaction():
+        return await conn.fetchval(_ACQUIRE, holder, ttl) is not None
+
+
+async def release_lease(conn: asyncpg.Connection, holder: str) -> None:
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE storage.maintenance_lease SET expires_at = now() WHERE holder = $1", holder)
+
+
+async def lease_holder(conn: asyncpg.Connection) -> tuple[str, datetime] | None:
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT holder, expires_at FROM storage.maintenance_lease WHERE expires_at > now()")
+    return (row["holder"], row["expires_at"]) if row else None
+
+
+async def last_run_age(conn: asyncpg.Connection) -> timedelta | None:
+    """How long ago the newest recorded run finished; None when none was recorded."""
+    async with conn.transaction():
+        return await conn.fetchval(
+            "SELECT now() - max(finished_at) FROM storage.maintenance_runs")
+
+
+async def record_run(conn: asyncpg.Connection, holder: str, report: MaintenanceReport) -> None:
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO storage.maintenance_runs (holder, started_at, finished_at, report) "
+            "VALUES ($1, $2, $3, $4::jsonb)",
+            holder, report.started_at, report.finished_at,
+            orjson.dumps(report.as_json()).decode())
+        await conn.execute(
+            "DELETE FROM storage.maintenance_runs WHERE id <= "
+            "(SELECT max(id) FROM storage.maintenance_runs) - $1", RUNS_KEPT)
+
+
+async def maintenance_connection(settings: Settings) -> asyncpg.Connection:
+    """A connection without the client-side statement timeout (steps may take minutes)."""
+    return await asyncpg.connect(**{**connect_kwargs(settings), "command_timeout": None})
+
+
+async def maintain(settings: Settings, holder: str, *, due_after: timedelta | None = None,
+                   full_analyze: bool = True, wait: float = 0.0,
+                   conn: asyncpg.Connection | None = None) -> MaintenanceReport | None:
+    """Take the lease, run, record, give the lease back.
+
+    With ``due_after``, nothing happens (None) when a run finished less than that long
+    ago. Raises ``LeaseTaken`` when another holder keeps the lease for ``wait`` seconds.
+    """
+    own = conn is None
+    conn = conn or await maintenance_connection(settings)
+    try:
+        if due_after is not None:
+            age = await last_run_age(conn)
+            if age is not None and age < due_after:
+                return None
+        deadline = time.monotonic() + wait
+        while not await acquire_lease(conn, holder):
+            if time.monotonic() >= deadline:
+                taken = await lease_holder(conn)
+                raise LeaseTaken(
+                    f"another maintenance run holds the lease ({taken[0]} until {taken[1]})"
+                    if taken else "another maintenance run holds the lease")
+            await asyncio.sleep(1.0)
+        try:
+            if due_after is not None:  # another holder may have run meanwhile
+                age = await last_run_age(conn)
+                if age is not None and age < due_after:
+                    return None
+            report = await run_maintenance(
+                conn, RetentionSettings.from_settings(settings), full_analyze=full_analyze,
+                renew=lambda: acquire_lease(conn, holder))
+            await record_run(conn, holder, report)
+            return report
+        finally:
+            await release_lease(conn, holder)
+    finally:
+        if own:
+            await conn.close()

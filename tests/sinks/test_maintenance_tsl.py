@@ -1,0 +1,125 @@
+"""The Timescale-license branch of the storage maintenance: compression (segment by
+series_id = (device_id, metric), order by time DESC) with a policy at COMPRESS_AFTER_DAYS,
+retention policies at the horizons, and exact writes and per-device retention on
+compressed chunks. This is the production path (docker-compose runs the
+timescale/timescaledb image); the local stack's Apache build skips it, saying why.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from sinks.maintenance import HYPERTABLES, compression_state, maintain
+from sinks.postgres import create_pool
+from sinks.timescale import TimescaleSink
+from tests.stack import SETTINGS, aggregate_mismatches, db_connect, fleet, unique
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def timescale_license(stack: None) -> None:
+    conn = await db_connect()
+    try:
+        license_ = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
+    finally:
+        await conn.close()
+    if license_ != "timescale":
+        pytest.skip(
+            f"TimescaleDB here is the {license_!r} build (SHOW timescaledb.license): "
+            "compression and retention policies need the Timescale license, which the "
+            "production image timescale/timescaledb has")
+
+
+async def test_compression_and_retention_policies_are_set_and_kept(timescale_license) -> None:
+    report = await maintain(SETTINGS, unique("tsl-"), wait=120)
+    assert report is not None and report.license == "timescale"
+    conn = await db_connect()
+    try:
+        settings = {r["hypertable"]: (r["segmentby"], r["orderby"]) for r in await conn.fetch(
+            "SELECT hypertable::text, segmentby, orderby "
+            "FROM timescaledb_information.hypertable_compression_settings "
+            "WHERE hypertable::text LIKE 'storage.%'")}
+        jobs = {(r["table"], r["proc_name"]): r["config"] for r in await conn.fetch(
+            "SELECT format('%I.%I', hypertable_schema, hypertable_name) AS table, proc_name, "
+            "config FROM timescaledb_information.jobs "
+            "WHERE proc_name IN ('policy_compression', 'policy_retention') "
+            "AND hypertable_schema = 'storage'")}
+        intervals = {key: await conn.fetchval(
+            "SELECT ($1::jsonb ->> $2)::interval", config,
+            "compress_after" if key[1] == "policy_compression" else "drop_after")
+            for key, config in jobs.items()}
+        state = await compression_state(conn)
+    finally:
+        await conn.close()
+    assert settings["storage.readings"] == ("series_id", "time DESC")
+    assert settings["storage.readings_1m"] == ("series_id", "bucket DESC")
+    assert settings["storage.readings_1h"] == ("series_id", "bucket DESC")
+    for table in HYPERTABLES:
+        assert intervals[(table, "policy_compression")] == timedelta(
+            days=SETTINGS.compress_after_days)
+    assert intervals[("storage.readings", "policy_retention")] == timedelta(
+        days=report.horizon_days)
+    assert intervals[("storage.readings_1m", "policy_retention")] == timedelta(
+        days=SETTINGS.aggregate_1m_retention_days)
+    assert intervals[("storage.readings_1h", "policy_retention")] == timedelta(
+        days=SETTINGS.aggregate_1h_retention_days)
+    assert (state["available"], state["state"]) == (True, "enabled")
+
+    again = await maintain(SETTINGS, unique("tsl-"), wait=120)
+    assert again is not None and again.policies == []  # nothing to change the second time
+
+
+async def _compress_chunks_holding(moment: datetime) -> int:
+    conn = await db_connect()
+    try:
+        return len(await conn.fetch(
+            "SELECT compress_chunk(format('%I.%I', chunk_schema, chunk_name)::regclass, "
+            "if_not_compressed => true) FROM timescaledb_information.chunks "
+            "WHERE hypertable_schema = 'storage' AND range_start <= $1 AND range_end > $1",
+            moment))
+    finally:
+        await conn.close()
+
+
+async def test_compressed_chunks_keep_first_values_exact_aggregates_and_retention(
+        timescale_license) -> None:
+    await maintain(SETTINGS, unique("tsl-"), wait=120)  # compression enabled
+    (default, short), _ = fleet("tsl-", 2)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    old, older = now - timedelta(days=10), now - timedelta(days=20)
+    batch = [(int(t.timestamp() * 1e6) + i, d, "m", float(i))
+             for d in (default, short) for t in (old, older) for i in range(50)]
+    pool = await create_pool(SETTINGS)
+    try:
+        sink = TimescaleSink(pool)
+        assert (await sink.write(batch)).inserted == 200
+        assert await _compress_chunks_holding(old) >= 1
+        assert await _compress_chunks_holding(older) >= 1
+        conflicting = [(t, d, m, v + 1000) for t, d, m, v in batch[:10]]
+        new = [(int(old.timestamp() * 1e6) + 999, default, "m", 5.0)]
+        assert (await sink.write(batch + conflicting + new)).inserted == 1
+    finally:
+        await pool.close()
+    conn = await db_connect()
+    try:
+        values = await conn.fetchval(
+            "SELECT sum(value) FROM readings WHERE device_id = ANY($1)", [default, short])
+        await conn.execute("UPDATE devices SET retention_days = 7 WHERE device_id = $1", short)
+    finally:
+        await conn.close()
+    assert values == 4 * sum(range(50)) + 5.0  # first values stayed
+    assert await aggregate_mismatches([default, short]) == []
+
+    report = await maintain(SETTINGS, unique("tsl-"), wait=120)
+    assert report is not None and report.deleted_rows.get("7 days", 0) >= 100
+    conn = await db_connect()
+    try:
+        counts = dict(await conn.fetch(
+            "SELECT device_id, count(*) FROM readings WHERE device_id = ANY($1) GROUP BY 1",
+            [default, short]))
+        await conn.execute("DELETE FROM devices WHERE device_id = ANY($1)", [default, short])
+    finally:
+        await conn.close()
+    assert counts == {default: 101}

@@ -1,0 +1,515 @@
+"""Device query routes, on every worker (registered on ``streams.app.app`` when imported).
+
+- ``GET /devices/{id}/latest``: ``{"device_id", "time", "metrics": {name: value},
+  "times": {name: time}}``: the newest value of each metric; ``time`` is the newest of
+  them.
+- ``GET /devices/{id}/readings?metric=&start=&end=&limit=``: raw points with
+  ``start <= time < end`` ordered by time then metric. ``end`` defaults to now, ``start``
+  to an hour before ``end``; the range may not exceed ``QUERY_RAW_MAX_RANGE`` hours;
+  ``limit`` (default 1000) may not exceed ``QUERY_MAX_ROWS``. ``truncated`` says there was
+  more.
+- ``GET /devices/{id}/aggregates?resolution=&metric=&start=&end=&limit=``: for each
+  metric, the buckets starting in ``[start, end)`` (default: the last 24 hours) as
+  columns ``{"bucket": [...], "count": [...], "sum": [...], "min": [...], "max": [...]}``
+  in bucket order (column arrays: compact, chart-ready, and cheap to build for thousands
+  of buckets; the mean is sum / count). ``resolution`` is ``1m`` or ``1h`` (the downsampled tables)
+  or ``raw`` (one bucket per point, count 1); when absent it is picked from the range:
+  ``raw`` up to 2 hours, ``1m`` up to 3 days, ``1h`` beyond. At most ``limit`` buckets per
+  metric (default and maximum ``QUERY_MAX_ROWS``).
+
+Times are RFC 3339 with a zone (a ``+`` that arrived as a space is taken for ``+``);
+answers carry UTC times ending in ``Z``. A bad parameter gets 400, an unknown device 404,
+a database that is down or too slow 503, always as JSON ``{"error": ...}``: never a stack
+trace. Queries go to a pool of their own, on ``READ_DB_HOST`` (a read replica) when set,
+else on the database the workers write to; it has no statement cache, so every query is
+planned with its time bounds and touches only the chunks in range.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import operator
+import re
+import struct
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Mapping
+
+import asyncpg
+import orjson
+from faust.web import Request, Response, View
+
+from schema.validation import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN, _parse_rfc3339
+from sinks.postgres import connect_kwargs, is_transient
+from streams.app import app, pipeline_stats, settings
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 1000
+DEFAULT_READINGS_RANGE = timedelta(hours=1)
+DEFAULT_AGGREGATES_RANGE = timedelta(hours=24)
+AUTO_RAW_UP_TO = timedelta(hours=2)
+AUTO_1M_UP_TO = timedelta(days=3)
+# /latest looks this far back first (only the newest chunks are planned and read); a
+# metric with nothing that recent is then looked up without a bound.
+LATEST_WINDOW = timedelta(days=1)
+RESOLUTIONS = ("raw", "1m", "1h")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_OFFSET_AS_SPACE = re.compile(r"(.*[0-9]) ([0-9]{2}:[0-9]{2})")
+_JSON = "application/json"
+_unpack_double = struct.Struct(">d").unpack
+_FIRST = operator.itemgetter(0)
+
+
+class BadRequest(Exception):
+    """A parameter the API cannot answer for (400), or an unknown device (404)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ------------------------------------------------------------------------------ parameters
+
+@dataclass(frozen=True)
+class Limits:
+    """The request limits (from the settings)."""
+
+    raw_max_range: timedelta = timedelta(hours=24)
+    max_rows: int = 10_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Limits":
+        return cls(timedelta(hours=settings.query_raw_max_range), settings.query_max_rows)
+
+
+def parse_time(name: str, value: str) -> datetime:
+    """An RFC 3339 date-time with a zone, as an aware UTC datetime; BadRequest otherwise."""
+    fixed = _OFFSET_AS_SPACE.fullmatch(value)
+    if fixed:  # "+01:00" in a query string decodes to " 01:00" unless sent as %2B
+        value = f"{fixed.group(1)}+{fixed.group(2)}"
+    us = _parse_rfc3339(value)
+    if isinstance(us, str):
+        raise BadRequest(f"{name}: {us.removeprefix('time: ')}")
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _single(getall: Any, name: str) -> str | None:
+    values = getall(name, [])
+    if len(values) > 1:
+        raise BadRequest(f"{name} given {len(values)} times; give it once")
+    return values[0] if values else None
+
+
+def check_params(query: Any, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The known parameters, each given at most once; BadRequest for anything else."""
+    unknown = sorted(set(query.keys()) - set(allowed))
+    if unknown:
+        raise BadRequest(f"unknown parameter(s) {', '.join(unknown)}; "
+                         f"allowed: {', '.join(allowed)}")
+    getall = getattr(query, "getall", lambda name, default: [query[name]] if name in query
+                     else default)
+    params = {}
+    for name in allowed:
+        value = _single(getall, name)
+        if value is not None:
+            params[name] = value
+    return params
+
+
+def check_device(device_id: str) -> str:
+    if DEVICE_ID_PATTERN.fullmatch(device_id) is None:
+        raise BadRequest("device id must be 1-128 characters of A-Z a-z 0-9 . _ -")
+    return device_id
+
+
+def check_metric(params: Mapping[str, str]) -> str | None:
+    metric = params.get("metric")
+    if metric is not None and METRIC_NAME_PATTERN.fullmatch(metric) is None:
+        raise BadRequest("metric must be 1-128 characters of A-Z a-z 0-9 _ . : - "
+                         "starting with a letter or _")
+    return metric
+
+
+def check_range(params: Mapping[str, str], now: datetime, default_span: timedelta,
+                max_span: timedelta | None, what: str) -> tuple[datetime, datetime]:
+    """``(start, end)`` from the parameters: RFC 3339, start < end, at most ``max_span``."""
+    end = parse_time("end", params["end"]) if "end" in params else None
+    start = parse_time("start", params["start"]) if "start" in params else None
+    if end is None:
+        end = now if start is None or start < now else start + default_span
+    if start is None:
+        start = end - default_span
+    if not start < end:
+        raise BadRequest("start must be before end")
+    if max_span is not None and end - start > max_span:
+        raise BadRequest(f"range too long for {what}: {_span(end - start)} > {_span(max_span)}")
+    return start, end
+
+
+def check_limit(params: Mapping[str, str], default: int, maximum: int) -> int:
+    raw = params.get("limit")
+    if raw is None:
+        return min(default, maximum)
+    if not raw.isascii() or not raw.isdigit():
+        raise BadRequest(f"limit must be a whole number from 1 to {maximum}")
+    limit = int(raw)
+    if not 1 <= limit <= maximum:
+        raise BadRequest(f"limit must be from 1 to {maximum}, got {limit}")
+    return limit
+
+
+def pick_resolution(start: datetime, end: datetime,
+                    raw_max_range: timedelta = AUTO_RAW_UP_TO) -> str:
+    """raw for short ranges, then 1m, then 1h."""
+    span = end - start
+    if span <= min(AUTO_RAW_UP_TO, raw_max_range):
+        return "raw"
+    return "1m" if span <= AUTO_1M_UP_TO else "1h"
+
+
+def _span(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    if seconds >= 86400 and seconds % 86400 == 0:
+        return f"{seconds / 86400:g} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} hours"
+    return f"{seconds:g} seconds"
+
+
+# ------------------------------------------------------------------------------ SQL
+
+# Newest point of each series of the device within the window (NULLs when none there), in
+# one round trip: COPY ... TO STDOUT is a single simple-protocol statement, its own
+# implicit transaction (safe through a transaction pooler), where a parameterised query
+# with the statement cache off costs BEGIN, Parse, Bind/Execute and COMMIT. The literals
+# are safe: the device id matches DEVICE_ID_PATTERN (no quote) and the bound is an ISO
+# timestamp of ours. Time as epoch microseconds and value as its IEEE bytes: exact, and
+# independent of DateStyle and extra_float_digits.
+LATEST_COPY = """
+SELECT s.series_id, s.metric, (extract(epoch FROM r.time) * 1000000)::bigint,
+       encode(float8send(r.value), 'hex')
+FROM storage.series s
+LEFT JOIN LATERAL (
+    SELECT time, value FROM storage.readings r
+    WHERE r.series_id = s.series_id AND r.time >= '{since}'::timestamptz
+    ORDER BY r.time DESC LIMIT 1
+) r ON true
+WHERE s.device_id = '{device}'
+"""  # run as COPY (...) TO STDOUT by copy_from_query
+
+LATEST_UNBOUNDED = """
+SELECT s.series_id, r.time, r.value
+FROM unnest($1::integer[]) AS s(series_id)
+CROSS JOIN LATERAL (
+    SELECT time, value FROM storage.readings r
+    WHERE r.series_id = s.series_id
+    ORDER BY r.time DESC LIMIT 1
+) r
+"""
+
+READINGS = """
+SELECT r.time, s.metric, r.value
+FROM storage.series s
+JOIN storage.readings r ON r.series_id = s.series_id
+WHERE s.device_id = $1 AND r.time >= $2 AND r.time < $3 {metric}
+ORDER BY r.time, s.metric
+LIMIT $4
+"""
+
+# Per series (metric) of the device, its first ``limit`` buckets in the range as arrays,
+# one row per metric: each inner scan walks the (series_id, bucket) index in order and
+# stops at the limit, nothing is sorted on the server, and the worker decodes 5 arrays
+# instead of thousands of rows. Bucket starts (whole minutes or hours) come as epoch
+# seconds and are turned into RFC 3339 text through a cache shared by every request (the
+# same buckets recur for every device and metric): decoding datetimes cost the worker more
+# CPU than everything else (3,600 buckets: 4.5 ms as rows of datetimes, 2.6 as arrays,
+# 1.4 as arrays of integers). The arrays follow the subquery's order (checked in Python,
+# sorted there if ever not).
+AGGREGATES = """
+SELECT s.metric, a.buckets, a.counts, a.sums, a.mins, a.maxs
+FROM storage.series s
+CROSS JOIN LATERAL (
+    SELECT array_agg(date_part('epoch', bucket)::bigint) AS buckets,
+           array_agg(count) AS counts, array_agg(sum) AS sums,
+           array_agg(min) AS mins, array_agg(max) AS maxs
+    FROM (SELECT bucket, count, sum, min, max FROM storage.{table} a
+          WHERE a.series_id = s.series_id AND a.bucket >= $2 AND a.bucket < $3
+          ORDER BY a.bucket LIMIT $4) ordered
+) a
+WHERE s.device_id = $1 AND a.buckets IS NOT NULL {metric}
+"""
+
+RAW_AGGREGATES = """
+SELECT s.metric, r.times, r.vals
+FROM storage.series s
+CROSS JOIN LATERAL (
+    SELECT array_agg(time) AS times, array_agg(value) AS vals
+    FROM (SELECT time, value FROM storage.readings r
+          WHERE r.series_id = s.series_id AND r.time >= $2 AND r.time < $3
+          ORDER BY r.time LIMIT $4) ordered
+) r
+WHERE s.device_id = $1 AND r.times IS NOT NULL {metric}
+"""
+
+KNOWN_DEVICE = "SELECT EXISTS (SELECT 1 FROM devices WHERE device_id = $1)"
+
+_TABLES = {"1m": "readings_1m", "1h": "readings_1h"}
+
+
+def _with_metric(sql: str, metric: str | None, **names: str) -> str:
+    return sql.format(metric="AND s.metric = $5" if metric is not None else "", **names)
+
+
+def _args(metric: str | None, *args: Any) -> tuple[Any, ...]:
+    return (*args, metric) if metric is not None else args
+
+
+# ------------------------------------------------------------------------------ the pool
+
+def read_connect_kwargs(settings: Settings) -> dict[str, Any]:
+    """Connection arguments of the read pool: READ_DB_HOST/PORT when set, no statement
+    cache (so each query is planned with its own time bounds), QUERY_TIMEOUT."""
+    kwargs = connect_kwargs(settings, host=settings.read_db_host or None)
+    kwargs["port"] = settings.read_db_port or settings.db_port
+    kwargs["statement_cache_size"] = 0
+    kwargs["command_timeout"] = settings.query_timeout
+    kwargs["server_settings"] = {"application_name": "devicestream-queries"}
+    return kwargs
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing to reset: the read pool only runs read-only transactions (no session
+    state), and asyncpg's default reset costs a round trip on every release."""
+
+
+class ReadPool:
+    """The worker's read pool, opened on first use and shown in the stats as ``read``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        min_size=0, max_size=self._settings.read_db_pool_size,
+                        max_inactive_connection_lifetime=60, reset=_keep_session,
+                        **read_connect_kwargs(self._settings))
+                    pipeline_stats.register_pool("read", self._pool)
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pipeline_stats.unregister_pool("read")
+            await pool.close()
+
+
+# ------------------------------------------------------------------------------ queries
+
+class DeviceQueries:
+    """The three queries, on a pool; raise BadRequest for 400/404."""
+
+    def __init__(self, pool: ReadPool, limits: Limits) -> None:
+        self._pool = pool
+        self.limits = limits
+
+    async def latest(self, device_id: str, now: datetime) -> dict[str, Any]:
+        check_device(device_id)  # the COPY below inlines it: it must hold no quote
+        since = (now - LATEST_WINDOW).isoformat()
+        chunks: list[bytes] = []
+
+        async def collect(chunk: bytes) -> None:
+            chunks.append(chunk)
+
+        pool = await self._pool.get()
+        async with pool.acquire() as conn:
+            await conn.copy_from_query(LATEST_COPY.format(device=device_id, since=since),
+                                       output=collect)
+            values: dict[str, tuple[datetime, float]] = {}
+            older: dict[int, str] = {}
+            for line in b"".join(chunks).decode().splitlines():
+                series_id, metric, us, value = line.split("\t")
+                if us == "\\N":
+                    older[int(series_id)] = metric
+                else:
+                    values[metric] = (_EPOCH + timedelta(microseconds=int(us)),
+                                      _unpack_double(bytes.fromhex(value))[0])
+            if older or not values:
+                async with conn.transaction(readonly=True):
+                    if older:
+                        for r in await conn.fetch(LATEST_UNBOUNDED, list(older)):
+                            values[older[r["series_id"]]] = (r["time"], r["value"])
+                    if not values and not await conn.fetchval(KNOWN_DEVICE, device_id):
+                        raise BadRequest(f"unknown device {device_id!r}", 404)
+        names = sorted(values)
+        return {
+            "device_id": device_id,
+            "time": max((t for t, _ in values.values()), default=None),
+            "metrics": {m: values[m][1] for m in names},
+            "times": {m: values[m][0] for m in names},
+        }
+
+    async def readings(self, device_id: str, params: Mapping[str, str],
+                       now: datetime) -> dict[str, Any]:
+        metric = check_metric(params)
+        start, end = check_range(params, now, DEFAULT_READINGS_RANGE,
+                                 self.limits.raw_max_range, "raw readings")
+        limit = check_limit(params, DEFAULT_LIMIT, self.limits.max_rows)
+        sql = _with_metric(READINGS, metric)
+        pool = await self._pool.get()
+        async with pool.acquire() as conn, conn.transaction(readonly=True):
+            rows = await conn.fetch(sql, *_args(metric, device_id, start, end, limit + 1))
+            if not rows and not await conn.fetchval(KNOWN_DEVICE, device_id):
+                raise BadRequest(f"unknown device {device_id!r}", 404)
+        truncated = len(rows) > limit
+        points = [{"time": r[0], "metric": r[1], "value": r[2]} for r in rows[:limit]]
+        return {"device_id": device_id, "metric": metric, "start": start, "end": end,
+                "limit": limit, "count": len(points), "truncated": truncated,
+                "readings": points}
+
+    async def aggregates(self, device_id: str, params: Mapping[str, str],
+                         now: datetime) -> dict[str, Any]:
+        metric = check_metric(params)
+        resolution = params.get("resolution")
+        if resolution is not None and resolution not in RESOLUTIONS:
+            raise BadRequest(f"resolution must be one of {', '.join(RESOLUTIONS)}, "
+                             f"got {resolution!r}")
+        max_span = self.limits.raw_max_range if resolution == "raw" else None
+        start, end = check_range(params, now, DEFAULT_AGGREGATES_RANGE, max_span,
+                                 "raw resolution")
+        resolution = resolution or pick_resolution(start, end, self.limits.raw_max_range)
+        limit = check_limit(params, self.limits.max_rows, self.limits.max_rows)
+        if resolution == "raw":
+            sql = _with_metric(RAW_AGGREGATES, metric)
+        else:
+            sql = _with_metric(AGGREGATES, metric, table=_TABLES[resolution])
+        pool = await self._pool.get()
+        async with pool.acquire() as conn, conn.transaction(readonly=True):
+            rows = await conn.fetch(sql, *_args(metric, device_id, start, end, limit + 1))
+            if not rows and not await conn.fetchval(KNOWN_DEVICE, device_id):
+                raise BadRequest(f"unknown device {device_id!r}", 404)
+        truncated = False
+        series: dict[str, dict[str, Any]] = {}
+        for row in sorted(rows, key=_FIRST):
+            columns = _in_bucket_order(list(row)[1:])
+            if len(columns[0]) > limit:
+                truncated = True
+                columns = [column[:limit] for column in columns]
+            if resolution == "raw":
+                times, values = columns
+                series[row[0]] = {"bucket": times, "count": [1] * len(values), "sum": values,
+                                  "min": values, "max": values}
+            else:
+                buckets, counts, sums, lows, highs = columns
+                series[row[0]] = {"bucket": _bucket_texts(buckets),
+                                  "count": counts, "sum": sums, "min": lows, "max": highs}
+        return {"device_id": device_id, "resolution": resolution, "metric": metric,
+                "start": start, "end": end, "limit": limit, "truncated": truncated,
+                "count": sum(len(c["bucket"]) for c in series.values()),
+                "aggregates": series}
+
+
+_BUCKET_TEXT: dict[int, str] = {}
+_BUCKET_TEXT_MAX = 200_000  # ~140 days of minutes; the cache starts over beyond
+
+
+def _bucket_texts(epochs: list[int]) -> list[str]:
+    """Bucket starts (whole seconds since the epoch) as RFC 3339 UTC text, from a cache."""
+    try:
+        return list(map(_BUCKET_TEXT.__getitem__, epochs))  # the usual case, at C speed
+    except KeyError:
+        if len(_BUCKET_TEXT) + len(epochs) > _BUCKET_TEXT_MAX:
+            _BUCKET_TEXT.clear()
+        for epoch in epochs:
+            if epoch not in _BUCKET_TEXT:
+                _BUCKET_TEXT[epoch] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+        return list(map(_BUCKET_TEXT.__getitem__, epochs))
+
+
+def _in_bucket_order(columns: list[list[Any]]) -> list[list[Any]]:
+    """The columns of one metric, sorted by their first (time) column if they are not."""
+    times = columns[0]
+    if times == sorted(times):  # linear for sorted input; keys are unique
+        return columns
+    order = sorted(range(len(times)), key=times.__getitem__)
+    return [[column[i] for i in order] for column in columns]
+
+
+# ------------------------------------------------------------------------------ routes
+
+read_pool = ReadPool(settings)
+queries = DeviceQueries(read_pool, Limits.from_settings(settings))
+
+
+def encode(body: Any) -> bytes:
+    return orjson.dumps(body, option=orjson.OPT_UTC_Z)
+
+
+@app.on_before_shutdown.connect
+async def _close_read_pool(app: Any, **kwargs: Any) -> None:
+    await read_pool.close()
+
+
+class DeviceView(View):
+    """Base of the device routes: orjson answers, JSON errors, never a stack trace."""
+
+    async def dispatch(self, request: Any) -> Any:
+        try:
+            return await super().dispatch(request)
+        except BadRequest as exc:
+            return self.answer({"error": str(exc)}, exc.status)
+        except asyncio.TimeoutError:
+            return self.answer({"error": f"query took longer than {settings.query_timeout:g}s"},
+                               503, {"Retry-After": "5"})
+        except Exception as exc:  # noqa: BLE001 - the client gets JSON, never a trace
+            if is_transient(exc):
+                log.warning("%s %s: database unavailable (%s: %s)", request.method,
+                            request.path, type(exc).__name__, exc)
+                return self.answer({"error": f"database unavailable: {type(exc).__name__}"},
+                                   503, {"Retry-After": "5"})
+            log.error("%s %s failed: %s: %s", request.method, request.path,
+                      type(exc).__name__, exc)
+            return self.answer({"error": f"internal error: {type(exc).__name__}"}, 500)
+
+    def answer(self, body: Any, status: int = 200,
+               headers: dict[str, str] | None = None) -> Response:
+        return self.bytes(encode(body), content_type=_JSON, status=status, headers=headers)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@app.page("/devices/{device_id}/latest")
+class DeviceLatest(DeviceView):
+    """The newest value of each metric of a device."""
+
+    async def get(self, request: Request, device_id: str) -> Response:
+        check_params(request.query, ())
+        return self.answer(await queries.latest(check_device(device_id), _now()))
+
+
+@app.page("/devices/{device_id}/readings")
+class DeviceReadings(DeviceView):
+    """Raw points of a device in a time range."""
+
+    async def get(self, request: Request, device_id: str) -> Response:
+        params = check_params(request.query, ("metric", "start", "end", "limit"))
+        return self.answer(await queries.readings(check_device(device_id), params, _now()))
+
+
+@app.page("/devices/{device_id}/aggregates")
+class DeviceAggregates(DeviceView):
+    """Downsampled rows of a device (1m, 1h, or raw for short ranges)."""
+
+    async def get(self, request: Request, device_id: str) -> Response:
+        params = check_params(request.query,
+                              ("resolution", "metric", "start", "end", "limit"))
+        return self.answer(await queries.aggregates(check_device(device_id), params, _now()))
