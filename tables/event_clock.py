@@ -31,10 +31,6 @@ class EventClock:
         """The device's clock in microseconds since the epoch (0 when never seen)."""
         return self._clocks.get(device_id, 0)
 
-    def is_closed(self, device_id: str, bucket_start_us: int, width_us: int = BUCKET_US) -> bool:
-        """Whether the device's bucket starting at ``bucket_start_us`` is closed (final)."""
-        return bucket_start_us + width_us + self._grace_us <= self.clock(device_id)
-
     def observe(self, readings: Sequence[Reading]) -> int:
         """Advance the clock with one message's readings (one device); return how many were late."""
         device_id = readings[0].device_id

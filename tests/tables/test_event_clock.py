@@ -19,7 +19,6 @@ def test_readings_are_late_only_once_their_bucket_closed_by_event_time() -> None
     assert clock.observe(readings(T + MINUTE + 29_000_000)) == 0
     assert clock.observe(readings(T + 5)) == 0
     assert clock.observe(readings(T + 2 * MINUTE)) == 0
-    assert clock.is_closed("d", T) and not clock.is_closed("d", T + MINUTE)
     assert clock.observe(readings(T + 1, T + MINUTE + 1, T + 2 * MINUTE + 1)) == 1
 
 
