@@ -11,7 +11,7 @@ import faust
 
 from streams.settings import Settings
 from streams.stats import PipelineStats
-from streams.subscription import GrowingTopic
+from streams.subscription import GrowingTopic, subscribe_existing
 from streams.topics import broker_credentials
 from streams.worker import worker_class
 
@@ -35,7 +35,9 @@ app = faust.App(
     producer_acks=-1,
     topic_partitions=settings.device_topic_partitions,
     stream_wait_empty=True,
-    Worker=worker_class(settings.shutdown_timeout),
+    Worker=worker_class(
+        settings.shutdown_timeout, prepare=lambda: subscribe_existing(device_topics, settings)
+    ),
 )
 
 device_topics = GrowingTopic(app, key_serializer="raw", value_serializer="raw")

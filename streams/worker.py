@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+from typing import Awaitable, Callable
 
 import faust
 
@@ -24,6 +25,12 @@ class Worker(faust.Worker):
     """Faust's worker whose shutdown cannot hang."""
 
     shutdown_timeout: float = 25.0
+    prepare: Callable[[], Awaitable[None]] | None = None
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        if self.prepare is not None:
+            await self.prepare()
 
     def _schedule_shutdown(self, signum: signal.Signals) -> None:
         if not self._signal_stop_time:
@@ -41,6 +48,10 @@ class Worker(faust.Worker):
         os._exit(EXIT_SHUTDOWN_TIMED_OUT)
 
 
-def worker_class(shutdown_timeout: float) -> type[Worker]:
-    """The worker class for ``faust.App(Worker=...)`` with this shutdown deadline."""
-    return type("Worker", (Worker,), {"shutdown_timeout": shutdown_timeout})
+def worker_class(
+    shutdown_timeout: float, prepare: Callable[[], Awaitable[None]] | None = None
+) -> type[Worker]:
+    """The worker class for ``faust.App(Worker=...)``: this shutdown deadline, and
+    ``prepare`` awaited before the app starts."""
+    return type("Worker", (Worker,), {"shutdown_timeout": shutdown_timeout,
+                                      "prepare": staticmethod(prepare) if prepare else None})
