@@ -33,6 +33,11 @@ class PipelineStats:
     # Connection pools whose usage /pipeline/db and /metrics show, by name (asyncpg pools).
     db_pools: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Counting starts at zero when the worker starts: work done before the first
+        # timed sample still shows in the rates of the first window.
+        self._samples.append((self.started, (0, 0, 0, 0)))
+
     def register_pool(self, name: str, pool: Any) -> None:
         """Show the usage of ``pool`` (an asyncpg pool) in the stats views as ``name``."""
         self.db_pools[name] = pool

@@ -11,7 +11,7 @@ CONTRACT_KEYS = {"messages_total", "points_total", "rows_written_total", "dead_l
 
 
 def test_totals_rates_and_sink_figures() -> None:
-    stats = PipelineStats()
+    stats = PipelineStats(started=100.0)
     stats.sample(now=100.0)
     stats.messages_total, stats.points_total = 500, 1500
     stats.dead_letters_total, stats.late_readings_total = 20, 3
@@ -36,7 +36,7 @@ def test_totals_rates_and_sink_figures() -> None:
 
 
 def test_rates_only_cover_the_last_ten_seconds() -> None:
-    stats = PipelineStats()
+    stats = PipelineStats(started=0.0)
     for second in range(0, 31):
         stats.messages_total = 1000 if second < 20 else 1000 + 10 * (second - 20)
         stats.sample(now=float(second))
@@ -48,3 +48,10 @@ def test_a_fresh_worker_reports_zeros_and_no_latency() -> None:
     assert all(report[key] == 0 for key in CONTRACT_KEYS)
     assert report["write_latency_p50_seconds"] is None
     assert report["write_latency_p99_seconds"] is None
+
+
+def test_work_done_before_the_first_sample_shows_in_the_first_rates() -> None:
+    stats = PipelineStats(started=0.0)
+    stats.messages_total = 50  # all of it before the sampler first ran
+    stats.sample(now=2.0)
+    assert throughput_report(stats)["messages_per_second"] == pytest.approx(25.0)
