@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import faust
-
+from streams.kafka_consumer import App
 from streams.settings import Settings
 from streams.stats import PipelineStats
 from streams.subscription import GrowingTopic, subscribe_existing
@@ -18,7 +17,7 @@ from streams.worker import worker_class
 settings = Settings.from_env()
 Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # Faust makes only its own folder
 
-app = faust.App(
+app = App(
     settings.app_id,
     broker=[f"kafka://{broker}" for broker in settings.kafka_brokers.split(",")],
     broker_credentials=broker_credentials(settings),

@@ -1,0 +1,75 @@
+"""The worker's Kafka consumer: inline delivery while flow is active, linear commits."""
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from faust.types import TP
+
+from streams.app import app
+from streams.kafka_consumer import Consumer, ConsumerThread
+
+
+def test_the_app_consumes_through_the_fixed_consumer() -> None:
+    assert isinstance(app.consumer, Consumer)
+    assert isinstance(app.consumer._new_consumer_thread(), ConsumerThread)
+
+
+def new_consumer() -> Consumer:
+    """A consumer (not started) bound to the test's event loop."""
+    async def unused(*args: object) -> None:
+        raise AssertionError("not called in these tests")
+
+    return Consumer(app.transport, callback=unused, on_partitions_revoked=unused,
+                    on_partitions_assigned=unused, loop=asyncio.get_running_loop())
+
+
+async def test_a_delivery_runs_inline_while_the_flow_is_active() -> None:
+    consumer = new_consumer()
+    consumer.resume_flow()
+    delivered: list[int] = []
+
+    async def deliver() -> int:
+        delivered.append(asyncio.current_task() is outer)
+        return 7
+
+    outer = asyncio.current_task()
+    result = await consumer.wait_first(deliver(), consumer.suspend_flow.wait())
+    assert result.results == [7] and not result.stopped
+    assert delivered == [True], "the delivery ran in the caller's task, not in a new one"
+
+
+async def test_a_suspended_flow_interrupts_a_stuck_delivery() -> None:
+    consumer = new_consumer()
+    consumer.stop_flow()  # as on a rebalance
+    stuck = asyncio.Event()
+
+    async def deliver() -> None:
+        await stuck.wait()  # a stream buffer that never drains
+
+    delivery, suspended = deliver(), consumer.suspend_flow.wait()
+    try:
+        result = await asyncio.wait_for(consumer.wait_first(delivery, suspended), timeout=5)
+    finally:
+        consumer.resume_flow()
+    assert result.done == [suspended], "Faust's way: the suspension won, the delivery was dropped"
+
+
+
+async def test_a_commit_sends_only_assigned_partitions_once_each() -> None:
+    committed: list[dict] = []
+
+    class AioConsumer:
+        def assignment(self) -> set[TopicPartition]:
+            return {TopicPartition(f"t{i}", 0) for i in range(1000)}
+
+        async def commit(self, offsets: dict) -> None:
+            committed.append(offsets)
+
+    thread = ConsumerThread(new_consumer(), loop=asyncio.get_running_loop())
+    thread._consumer = AioConsumer()
+    offsets = {TP(f"t{i}", 0): i for i in range(990, 1010)}  # t1000.. are not assigned
+    assert await thread._commit(offsets) is True
+    assert committed == [{TopicPartition(f"t{i}", 0): OffsetAndMetadata(i, "")
+                          for i in range(990, 1000)}]
+    assert set(thread.tp_last_committed_at) == {TP(f"t{i}", 0) for i in range(990, 1000)}
