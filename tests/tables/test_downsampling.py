@@ -15,6 +15,7 @@ from tests.stack import (
     duplicate_rows,
     fleet,
     publish_readings,
+    rows_at_least,
     wait_for,
 )
 
@@ -49,13 +50,9 @@ async def test_aggregates_are_exact_with_disorder_duplicates_late_readings_and_m
             # Late: their buckets closed long ago by the device's event time.
             await producer.send(topic, key, [reading(15, -100.0), reading(3599, 5.5, "h")])
     expected_rows = len(devices) * 10
-    await wait_for(lambda: _rows_are(devices, expected_rows), 90, f"{expected_rows} rows")
+    await wait_for(lambda: rows_at_least(devices, expected_rows), 90, f"{expected_rows} rows")
     assert await aggregate_mismatches(devices) == []
     assert "Traceback" not in worker.log_text()
-
-
-async def _rows_are(devices: list[str], expected: int) -> bool:
-    return await count_rows(devices) >= expected
 
 
 async def test_aggregates_stay_exact_when_the_worker_is_killed_mid_stream_and_restarted(
@@ -69,7 +66,7 @@ async def test_aggregates_stay_exact_when_the_worker_is_killed_mid_stream_and_re
     worker.kill()
     assert await count_rows(devices) < points
     start_worker("restarted", APP_ID=worker.env["APP_ID"], **env)
-    await wait_for(lambda: _rows_are(devices, points), 120, f"{points} rows")
+    await wait_for(lambda: rows_at_least(devices, points), 120, f"{points} rows")
     await asyncio.sleep(2)
     assert await count_rows(devices) == points
     assert await duplicate_rows(devices) == 0
@@ -88,7 +85,7 @@ async def test_aggregates_stay_exact_when_one_of_two_workers_stops(start_worker)
                           APP_ID=first.env["APP_ID"])
     await wait_for(lambda: _rows_between(devices, 1, points - 1), 90, "the first rows")
     assert second.stop(timeout=40) == 0
-    await wait_for(lambda: _rows_are(devices, points), 120, f"{points} rows")
+    await wait_for(lambda: rows_at_least(devices, points), 120, f"{points} rows")
     await asyncio.sleep(2)
     assert await count_rows(devices) == points
     assert await aggregate_mismatches(devices) == []

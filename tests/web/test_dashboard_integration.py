@@ -5,25 +5,18 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
-from typing import AsyncIterator, Iterator
+from typing import Iterator
 
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from tests.stack import OUTPUT
-from tests.web.worker_web import PrivateBroker, new_device_topic, produce, reading, wait_for_answer
+from tests.stack import OUTPUT, PrivateBroker
+from tests.web.worker_web import new_device_topic, produce, reading, wait_for_answer
 
 pytestmark = pytest.mark.integration
 
 CHARTS = ("throughput", "lag", "dead_letters", "latency", "db_size")
-
-
-@pytest.fixture
-async def broker(stack: None) -> AsyncIterator[PrivateBroker]:
-    broker = await PrivateBroker().start()
-    yield broker
-    broker.stop()
 
 
 @pytest.fixture
@@ -54,12 +47,12 @@ def _points(driver: webdriver.Chrome) -> dict[str, int]:
         "return out;")
 
 
-async def test_dashboard_charts_fill_with_data(broker: PrivateBroker, start_worker,
+async def test_dashboard_charts_fill_with_data(private_broker: PrivateBroker, start_worker,
                                                chromium: webdriver.Chrome) -> None:
-    device, topic = await new_device_topic(broker, "webdash-", partitions=2)
+    device, topic = await new_device_topic(private_broker, "webdash-", partitions=2)
     values = [reading(device, i) for i in range(50)] + [b"not json"] * 3
-    await produce(broker, topic, device.encode(), {0: values[::2], 1: values[1::2]})
-    worker = start_worker("web-dashboard", **broker.worker_env())
+    await produce(private_broker, topic, device.encode(), {0: values[::2], 1: values[1::2]})
+    worker = start_worker("web-dashboard", **private_broker.worker_env())
     await wait_for_answer(worker, "/pipeline/throughput", lambda t: t["dead_letters_total"] == 3,
                           "the messages to be stored")
     await wait_for_answer(worker, "/pipeline/lag", lambda r: r["total_lag"] == 0, "lag 0")

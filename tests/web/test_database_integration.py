@@ -2,14 +2,13 @@
 and /pipeline/db of a worker whose database is unreachable."""
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.stack import db_connect, free_port
+from tests.stack import PrivateBroker, db_connect, free_port
 from tests.web.worker_web import (
-    PrivateBroker,
     get,
     new_device_topic,
     produce,
@@ -18,13 +17,6 @@ from tests.web.worker_web import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def broker(stack: None) -> AsyncIterator[PrivateBroker]:
-    broker = await PrivateBroker().start()
-    yield broker
-    broker.stop()
 
 
 async def _license() -> str | None:
@@ -36,10 +28,11 @@ async def _license() -> str | None:
         await conn.close()
 
 
-async def test_database_state_and_metrics(broker: PrivateBroker, start_worker) -> None:
-    device, topic = await new_device_topic(broker, "webdb-", partitions=1)
-    await produce(broker, topic, device.encode(), {0: [reading(device, i) for i in range(20)]})
-    worker = start_worker("web-db", **broker.worker_env())
+async def test_database_state_and_metrics(private_broker: PrivateBroker, start_worker) -> None:
+    device, topic = await new_device_topic(private_broker, "webdb-", partitions=1)
+    await produce(private_broker, topic, device.encode(),
+                  {0: [reading(device, i) for i in range(20)]})
+    worker = start_worker("web-db", **private_broker.worker_env())
     await wait_for_answer(worker, "/pipeline/throughput", lambda t: t["sink_batches_total"] > 0,
                           "a first batch written")
 
@@ -93,8 +86,9 @@ async def test_database_state_and_metrics(broker: PrivateBroker, start_worker) -
     assert value("devicestream_pgbouncer_transactions_total", database="devicestream") > 0
 
 
-async def test_database_down_is_reported_not_a_500(broker: PrivateBroker, start_worker) -> None:
-    worker = start_worker("web-db-down", DB_PORT=str(free_port()), **broker.worker_env())
+async def test_database_down_is_reported_not_a_500(private_broker: PrivateBroker,
+                                                   start_worker) -> None:
+    worker = start_worker("web-db-down", DB_PORT=str(free_port()), **private_broker.worker_env())
     state = await wait_for_answer(worker, "/pipeline/db", lambda s: True, "a database sample")
     assert state["available"] is False
     assert "Connect" in state["error"] or "refused" in state["error"], state["error"]

@@ -13,8 +13,16 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.topics import device_topic
-from tests.producers.helpers import own_log
-from tests.stack import SETTINGS, Worker, count_rows, db_connect, fleet, wait_for
+from tests.stack import (
+    SETTINGS,
+    Worker,
+    count_rows,
+    db_connect,
+    fleet,
+    own_log,
+    rows_at_least,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -96,13 +104,9 @@ async def test_posted_readings_are_acknowledged_202_and_arrive_in_readings(
     expected = {(r["device_id"], m, datetime.fromisoformat(r["time"])): float(v)
                 for r in body + [reading(devices[0], 30, door=True)]
                 for m, v in r["metrics"].items()}
-    await wait_for(lambda: _has(devices, len(expected)), 90, f"{len(expected)} rows")
+    await wait_for(lambda: rows_at_least(devices, len(expected)), 90, f"{len(expected)} rows")
     assert await stored(devices) == expected
     assert "Traceback" not in own_log(worker)
-
-
-async def _has(devices: list[str], count: int) -> bool:
-    return await count_rows(devices) >= count
 
 
 async def test_a_400_publishes_nothing_of_its_body(start_worker) -> None:
@@ -116,7 +120,7 @@ async def test_a_400_publishes_nothing_of_its_body(start_worker) -> None:
     assert "time" in answer["errors"][0]["error"]
     # A later valid body of another device is stored; the refused body's readings never are.
     assert await post(worker, [reading(sentinel)]) == (202, {"accepted": 1})
-    await wait_for(lambda: _has([sentinel], 1), 90, "the sentinel's row")
+    await wait_for(lambda: rows_at_least([sentinel], 1), 90, "the sentinel's row")
     assert not await topic_exists(device_topic(bad_device)), "its topic was never even created"
     assert await count_rows([bad_device]) == 0
 
@@ -160,5 +164,5 @@ async def test_with_ingest_token_set_only_the_right_bearer_token_gets_in(start_w
         assert status == 401 and "token" in answer["error"], headers
     assert await post(worker, [reading(device)], {"Authorization": f"Bearer {TOKEN}"}) == (
         202, {"accepted": 1})
-    await wait_for(lambda: _has([device], 1), 90, "the authorized reading's row")
+    await wait_for(lambda: rows_at_least([device], 1), 90, "the authorized reading's row")
     assert TOKEN not in worker.log_text(), "the token is never logged (in any run)"

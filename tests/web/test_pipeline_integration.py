@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
+from tests.stack import PrivateBroker
 from tests.web.worker_web import (
     SETTLE_SECONDS,
-    PrivateBroker,
     get,
     new_device_topic,
     partitions_of,
@@ -25,13 +25,6 @@ pytestmark = pytest.mark.integration
 COUNTS = {0: 7, 1: 0, 2: 25, 3: 3}  # messages per partition; partition 1 stays empty
 INVALID_PARTITION = 3  # its messages are readings too old to keep: dead letters
 METRICS = 3  # per valid reading
-
-
-@pytest.fixture
-async def broker(stack: None) -> AsyncIterator[PrivateBroker]:
-    broker = await PrivateBroker().start()
-    yield broker
-    broker.stop()  # after the workers: start_worker is set up later, so torn down first
 
 
 def _has_offsets(topic: str, committed: dict[int, int], end: dict[int, int]):
@@ -56,10 +49,10 @@ async def _produce_counts(broker: PrivateBroker, prefix: str) -> str:
     return topic
 
 
-async def test_lag_and_throughput_count_what_was_produced(broker: PrivateBroker,
+async def test_lag_and_throughput_count_what_was_produced(private_broker: PrivateBroker,
                                                           start_worker) -> None:
-    topic = await _produce_counts(broker, "weblag-")
-    worker = start_worker("web-lag", **broker.worker_env())
+    topic = await _produce_counts(private_broker, "weblag-")
+    worker = start_worker("web-lag", **private_broker.worker_env())
     invalid = COUNTS[INVALID_PARTITION]
     valid = sum(COUNTS.values()) - invalid
 
@@ -90,12 +83,12 @@ async def test_lag_and_throughput_count_what_was_produced(broker: PrivateBroker,
     assert 0 < totals["write_latency_p50_seconds"] <= totals["write_latency_p99_seconds"] < 60
 
 
-async def test_lag_of_messages_read_but_not_yet_stored(broker: PrivateBroker,
+async def test_lag_of_messages_read_but_not_yet_stored(private_broker: PrivateBroker,
                                                        start_worker) -> None:
     """The worker holds every batch for two minutes: nothing is committed, lag = end."""
-    topic = await _produce_counts(broker, "weblagheld-")
+    topic = await _produce_counts(private_broker, "weblagheld-")
     worker = start_worker("web-lag-held", SINK_LINGER="120", SINK_BATCH_POINTS="10000000",
-                          **broker.worker_env())
+                          **private_broker.worker_env())
     zero = {p: 0 for p in COUNTS}
     produced = sum(COUNTS.values())
 
@@ -123,17 +116,17 @@ async def test_lag_of_messages_read_but_not_yet_stored(broker: PrivateBroker,
     worker.kill()  # a clean stop would wait for the held batch; nothing of it is stored
 
 
-async def test_lag_in_shared_topic_mode(broker: PrivateBroker, start_worker) -> None:
+async def test_lag_in_shared_topic_mode(private_broker: PrivateBroker, start_worker) -> None:
     """TOPIC_MODE=shared: the one topic ``device-data``, keyed by device, is what lags."""
     from streams.topics import SHARED_TOPIC, TopicProvisioner
 
-    async with TopicProvisioner(broker.settings()) as topics:
+    async with TopicProvisioner(private_broker.settings()) as topics:
         await topics.ensure([SHARED_TOPIC], partitions=4)
     devices = [f"websharedlag-{n}" for n in range(4)]  # one per partition (partition 1: none)
     for partition, device in enumerate(devices):
-        await produce(broker, SHARED_TOPIC, device.encode(), {
+        await produce(private_broker, SHARED_TOPIC, device.encode(), {
             partition: [reading(device, i) for i in range(COUNTS[partition])]})
-    worker = start_worker("web-lag-shared", TOPIC_MODE="shared", **broker.worker_env())
+    worker = start_worker("web-lag-shared", TOPIC_MODE="shared", **private_broker.worker_env())
     report = await wait_for_answer(worker, "/pipeline/lag",
                                    _has_offsets(SHARED_TOPIC, COUNTS, COUNTS),
                                    "the shared topic fully committed")

@@ -1,7 +1,6 @@
 """The /metrics exposition from fake samples, read back with prometheus_client's parser."""
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -9,18 +8,9 @@ from aiokafka.structs import TopicPartition as TP
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.stats import PipelineStats
+from tests.stack import fake_sample
 from web.lag import LagSample, PartitionLag
-from web.periodic import PeriodicSample
 from web.prometheus import PipelineCollector, exposition, metrics_registry
-
-
-def _sample(value: Any) -> PeriodicSample[Any]:
-    async def never() -> Any:
-        raise AssertionError("a scrape must not measure")
-
-    sample: PeriodicSample[Any] = PeriodicSample("fake", never, interval=60)
-    sample.value, sample.measured_at = value, time.time() - 2
-    return sample
 
 
 DB_STATE = {
@@ -51,8 +41,8 @@ DB_STATE = {
 
 
 def _scrape(stats: PipelineStats, lag: Any, db: Any) -> dict[str, Any]:
-    registry = metrics_registry(PipelineCollector(stats, _sample(lag), _sample(db)),
-                                process=None)
+    collector = PipelineCollector(stats, fake_sample(lag, age=2), fake_sample(db, age=2))
+    registry = metrics_registry(collector, process=None)
     text = exposition(registry).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     return families

@@ -2,7 +2,6 @@
 fake samples: JSON errors, waiting for a first measurement, content types."""
 from __future__ import annotations
 
-import time
 from typing import Any, AsyncIterator
 
 import pytest
@@ -11,20 +10,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.structs import TopicPartition as TP
 
 from streams.app import app
+from tests.stack import fake_sample
 from web import views
 from web.lag import LagSample, PartitionLag
-from web.periodic import PeriodicSample
-
-
-def _sample(value: Any = None, error: str | None = None) -> PeriodicSample[Any]:
-    async def measure() -> Any:
-        raise AssertionError("a request must not measure")
-
-    sample: PeriodicSample[Any] = PeriodicSample("fake", measure, interval=60)
-    if value is not None:
-        sample.value, sample.measured_at = value, time.time()
-    sample.error = error
-    return sample
 
 
 def _stats_routes() -> aiohttp_web.Application:
@@ -43,8 +31,8 @@ def _stats_routes() -> aiohttp_web.Application:
 @pytest.fixture
 async def client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient]:
     monkeypatch.setattr(views, "FIRST_SAMPLE_WAIT_SECONDS", 0.1)
-    monkeypatch.setattr(views, "lag_sample", _sample())
-    monkeypatch.setattr(views, "database_sample", _sample())
+    monkeypatch.setattr(views, "lag_sample", fake_sample())
+    monkeypatch.setattr(views, "database_sample", fake_sample())
     async with TestClient(TestServer(_stats_routes())) as test_client:
         yield test_client
 
@@ -57,7 +45,7 @@ LAG = LagSample(
 
 async def test_lag_of_the_worker_and_of_the_group(client: TestClient,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(views, "lag_sample", _sample(LAG))
+    monkeypatch.setattr(views, "lag_sample", fake_sample(LAG, age=0))
     response = await client.get("/pipeline/lag")
     assert response.status == 200
     assert await response.json() == {"total_lag": 7, "partitions": [
@@ -74,7 +62,7 @@ async def test_lag_before_any_measurement_is_503_not_zero(client: TestClient,
     # measured, but the worker has not been assigned its partitions yet
     unassigned = LagSample(partitions=LAG.partitions, assigned=frozenset(),
                            assignment_known=False)
-    monkeypatch.setattr(views, "lag_sample", _sample(unassigned))
+    monkeypatch.setattr(views, "lag_sample", fake_sample(unassigned, age=0))
     response = await client.get("/pipeline/lag")
     assert response.status == 503
     assert "no partition assignment yet" in (await response.json())["error"]
@@ -83,8 +71,7 @@ async def test_lag_before_any_measurement_is_503_not_zero(client: TestClient,
 
 async def test_a_stale_lag_whose_refresh_fails_is_not_served(
         client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    stale = _sample(LAG, error="KafkaConnectionError: broker down")
-    stale.measured_at = time.time() - 600
+    stale = fake_sample(LAG, age=600, error="KafkaConnectionError: broker down")
     monkeypatch.setattr(views, "lag_sample", stale)
     response = await client.get("/pipeline/lag")
     assert response.status == 503
@@ -123,7 +110,7 @@ async def test_db_state_is_served_from_the_sample(client: TestClient,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     assert (await client.get("/pipeline/db")).status == 503
     down = {"available": False, "error": "OSError: refused", "pools": {}}
-    monkeypatch.setattr(views, "database_sample", _sample(down))
+    monkeypatch.setattr(views, "database_sample", fake_sample(down, age=0))
     response = await client.get("/pipeline/db")
     assert response.status == 200
     body = await response.json()
@@ -136,8 +123,8 @@ async def test_dashboard_data_is_one_small_answer(client: TestClient,
     body = await (await client.get("/dashboard/data")).json()
     assert body["lag"]["worker"] is None and body["db"] is None  # nothing measured yet
     assert body["throughput"]["messages_total"] >= 0
-    monkeypatch.setattr(views, "lag_sample", _sample(LAG))
-    monkeypatch.setattr(views, "database_sample", _sample({"available": True}))
+    monkeypatch.setattr(views, "lag_sample", fake_sample(LAG, age=0))
+    monkeypatch.setattr(views, "database_sample", fake_sample({"available": True}, age=0))
     body = await (await client.get("/dashboard/data")).json()
     assert body["lag"] == {"worker": 7, "group": 12, "worker_partitions": 1,
                            "group_partitions": 2}

