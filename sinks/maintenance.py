@@ -27,7 +27,8 @@ One run (``run_maintenance``) does, in this order, each step in its own transact
    written (every series appends in the middle of the key space). Once a chunk is closed
    (its end ``CLOSED_AFTER`` in the past) its index is rebuilt packed
    (``fillfactor = 100``, ``REINDEX INDEX CONCURRENTLY``: reads and writes go on), once:
-   from ~45 to 28 bytes per point.
+   from ~45 to 28 bytes per point. Closed ``readings_1h`` chunks (7 days) are CLUSTERed
+   once on (series_id, bucket), so a long-range read of one device touches few pages.
 6. **ANALYZE** of the hypertables (``full``) or of the chunks changed since they were last
    analyzed, and of ``storage.series`` and ``devices``.
 7. **Compression.** ``SHOW timescaledb.license`` decides: ``timescale`` -> compression on
@@ -64,8 +65,10 @@ TIME_COLUMN = {RAW: "time", MINUTE: "bucket", HOUR: "bucket"}
 
 # A raw chunk whose end is this far in the past is closed: its index gets packed.
 CLOSED_AFTER = timedelta(hours=6)
-# At most this many indexes are rebuilt per run (a backlog clears over the next runs).
+# At most this many indexes are rebuilt, and readings_1h chunks clustered, per run (a
+# backlog clears over the next runs).
 COMPACTIONS_PER_RUN = 24
+CLUSTERS_PER_RUN = 8
 # Series ids per DELETE of the per-device step (keeps every plan an index probe).
 DELETE_IDS_PER_STATEMENT = 1000
 LEASE_TTL = timedelta(hours=1)
@@ -139,6 +142,8 @@ class MaintenanceReport:
     deleted_rows: dict[str, int] = field(default_factory=dict)  # "7 days" -> rows
     compacted_indexes: int = 0
     compaction_backlog: int = 0
+    clustered_hourly_chunks: int = 0
+    clustering_backlog: int = 0
     analyzed: list[str] = field(default_factory=list)
     policies: list[str] = field(default_factory=list)
     compression: dict[str, Any] = field(default_factory=dict)
@@ -162,6 +167,9 @@ class MaintenanceReport:
             f"chunk indexes compacted: {self.compacted_indexes}" + (
                 f" ({self.compaction_backlog} left for the next runs)"
                 if self.compaction_backlog else ""),
+            f"closed readings_1h chunks clustered: {self.clustered_hourly_chunks}" + (
+                f" ({self.clustering_backlog} left for the next runs)"
+                if self.clustering_backlog else ""),
             f"analyzed: {', '.join(self.analyzed) or 'nothing changed'}",
             f"compression: {self.compression.get('state', 'unknown')}",
         ]
@@ -446,6 +454,37 @@ async def _compact_indexes(conn: asyncpg.Connection, closed_before: datetime,
     report.compaction_backlog = max(0, len(todo) - COMPACTIONS_PER_RUN)
 
 
+# A closed readings_1h chunk not clustered yet (CLUSTER marks its index indisclustered).
+_HOURLY_TO_CLUSTER = """
+SELECT format('%I.%I', c.chunk_schema, c.chunk_name) AS chunk, quote_ident(ic.relname) AS index
+FROM timescaledb_information.chunks c
+JOIN pg_index i ON i.indrelid = format('%I.%I', c.chunk_schema, c.chunk_name)::regclass
+JOIN pg_class ic ON ic.oid = i.indexrelid
+WHERE c.hypertable_schema = 'storage' AND c.hypertable_name = 'readings_1h'
+  AND NOT c.is_compressed AND c.range_end <= $1 AND i.indisunique AND i.indisvalid
+  AND NOT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = i.indrelid AND x.indisclustered)
+ORDER BY c.range_start DESC
+"""
+
+
+async def _cluster_hourly(conn: asyncpg.Connection, closed_before: datetime,
+                          report: MaintenanceReport) -> None:
+    """CLUSTER closed readings_1h chunks on (series_id, bucket), once each.
+
+    The chunk is locked (reads and late upserts of that week wait) for the rewrite: 1.4 s
+    for a 7-day chunk of 1,000 devices x 5 metrics (840k rows) here. Compressed chunks
+    (Timescale license) are already ordered by series and bucket.
+    """
+    async with conn.transaction():
+        todo = await conn.fetch(_HOURLY_TO_CLUSTER, closed_before)
+    for row in todo[:CLUSTERS_PER_RUN]:
+        async with conn.transaction():
+            await conn.execute(f"CLUSTER {row['chunk']} USING {row['index']}")
+            await conn.execute(f"ANALYZE {row['chunk']}")
+        report.clustered_hourly_chunks += 1
+    report.clustering_backlog = max(0, len(todo) - CLUSTERS_PER_RUN)
+
+
 # ------------------------------------------------------------------------------ analyze
 
 _CHANGED_CHUNKS = """
@@ -543,6 +582,10 @@ async def run_maintenance(conn: asyncpg.Connection, retention: RetentionSettings
     t = time.perf_counter()
     await _compact_indexes(conn, now - CLOSED_AFTER, report)
     await step("index compaction", t)
+
+    t = time.perf_counter()
+    await _cluster_hourly(conn, now - CLOSED_AFTER, report)
+    await step("hourly clustering", t)
 
     t = time.perf_counter()
     report.analyzed = await _analyze(conn, full_analyze)

@@ -57,6 +57,17 @@ async def _write(devices: dict[str, int | None], now: datetime) -> None:
         for device, days in devices.items():
             await conn.execute("UPDATE devices SET retention_days = $2 WHERE device_id = $1",
                                device, days)
+        # A raw chunk past RETENTION_DAYS is trimmed once: the pipeline refuses readings
+        # that old, so none arrive later. These rows come straight through the sink, maybe
+        # into a chunk an earlier run of this test trimmed: let this run trim it again.
+        await conn.execute(
+            "UPDATE storage.chunk_maintenance m SET trimmed_at = NULL "
+            "FROM timescaledb_information.chunks c "
+            "WHERE m.chunk = format('%I.%I', c.chunk_schema, c.chunk_name) "
+            "AND c.hypertable_schema = 'storage' AND c.hypertable_name = 'readings' "
+            "AND EXISTS (SELECT 1 FROM unnest($1::timestamptz[]) t "
+            "            WHERE t >= c.range_start AND t < c.range_end)",
+            [now - age for age in AGES.values()])
     finally:
         await conn.close()
 
@@ -122,10 +133,17 @@ async def test_retention_per_device_shorter_and_longer_than_the_default(stack) -
                 "JOIN pg_class c ON c.oid = i.indexrelid "
                 "WHERE ch.hypertable_schema = 'storage' AND ch.hypertable_name = 'readings' "
                 "AND $1 >= ch.range_start AND $1 < ch.range_end", now - AGES["3d"])
+            clustered = await conn.fetchval(
+                "SELECT bool_or(i.indisclustered) FROM timescaledb_information.chunks ch "
+                "JOIN pg_index i "
+                "  ON i.indrelid = format('%I.%I', ch.chunk_schema, ch.chunk_name)::regclass "
+                "WHERE ch.hypertable_schema = 'storage' AND ch.hypertable_name = 'readings_1h' "
+                "AND $1 >= ch.range_start AND $1 < ch.range_end", now - AGES["95d"])
         finally:
             await conn.close()
         assert buckets == 6
         assert compacted, "the closed 3-day-old chunk's index was rebuilt packed"
+        assert clustered, "the closed readings_1h chunk was clustered on (series_id, bucket)"
 
         again = await maintain(SETTINGS, unique("test-"), wait=120)
         assert again is not None
