@@ -20,21 +20,26 @@
 Times are RFC 3339 with a zone (a ``+`` that arrived as a space is taken for ``+``);
 answers carry UTC times ending in ``Z``. A bad parameter gets 400, an unknown device 404,
 a database that is down or too slow 503, always as JSON ``{"error": ...}``: never a stack
-trace. Queries go to a pool of their own, on ``READ_DB_HOST`` (a read replica) when set,
+trace. Every answer carries ``Server-Timing: db;dur=..., app;dur=...`` (milliseconds the
+worker spent on it, and the part of that spent waiting for the database). Queries go to a pool of their own, on ``READ_DB_HOST`` (a read replica) when set,
 else on the database the workers write to; it has no statement cache, so every query is
 planned with its time bounds and touches only the chunks in range.
 """
 from __future__ import annotations
 
+import array
 import asyncio
+import contextlib
+import contextvars
 import logging
 import operator
 import re
 import struct
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import asyncpg
 import orjson
@@ -219,28 +224,50 @@ ORDER BY r.time, s.metric
 LIMIT $4
 """
 
-# Per series (metric) of the device, its first ``limit`` buckets in the range as arrays,
-# one row per metric: each inner scan walks the (series_id, bucket) index in order and
-# stops at the limit, nothing is sorted on the server, and the worker decodes 5 arrays
-# instead of thousands of rows. Bucket starts (whole minutes or hours) come as epoch
-# seconds and are turned into RFC 3339 text through a cache shared by every request (the
-# same buckets recur for every device and metric): decoding datetimes cost the worker more
-# CPU than everything else (3,600 buckets: 4.5 ms as rows of datetimes, 2.6 as arrays,
-# 1.4 as arrays of integers). The arrays follow the subquery's order (checked in Python,
-# sorted there if ever not).
-AGGREGATES = """
-SELECT s.metric, a.buckets, a.counts, a.sums, a.mins, a.maxs
+# Per series (metric) of the device, its first ``limit`` buckets in the range, one row per
+# metric: each inner scan walks the (series_id, bucket) index in order and stops at the
+# limit, nothing is sorted on the server. The buckets come packed in one bytea, 40 bytes
+# each: the binary send format (big-endian, exact bits) of bucket (microseconds since
+# 2000-01-01), count, sum, min and max, which the worker unpacks with a few C calls
+# (``array``, ``memoryview``) instead of arrays whose every element the server frames and
+# asyncpg decodes one at a time. It runs as ``COPY (...) TO STDOUT``: one simple-protocol
+# statement, one round trip, its own implicit transaction (safe through a transaction
+# pooler), where a parameterised query with the statement cache off costs Parse/Describe
+# and Bind/Execute round trips (and BEGIN/COMMIT in a transaction); every hand-over
+# between processes is a chance to wait for a busy core. Measured for 3,600 buckets (5
+# metrics x 720 hours), from sending the query to decoded columns, p50 of interleaved
+# runs: 3.7 ms as five arrays, 2.9 as five packed columns, and ~0.6 ms less packed as one
+# with timestamptz_send instead of date_part('epoch', ...); packing the values is about
+# half of the server's work. The literals are safe: ids and metric names match
+# their patterns (no quote) and are quoted anyway, times are our own ISO text. The
+# buckets follow the subquery's order (checked in Python, sorted there if ever not).
+AGGREGATES_COPY = """
+SELECT s.metric, a.packed
 FROM storage.series s
 CROSS JOIN LATERAL (
-    SELECT array_agg(date_part('epoch', bucket)::bigint) AS buckets,
-           array_agg(count) AS counts, array_agg(sum) AS sums,
-           array_agg(min) AS mins, array_agg(max) AS maxs
+    SELECT string_agg(timestamptz_send(bucket) || int8send(count) || float8send(sum)
+                      || float8send(min) || float8send(max), ''::bytea) AS packed
     FROM (SELECT bucket, count, sum, min, max FROM storage.{table} a
-          WHERE a.series_id = s.series_id AND a.bucket >= $2 AND a.bucket < $3
-          ORDER BY a.bucket LIMIT $4) ordered
+          WHERE a.series_id = s.series_id AND a.bucket >= {start}::timestamptz
+            AND a.bucket < {end}::timestamptz
+          ORDER BY a.bucket LIMIT {limit}) ordered
 ) a
-WHERE s.device_id = $1 AND a.buckets IS NOT NULL {metric}
-"""
+WHERE s.device_id = {device} AND a.packed IS NOT NULL {metric}
+"""  # run as COPY (...) TO STDOUT (FORMAT binary) by copy_from_query
+
+
+def _literal(text: str) -> str:
+    """``text`` as an SQL string literal (standard_conforming_strings: only ' is special)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def aggregates_copy_sql(table: str, device_id: str, metric: str | None, start: datetime,
+                        end: datetime, limit: int) -> str:
+    return AGGREGATES_COPY.format(
+        table=table, device=_literal(device_id), start=_literal(start.isoformat()),
+        end=_literal(end.isoformat()), limit=int(limit),
+        metric=f"AND s.metric = {_literal(metric)}" if metric is not None else "")
+
 
 RAW_AGGREGATES = """
 SELECT s.metric, r.times, r.vals
@@ -313,6 +340,20 @@ class ReadPool:
 
 # ------------------------------------------------------------------------------ queries
 
+# Seconds the current request spent in the database (pool wait, round trips, transfer),
+# shown in its Server-Timing header next to the worker's total.
+_DB_SECONDS: contextvars.ContextVar[float] = contextvars.ContextVar("db_seconds", default=0.0)
+
+
+@contextlib.contextmanager
+def _in_database() -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        _DB_SECONDS.set(_DB_SECONDS.get() + time.perf_counter() - started)
+
+
 class DeviceQueries:
     """The three queries, on a pool; raise BadRequest for 400/404."""
 
@@ -329,25 +370,26 @@ class DeviceQueries:
             chunks.append(chunk)
 
         pool = await self._pool.get()
-        async with pool.acquire() as conn:
-            await conn.copy_from_query(LATEST_COPY.format(device=device_id, since=since),
-                                       output=collect)
-            values: dict[str, tuple[datetime, float]] = {}
-            older: dict[int, str] = {}
-            for line in b"".join(chunks).decode().splitlines():
-                series_id, metric, us, value = line.split("\t")
-                if us == "\\N":
-                    older[int(series_id)] = metric
-                else:
-                    values[metric] = (_EPOCH + timedelta(microseconds=int(us)),
-                                      _unpack_double(bytes.fromhex(value))[0])
-            if older or not values:
-                async with conn.transaction(readonly=True):
-                    if older:
-                        for r in await conn.fetch(LATEST_UNBOUNDED, list(older)):
-                            values[older[r["series_id"]]] = (r["time"], r["value"])
-                    if not values and not await conn.fetchval(KNOWN_DEVICE, device_id):
-                        raise BadRequest(f"unknown device {device_id!r}", 404)
+        with _in_database():
+            async with pool.acquire() as conn:
+                await conn.copy_from_query(LATEST_COPY.format(device=device_id, since=since),
+                                           output=collect)
+                values: dict[str, tuple[datetime, float]] = {}
+                older: dict[int, str] = {}
+                for line in b"".join(chunks).decode().splitlines():
+                    series_id, metric, us, value = line.split("\t")
+                    if us == "\\N":
+                        older[int(series_id)] = metric
+                    else:
+                        values[metric] = (_EPOCH + timedelta(microseconds=int(us)),
+                                          _unpack_double(bytes.fromhex(value))[0])
+                if older or not values:
+                    async with conn.transaction(readonly=True):
+                        if older:
+                            for r in await conn.fetch(LATEST_UNBOUNDED, list(older)):
+                                values[older[r["series_id"]]] = (r["time"], r["value"])
+                        if not values and not await conn.fetchval(KNOWN_DEVICE, device_id):
+                            raise BadRequest(f"unknown device {device_id!r}", 404)
         names = sorted(values)
         return {
             "device_id": device_id,
@@ -364,10 +406,11 @@ class DeviceQueries:
         limit = check_limit(params, DEFAULT_LIMIT, self.limits.max_rows)
         sql = _with_metric(READINGS, metric)
         pool = await self._pool.get()
-        async with pool.acquire() as conn, conn.transaction(readonly=True):
-            rows = await conn.fetch(sql, *_args(metric, device_id, start, end, limit + 1))
-            if not rows and not await conn.fetchval(KNOWN_DEVICE, device_id):
-                raise BadRequest(f"unknown device {device_id!r}", 404)
+        with _in_database():
+            async with pool.acquire() as conn, conn.transaction(readonly=True):
+                rows = await conn.fetch(sql, *_args(metric, device_id, start, end, limit + 1))
+                if not rows and not await conn.fetchval(KNOWN_DEVICE, device_id):
+                    raise BadRequest(f"unknown device {device_id!r}", 404)
         truncated = len(rows) > limit
         points = [{"time": r[0], "metric": r[1], "value": r[2]} for r in rows[:limit]]
         return {"device_id": device_id, "metric": metric, "start": start, "end": end,
@@ -376,6 +419,7 @@ class DeviceQueries:
 
     async def aggregates(self, device_id: str, params: Mapping[str, str],
                          now: datetime) -> dict[str, Any]:
+        check_device(device_id)  # the COPY below inlines it (quoted)
         metric = check_metric(params)
         resolution = params.get("resolution")
         if resolution is not None and resolution not in RESOLUTIONS:
@@ -386,51 +430,145 @@ class DeviceQueries:
                                  "raw resolution")
         resolution = resolution or pick_resolution(start, end, self.limits.raw_max_range)
         limit = check_limit(params, self.limits.max_rows, self.limits.max_rows)
-        if resolution == "raw":
-            sql = _with_metric(RAW_AGGREGATES, metric)
-        else:
-            sql = _with_metric(AGGREGATES, metric, table=_TABLES[resolution])
         pool = await self._pool.get()
-        async with pool.acquire() as conn, conn.transaction(readonly=True):
-            rows = await conn.fetch(sql, *_args(metric, device_id, start, end, limit + 1))
-            if not rows and not await conn.fetchval(KNOWN_DEVICE, device_id):
-                raise BadRequest(f"unknown device {device_id!r}", 404)
+        with _in_database():
+            async with pool.acquire() as conn:
+                if resolution == "raw":
+                    rows = await conn.fetch(_with_metric(RAW_AGGREGATES, metric),
+                                            *_args(metric, device_id, start, end, limit + 1))
+                else:
+                    rows = [(row[0].decode(), *row[1:]) for row in await _copy_rows(
+                        conn, aggregates_copy_sql(_TABLES[resolution], device_id, metric,
+                                                  start, end, limit + 1))]
+                if not rows and not await conn.fetchval(KNOWN_DEVICE, device_id):
+                    raise BadRequest(f"unknown device {device_id!r}", 404)
         truncated = False
         series: dict[str, dict[str, Any]] = {}
         for row in sorted(rows, key=_FIRST):
-            columns = _in_bucket_order(list(row)[1:])
-            if len(columns[0]) > limit:
-                truncated = True
-                columns = [column[:limit] for column in columns]
             if resolution == "raw":
-                times, values = columns
+                times, values = _in_bucket_order(list(row)[1:])
+                if len(times) > limit:
+                    truncated = True
+                    times, values = times[:limit], values[:limit]
                 series[row[0]] = {"bucket": times, "count": [1] * len(values), "sum": values,
                                   "min": values, "max": values}
             else:
-                buckets, counts, sums, lows, highs = columns
-                series[row[0]] = {"bucket": _bucket_texts(buckets),
-                                  "count": counts, "sum": sums, "min": lows, "max": highs}
+                buckets, counts, sums, lows, highs, cut = _unpack_buckets(row[1], limit)
+                truncated = truncated or cut
+                series[row[0]] = {"bucket": buckets, "count": counts, "sum": sums,
+                                  "min": lows, "max": highs}
         return {"device_id": device_id, "resolution": resolution, "metric": metric,
                 "start": start, "end": end, "limit": limit, "truncated": truncated,
-                "count": sum(len(c["bucket"]) for c in series.values()),
+                "count": sum(len(c["count"]) for c in series.values()),
                 "aggregates": series}
+
+
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_INT16 = struct.Struct(">h").unpack_from
+_INT32 = struct.Struct(">i").unpack_from
+
+
+async def _copy_rows(conn: asyncpg.Connection, query: str) -> list[tuple[Any, ...]]:
+    """The rows of ``COPY (query) TO STDOUT (FORMAT binary)``: each column as bytes (its
+    type's binary send format: UTF-8 for text), NULL as None."""
+    chunks: list[bytes] = []
+
+    async def collect(chunk: bytes) -> None:
+        chunks.append(chunk)
+
+    await conn.copy_from_query(query, output=collect, format="binary")
+    data = b"".join(chunks)
+    if not data.startswith(_COPY_SIGNATURE):
+        raise ValueError("not a binary COPY stream")
+    pos = len(_COPY_SIGNATURE) + 4  # flags
+    pos += 4 + _INT32(data, pos)[0]  # header extension
+    rows = []
+    while True:
+        fields = _INT16(data, pos)[0]
+        pos += 2
+        if fields == -1:
+            return rows
+        row: list[Any] = []
+        for _ in range(fields):
+            size = _INT32(data, pos)[0]
+            pos += 4
+            if size < 0:
+                row.append(None)
+            else:
+                row.append(data[pos:pos + size])
+                pos += size
+        rows.append(tuple(row))
+
+
+_SWAP = sys.byteorder == "little"  # the packed values are big-endian (network order)
+assert array.array("q").itemsize == array.array("d").itemsize == 8
+_FIELDS = 5  # bucket, count, sum, min, max: 8 bytes each
+_PG_EPOCH = 946_684_800  # 2000-01-01 in Unix seconds: timestamptz_send counts from there
+
+
+def _unpack_buckets(packed: bytes, limit: int) -> tuple[Any, list[int], list[float],
+                                                        list[float], list[float], bool]:
+    """The columns of one metric from AGGREGATES_COPY's ``packed``, its first ``limit``
+    buckets in bucket order: (bucket texts, counts, sums, mins, maxs, truncated).
+
+    The bucket column comes as one pre-encoded JSON fragment from a cache keyed by the
+    packed bucket values: every metric of every device with the same buckets shares it.
+    """
+    values = array.array("q")
+    values.frombytes(packed)
+    if _SWAP:
+        values.byteswap()  # per 8 bytes: right for the doubles too
+    truncated = len(values) > limit * _FIELDS
+    ints = memoryview(values)[:limit * _FIELDS]
+    floats = ints.cast("B").cast("d")
+    stamps = ints[0::_FIELDS]
+    key = stamps.tobytes()
+    buckets = _BUCKET_JSON.get(key)
+    if buckets is None:
+        us = stamps.tolist()
+        if us != sorted(us):  # never seen; linear for sorted input, keys are unique
+            columns = _in_bucket_order([us, ints[1::_FIELDS].tolist(),
+                                        floats[2::_FIELDS].tolist(),
+                                        floats[3::_FIELDS].tolist(),
+                                        floats[4::_FIELDS].tolist()])
+            return (_bucket_texts(columns[0]), *columns[1:], truncated)  # type: ignore
+        buckets = _bucket_json(key, us)
+    return (buckets, ints[1::_FIELDS].tolist(), floats[2::_FIELDS].tolist(),
+            floats[3::_FIELDS].tolist(), floats[4::_FIELDS].tolist(), truncated)
 
 
 _BUCKET_TEXT: dict[int, str] = {}
 _BUCKET_TEXT_MAX = 200_000  # ~140 days of minutes; the cache starts over beyond
+_BUCKET_JSON: dict[bytes, orjson.Fragment] = {}
+_BUCKET_JSON_MAX_BYTES = 16 << 20  # encoded text; the cache starts over beyond
+_bucket_json_bytes = 0
 
 
-def _bucket_texts(epochs: list[int]) -> list[str]:
-    """Bucket starts (whole seconds since the epoch) as RFC 3339 UTC text, from a cache."""
+def _bucket_texts(stamps: list[int]) -> list[str]:
+    """Bucket starts (whole seconds, as microseconds since 2000-01-01) as RFC 3339 UTC
+    text, from a cache."""
     try:
-        return list(map(_BUCKET_TEXT.__getitem__, epochs))  # the usual case, at C speed
+        return list(map(_BUCKET_TEXT.__getitem__, stamps))  # the usual case, at C speed
     except KeyError:
-        if len(_BUCKET_TEXT) + len(epochs) > _BUCKET_TEXT_MAX:
+        if len(_BUCKET_TEXT) + len(stamps) > _BUCKET_TEXT_MAX:
             _BUCKET_TEXT.clear()
-        for epoch in epochs:
-            if epoch not in _BUCKET_TEXT:
-                _BUCKET_TEXT[epoch] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-        return list(map(_BUCKET_TEXT.__getitem__, epochs))
+        for us in stamps:
+            if us not in _BUCKET_TEXT:
+                _BUCKET_TEXT[us] = time.strftime(
+                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(us // 1_000_000 + _PG_EPOCH))
+        return list(map(_BUCKET_TEXT.__getitem__, stamps))
+
+
+def _bucket_json(key: bytes, stamps: list[int]) -> orjson.Fragment:
+    """The JSON array of the bucket texts of ``stamps`` (in order), cached under ``key``."""
+    global _bucket_json_bytes
+    text = orjson.dumps(_bucket_texts(stamps))
+    if _bucket_json_bytes + len(text) > _BUCKET_JSON_MAX_BYTES:
+        _BUCKET_JSON.clear()
+        _bucket_json_bytes = 0
+    fragment = _BUCKET_JSON[key] = orjson.Fragment(text)
+    _bucket_json_bytes += len(text)
+    return fragment
 
 
 def _in_bucket_order(columns: list[list[Any]]) -> list[list[Any]]:
@@ -461,6 +599,17 @@ class DeviceView(View):
     """Base of the device routes: orjson answers, JSON errors, never a stack trace."""
 
     async def dispatch(self, request: Any) -> Any:
+        started = time.perf_counter()
+        _DB_SECONDS.set(0.0)
+        response = await self._dispatch(request)
+        # How long the worker took (``app``: parsing, query, building, encoding) and the
+        # part of it spent waiting for the database (``db``), for clients and benchmarks.
+        response.headers["Server-Timing"] = (
+            f"db;dur={_DB_SECONDS.get() * 1000:.2f}, "
+            f"app;dur={(time.perf_counter() - started) * 1000:.2f}")
+        return response
+
+    async def _dispatch(self, request: Any) -> Any:
         try:
             return await super().dispatch(request)
         except BadRequest as exc:
