@@ -41,13 +41,22 @@ class FakeKafka:
         self.created: list[str] = []  # topics, in the order provisioning asked for them
         self.producer_kwargs: dict[str, Any] = {}
         self.fail: dict[str, BaseException] = {}  # topic -> error its messages get
+        self.metadata_asked: list[str] = []  # topics the producer asked metadata for
 
     def install(self, monkeypatch: Any) -> "FakeKafka":
         fake = self
 
+        class Client:
+            def add_topic(self, topic: str) -> asyncio.Future:
+                fake.metadata_asked.append(topic)
+                done = asyncio.get_running_loop().create_future()
+                done.set_result(True)
+                return done
+
         class Producer:
             def __init__(self, **kwargs: Any) -> None:
                 fake.producer_kwargs = kwargs
+                self.client = Client()
 
             async def start(self) -> None:
                 pass

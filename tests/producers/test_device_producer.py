@@ -83,6 +83,15 @@ async def test_topics_are_provisioned_once_per_device(kafka) -> None:
     assert kafka.created == ["device-data-d1", "device-data-d2"]
 
 
+async def test_the_metadata_of_new_topics_is_asked_for_once_each_and_together(kafka) -> None:
+    async with DeviceProducer(SETTINGS, config(max_batch_readings=1)) as producer:
+        await producer.send_many(reading(f"d{i}", 0) for i in range(100))
+        asked_by_the_first_call = sorted(kafka.metadata_asked)
+        await producer.send_many(reading(f"d{i}", 1) for i in range(101))
+    assert asked_by_the_first_call == sorted(f"device-data-d{i}" for i in range(100))
+    assert kafka.metadata_asked[100:] == ["device-data-d100"], "known topics are not asked again"
+
+
 async def test_an_invalid_reading_is_refused_locally_and_nothing_of_the_call_is_sent(kafka) -> None:
     async with DeviceProducer(SETTINGS) as producer:
         with pytest.raises(InvalidReadingError) as refused:
