@@ -64,6 +64,17 @@ async def create_topics(names: list[str], partitions: int | None = None) -> None
         await topics.ensure(names, partitions=partitions)
 
 
+async def delete_topics(names: list[str]) -> None:
+    """Delete topics (the local broker keeps every topic, and each worker lists them all)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=SETTINGS.kafka_brokers)
+    await admin.start()
+    try:
+        for start in range(0, len(names), 500):
+            await admin.delete_topics(names[start:start + 500], timeout_ms=60_000)
+    finally:
+        await admin.close()
+
+
 class RawProducer:
     """Publishes exact bytes (including bad ones) to exact topics; for tests only."""
 
