@@ -1,12 +1,13 @@
 """The ingest pipeline: Kafka messages in, rows and dead letters out, offsets acked last.
 
 Messages are validated as they arrive and gathered into a batch until it holds
-``SINK_BATCH_POINTS`` points or is ``SINK_LINGER`` seconds old. A single writer task then
-stores the batch (retrying transient database errors with capped backoff), publishes its
-dead letters, and only then acks the batch's messages, so Faust commits an offset only
-after everything before it is durable. The next batch fills while one is being written.
-A crash at any moment therefore replays uncommitted messages, and the idempotent sink
-turns the replay into no new rows.
+``SINK_BATCH_POINTS`` points or is ``SINK_LINGER`` seconds old. One of ``SINK_WRITERS``
+writer tasks then stores the batch (retrying transient database errors with capped
+backoff), publishes its dead letters, and only then acks the batch's messages; Faust
+commits a partition's offset only up to its oldest message not yet acked, so an offset is
+committed only after everything before it is durable, whichever writer finishes first.
+The next batch fills while others are being written. A crash at any moment therefore
+replays uncommitted messages, and the idempotent sink turns the replay into no new rows.
 """
 from __future__ import annotations
 
@@ -88,6 +89,7 @@ class IngestConfig:
     linger: float
     retention: timedelta
     max_backoff: float
+    writers: int = 1  # batches written at the same time (one connection each)
 
 
 class IngestPipeline:
@@ -116,6 +118,7 @@ class IngestPipeline:
         self._draining = draining
         self._batch = self._new_batch()
         self._ready: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
+        self._next_commit = 0.0
 
     def _new_batch(self) -> Batch:
         now = datetime.now(timezone.utc)
@@ -123,7 +126,10 @@ class IngestPipeline:
 
     async def run(self, stream: StreamT) -> None:
         """Consume ``stream`` (acks disabled) until cancelled."""
-        writer = asyncio.create_task(self._write_batches(stream), name="ingest-writer")
+        writers = [
+            asyncio.create_task(self._write_batches(stream), name=f"ingest-writer-{i}")
+            for i in range(self._config.writers)
+        ]
         linger = asyncio.create_task(self._flush_old_batches(), name="ingest-linger")
         try:
             stats, clock = self.stats, self._clock
@@ -137,11 +143,13 @@ class IngestPipeline:
                     stats.late_readings_total += clock.observe(readings)
                 if len(self._batch.points) >= self._config.batch_points:
                     await self._hand_over()
-                if writer.done():
-                    writer.result()  # the writer never ends on its own: surface why it did
+                for writer in writers:
+                    if writer.done():
+                        writer.result()  # a writer never ends on its own: surface why it did
         finally:
             linger.cancel()
-            writer.cancel()
+            for writer in writers:
+                writer.cancel()
 
     async def _hand_over(self) -> None:
         batch, self._batch = self._batch, self._new_batch()
@@ -158,17 +166,16 @@ class IngestPipeline:
                 await self._hand_over()
 
     async def _write_batches(self, stream: StreamT) -> None:
-        next_commit = 0.0
         while True:
             batch = await self._ready.get()
             await self._deliver(batch)
             for event in batch.events:
                 await stream.ack(event)
-            if self._commit_offsets is not None and time.monotonic() >= next_commit:
+            if self._commit_offsets is not None and time.monotonic() >= self._next_commit:
                 # Commit sooner than Faust's timer (a rebalance, e.g. when new device topics
                 # arrive, then replays less), but at most once a second: each commit costs
                 # the consumer time in proportion to its assigned partitions.
-                next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
+                self._next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
                 await self._commit_offsets()
 
     async def _deliver(self, batch: Batch) -> WriteResult:
@@ -319,6 +326,7 @@ async def ingest(stream: StreamT) -> None:
         linger=settings.sink_linger,
         retention=timedelta(days=settings.retention_days),
         max_backoff=settings.db_retry_max_backoff,
+        writers=settings.sink_writers,
     )
     try:
         pipeline = IngestPipeline(

@@ -150,6 +150,7 @@ class Settings:
     sink_batch_points: int = 20_000
     aggregate_grace: float = 60.0
     sink_linger: float = 0.2
+    sink_writers: int = 2
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -241,10 +242,17 @@ class Settings:
             query_timeout=_float(env, "QUERY_TIMEOUT", cls.query_timeout, minimum=0.1),
             sink_batch_points=_int(env, "SINK_BATCH_POINTS", cls.sink_batch_points, minimum=1),
             sink_linger=_float(env, "SINK_LINGER", cls.sink_linger, minimum=0.0),
+            sink_writers=_int(env, "SINK_WRITERS", cls.sink_writers, minimum=1),
             aggregate_grace=_float(env, "AGGREGATE_GRACE", cls.aggregate_grace, minimum=0.0),
         )
         if settings.web_port > 65535 or settings.db_port > 65535:
             raise ConfigError("WEB_PORT and DB_PORT must be <= 65535")
+        if settings.db_pool_size <= settings.sink_writers:
+            raise ConfigError(
+                f"DB_POOL_SIZE ({settings.db_pool_size}) must be greater than SINK_WRITERS "
+                f"({settings.sink_writers}): each writer holds a connection, and dead letters "
+                "need one more"
+            )
         if settings.read_db_port > 65535:
             raise ConfigError("READ_DB_PORT must be <= 65535")
         if settings.producer_batch_bytes > MAX_VALUE_BYTES:

@@ -180,6 +180,59 @@ async def test_a_full_batch_is_written_without_waiting_for_the_linger_time() -> 
     assert len(sink.rows) == 8
 
 
+class GatedSink(FakeSink):
+    """A sink whose writes each wait for their own release; records how many overlap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.releases: list[asyncio.Event] = []
+        self.running = self.most_at_once = 0
+
+    async def write(self, points: Sequence[Point]) -> WriteResult:
+        release = asyncio.Event()
+        self.releases.append(release)
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        await release.wait()
+        self.running -= 1
+        return await super().write(points)
+
+
+async def test_writers_store_batches_at_once_and_ack_each_only_after_its_own_rows() -> None:
+    sink, letters = GatedSink(), DeadLetters()
+    config = IngestConfig(batch_points=2, linger=3600, retention=timedelta(days=90),
+                          max_backoff=0.05, writers=2)
+    stream = FakeStream([event(reading(seconds=i), i) for i in range(6)])
+    task = asyncio.create_task(pipeline(sink, letters, config).run(stream))
+    try:
+        for _ in range(100):
+            if len(sink.releases) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert sink.most_at_once == 2, "two batches are written at the same time, not three"
+        sink.releases[1].set()  # the second batch finishes first
+        for _ in range(100):
+            if stream.acked:
+                break
+            await asyncio.sleep(0.01)
+        assert stream.acked == [2, 3], "only the stored batch's messages are acked"
+        sink.releases[0].set()
+        for _ in range(100):
+            if len(sink.releases) == 3:
+                break
+            await asyncio.sleep(0.01)
+        sink.releases[2].set()
+        for _ in range(100):
+            if len(stream.acked) == 6:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert sorted(stream.acked) == list(range(6)) and len(sink.rows) == 6
+
+
 async def test_a_message_consumed_twice_is_dead_lettered_once() -> None:
     sink, letters = FakeSink(), DeadLetters()
     stream = FakeStream([event(b"[]", 7), event(b"[]", 7)])

@@ -23,7 +23,7 @@ def test_environment_overrides_defaults() -> None:
 @pytest.mark.parametrize("name, value", [
     ("RETENTION_DAYS", "ninety"), ("RETENTION_DAYS", "0"), ("DB_PORT", "70000"),
     ("DEVICE_TOPIC_PARTITIONS", "-1"), ("KAFKA_IDEMPOTENT_PRODUCER", "maybe"),
-    ("SINK_LINGER", "-1"),
+    ("SINK_LINGER", "-1"), ("SINK_WRITERS", "0"), ("SINK_WRITERS", "4"),
 ])
 def test_bad_values_fail_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name.split("_")[0]):
