@@ -371,7 +371,7 @@ def _report(summary: dict[str, Any], runs: list[Run]) -> str:
              "| workload | ours points/s | baseline points/s | ratio | p50 latency s | "
              "p99 latency s | CPU s / M points | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|"]
-    for name in WORKLOADS:
+    for name in (n for n in WORKLOADS if f"points_per_s_{n}" in summary):
         lines.append(
             f"| {name} | {summary[f'points_per_s_{name}']:,.0f} | "
             f"{summary[f'baseline_points_per_s_{name}']:,.0f} | {summary[f'ratio_{name}']:.2f} | "
