@@ -18,6 +18,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from web.pg_wire import read_values
+
 PROTOCOL_VERSION = 196608  # 3.0
 
 _INTEGER_OIDS = frozenset({20, 21, 23, 26})  # int8, int2, int4, oid
@@ -121,16 +123,7 @@ def parse_row_description(payload: bytes) -> list[tuple[str, int]]:
 def parse_data_row(payload: bytes) -> list[bytes | None]:
     """The raw (text) values of a DataRow message."""
     (count,) = struct.unpack_from("!h", payload, 0)
-    position, values = 2, []
-    for _ in range(count):
-        (length,) = struct.unpack_from("!i", payload, position)
-        position += 4
-        if length < 0:
-            values.append(None)
-        else:
-            values.append(payload[position:position + length])
-            position += length
-    return values
+    return read_values(payload, 2, count)[0]
 
 
 class AdminConsole:

@@ -49,6 +49,7 @@ from schema.validation import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN, _parse_rfc
 from sinks.postgres import connect_kwargs, is_transient
 from streams.app import app, pipeline_stats, settings
 from streams.settings import Settings
+from web.pg_wire import read_values
 
 log = logging.getLogger(__name__)
 
@@ -488,15 +489,7 @@ async def _copy_rows(conn: asyncpg.Connection, query: str) -> list[tuple[Any, ..
         pos += 2
         if fields == -1:
             return rows
-        row: list[Any] = []
-        for _ in range(fields):
-            size = _INT32(data, pos)[0]
-            pos += 4
-            if size < 0:
-                row.append(None)
-            else:
-                row.append(data[pos:pos + size])
-                pos += size
+        row, pos = read_values(data, pos, fields)
         rows.append(tuple(row))
 
 
