@@ -34,6 +34,7 @@ app = App(
     producer_acks=-1,
     topic_partitions=settings.device_topic_partitions,
     stream_wait_empty=True,
+    fetch_max_wait=settings.kafka_fetch_max_wait,
     Worker=worker_class(
         settings.shutdown_timeout, prepare=lambda: subscribe_existing(device_topics, settings)
     ),

@@ -10,6 +10,10 @@ Measured with py-spy on faust-streaming 0.15.3 (README, "Performance"):
 - Its commit tests each partition against a freshly built assignment set, which costs
   time in the square of the assigned partitions (15% of a worker's CPU with 1,000
   partitions). ``ConsumerThread`` builds the set once per commit.
+- It fixes the longest a fetch may wait for data at 1.5 s. The local broker answers a
+  fetch late even when data is there (p50 403 ms at 1.5 s, 8 ms at 0.1 s, one message
+  every 100 ms), so ``App(fetch_max_wait=...)`` (``KAFKA_FETCH_MAX_WAIT``) sets it. A real
+  Kafka answers as soon as data arrives; a shorter wait only asks more often when idle.
 
 Nothing else changes: offsets are still committed only for acked messages, and a
 rebalance still suspends the flow before partitions are revoked.
@@ -29,6 +33,12 @@ from mode.services import WaitResults
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """The thread owning the aiokafka consumer; commits in time linear in partitions."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Read when the consumer starts its fetcher; Faust passes no way to set it.
+        consumer._fetch_max_wait_ms = int(self.app.fetch_max_wait * 1000)
+        return consumer
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
         consumer = self._ensure_consumer()
@@ -77,7 +87,11 @@ class Transport(faust_aiokafka.Transport):
 
 
 class App(faust.App):
-    """``faust.App`` whose consumer is :class:`Consumer`."""
+    """``faust.App`` whose consumer is :class:`Consumer`; ``fetch_max_wait`` in seconds."""
+
+    def __init__(self, *args: Any, fetch_max_wait: float = 1.5, **kwargs: Any) -> None:
+        self.fetch_max_wait = fetch_max_wait
+        super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> Transport:
         return Transport(self.conf.broker_consumer, self)

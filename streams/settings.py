@@ -111,6 +111,7 @@ class Settings:
     device_topic_partitions: int = 10
     topic_replication_factor: int = 1
     topic_discovery_interval: float = 5.0
+    kafka_fetch_max_wait: float = 0.1
     device_filter: str = ""
     topic_mode: str = "per-device"
 
@@ -181,6 +182,9 @@ class Settings:
             ),
             topic_replication_factor=_int(
                 env, "TOPIC_REPLICATION_FACTOR", cls.topic_replication_factor, minimum=1
+            ),
+            kafka_fetch_max_wait=_float(
+                env, "KAFKA_FETCH_MAX_WAIT", cls.kafka_fetch_max_wait, minimum=0.001
             ),
             topic_discovery_interval=_float(
                 env, "TOPIC_DISCOVERY_INTERVAL", cls.topic_discovery_interval, minimum=0.5

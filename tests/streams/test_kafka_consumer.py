@@ -6,7 +6,7 @@ import asyncio
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from faust.types import TP
 
-from streams.app import app
+from streams.app import app, settings
 from streams.kafka_consumer import Consumer, ConsumerThread
 
 
@@ -73,3 +73,9 @@ async def test_a_commit_sends_only_assigned_partitions_once_each() -> None:
     assert committed == [{TopicPartition(f"t{i}", 0): OffsetAndMetadata(i, "")
                           for i in range(990, 1000)}]
     assert set(thread.tp_last_committed_at) == {TP(f"t{i}", 0) for i in range(990, 1000)}
+
+
+async def test_the_fetch_wait_comes_from_the_settings_not_faust_s_fixed_1500_ms() -> None:
+    thread = ConsumerThread(new_consumer(), loop=asyncio.get_running_loop())
+    consumer = thread._create_worker_consumer(app.transport)
+    assert consumer._fetch_max_wait_ms == int(settings.kafka_fetch_max_wait * 1000) == 100
