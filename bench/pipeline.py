@@ -79,9 +79,22 @@ def _readings(workload: Workload, devices: list[str], count: int, start_ms: int)
     ]
 
 
+def _messages(data: list[dict], devices: int, per_message: int) -> list[list[dict]]:
+    """``data`` (round-robin over the devices) as the workload's messages: ``per_message``
+    consecutive readings of one device each, in time order."""
+    block = devices * per_message
+    return [group for start in range(0, len(data), block)
+            for d in range(devices) if (group := data[start:start + block][d::devices])]
+
+
 def _publish_process(workload: Workload, devices: list[str], readings: int, rate: float,
                      go: Any, results: Any) -> None:
-    """Publish ``readings`` readings of ``devices``; ``rate`` readings/s (0 = max)."""
+    """Publish ``readings`` readings of ``devices``; ``rate`` readings/s (0 = max).
+
+    At a set rate each message is sent whole when due (``per_message`` readings of one
+    device), so a steady load has the workload's message shape, not one reading per
+    message: the worker's cost is mostly per message.
+    """
     from producers.device_producer import DeviceProducer, ProducerConfig
 
     async def run() -> None:
@@ -93,11 +106,13 @@ def _publish_process(workload: Workload, devices: list[str], readings: int, rate
             go.wait()
             first = time.time()
             if rate:
-                for i, reading in enumerate(data):
-                    due = first + i / rate
+                sent = 0
+                for message in _messages(data, len(devices), workload.per_message):
+                    due = first + sent / rate
                     if due > time.time():
                         await asyncio.sleep(due - time.time())
-                    await producer.send_many([reading])
+                    await producer.send_many(message)
+                    sent += len(message)
             else:
                 await producer.send_many(data)
             await producer.flush()
