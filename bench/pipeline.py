@@ -84,7 +84,7 @@ def _messages(data: list[dict], devices: int, per_message: int) -> list[list[dic
     consecutive readings of one device each, in time order."""
     block = devices * per_message
     return [group for start in range(0, len(data), block)
-            for d in range(devices) if (group := data[start:start + block][d::devices])]
+            for d in range(devices) if (group := data[start + d:start + block:devices])]
 
 
 def _publish_process(workload: Workload, devices: list[str], readings: int, rate: float,
