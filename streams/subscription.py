@@ -86,15 +86,21 @@ async def subscribe_existing(channel: GrowingTopic, settings: Settings) -> None:
     """
     if settings.topic_mode == SHARED:
         return
-    wanted = re.compile(settings.device_filter)
     try:
         async with TopicProvisioner(settings) as topics:
             names = await topics.list_device_topics()
     except Exception as exc:  # the discovery loop will find them later
         log.warning("listing device topics before start failed: %s: %s", type(exc).__name__, exc)
         return
-    new = channel.add_topics(t for t in names if wanted.match(device_of_topic(t) or ""))
+    new = _add_followed(channel, names, re.compile(settings.device_filter))
     log.info("starting with %d device topic(s)", len(new))
+
+
+def _add_followed(
+    channel: GrowingTopic, names: Iterable[str], wanted: re.Pattern[str]
+) -> list[str]:
+    """Add the device topics whose device ``wanted`` matches; return the new ones."""
+    return channel.add_topics(t for t in names if wanted.match(device_of_topic(t) or ""))
 
 
 async def follow_device_topics(
@@ -114,7 +120,7 @@ async def follow_device_topics(
         try:
             names = await topics.list_device_topics()
             channel.resubscribe_if_dropped()
-            new = channel.add_topics(t for t in names if wanted.match(device_of_topic(t) or ""))
+            new = _add_followed(channel, names, wanted)
         except Exception as exc:  # the broker may be restarting: try again next round
             log.warning("listing device topics failed: %s: %s", type(exc).__name__, exc)
         else:
