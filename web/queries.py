@@ -21,9 +21,10 @@ Times are RFC 3339 with a zone (a ``+`` that arrived as a space is taken for ``+
 answers carry UTC times ending in ``Z``. A bad parameter gets 400, an unknown device 404,
 a database that is down or too slow 503, always as JSON ``{"error": ...}``: never a stack
 trace. Every answer carries ``Server-Timing: db;dur=..., app;dur=...`` (milliseconds the
-worker spent on it, and the part of that spent waiting for the database). Queries go to a pool of their own, on ``READ_DB_HOST`` (a read replica) when set,
-else on the database the workers write to; it has no statement cache, so every query is
-planned with its time bounds and touches only the chunks in range.
+worker spent on it, and the part of that spent waiting for the database). Queries go to
+a pool of their own, on ``READ_DB_HOST`` (a read replica) when set, else on the database
+the workers write to; it has no statement cache, so every query is planned with its time
+bounds and touches only the chunks in range.
 """
 from __future__ import annotations
 
@@ -515,19 +516,17 @@ def _unpack_buckets(packed: bytes, limit: int) -> tuple[Any, list[int], list[flo
     ints = memoryview(values)[:limit * _FIELDS]
     floats = ints.cast("B").cast("d")
     stamps = ints[0::_FIELDS]
+    rest = [ints[1::_FIELDS].tolist(), floats[2::_FIELDS].tolist(),
+            floats[3::_FIELDS].tolist(), floats[4::_FIELDS].tolist()]
     key = stamps.tobytes()
     buckets = _BUCKET_JSON.get(key)
     if buckets is None:
         us = stamps.tolist()
         if us != sorted(us):  # never seen; linear for sorted input, keys are unique
-            columns = _in_bucket_order([us, ints[1::_FIELDS].tolist(),
-                                        floats[2::_FIELDS].tolist(),
-                                        floats[3::_FIELDS].tolist(),
-                                        floats[4::_FIELDS].tolist()])
-            return (_bucket_texts(columns[0]), *columns[1:], truncated)  # type: ignore
+            us, *rest = _in_bucket_order([us, *rest])
+            return (_bucket_texts(us), *rest, truncated)  # type: ignore
         buckets = _bucket_json(key, us)
-    return (buckets, ints[1::_FIELDS].tolist(), floats[2::_FIELDS].tolist(),
-            floats[3::_FIELDS].tolist(), floats[4::_FIELDS].tolist(), truncated)
+    return (buckets, *rest, truncated)  # type: ignore
 
 
 _BUCKET_TEXT: dict[int, str] = {}
