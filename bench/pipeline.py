@@ -11,7 +11,9 @@ figure is the median of ``--runs`` runs, for our worker and, in the same run, fo
 baseline (``bench.baseline``: a take() batch + plain COPY, no validation or dedupe).
 Publish-to-row latency is measured at a steady rate of half our maximum, with probe
 devices whose rows are polled every 25 ms (so latencies carry up to 25 ms of polling
-error). A soak at half load reports the worker's RSS at its start and end.
+error). A soak at half load reports the worker's RSS at its start and end. Each run also
+reports the CPU used by the database (PostgreSQL and pgBouncer) and the broker, and checks
+the stored row count.
 
 Writes ``bench/results/latest.json``, ``bench/results/report.md`` and
 ``bench/results/throughput.png``. Each run deletes the topics it made. Run it on a fresh
@@ -31,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 from tqdm import tqdm
 
@@ -40,6 +43,8 @@ from tests.stack import SETTINGS, Worker, create_topics, db_connect, delete_topi
 RESULTS = Path(__file__).resolve().parent / "results"
 PROBES = 10  # devices whose readings measure latency
 PROBE_INTERVAL = 0.05  # seconds between two readings of one probe device
+DATABASE = ("postgres", "pgbouncer")  # process names whose CPU the report adds up
+BROKER = "tansu"
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,21 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_of(*commands: str) -> float:
+    """CPU seconds used so far by the processes whose command name starts with one of
+    ``commands``, including their children that have ended (PostgreSQL's backends)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, fields = stat.read_text().split(" (", 1)[1].rsplit(")", 1)
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+        if name.startswith(commands):
+            values = fields.split()
+            total += sum(int(v) for v in values[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_mb(pid: int, field: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -162,33 +182,51 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> float:
     return 0.0
 
 
-async def _count(table: str, devices: list[str]) -> int:
-    conn = await db_connect()
+@dataclass(frozen=True)
+class Target:
+    """Where one implementation's rows go, and how to follow its progress cheaply.
+
+    ``progress`` sums counts that are written in the same transaction as the rows
+    (``readings_1m`` for ours, ``bench_baseline_progress`` for the baseline), so it is exact
+    and costs milliseconds; counting the rows themselves reads all of them each time and
+    took a sizeable share of PostgreSQL's CPU away from what was being measured.
+    """
+
+    table: str
+    devices: list[str]
+    progress: str  # SQL with one parameter, ``progress_key``
+    progress_key: Any
+
+    async def points(self, conn: asyncpg.Connection) -> int:
+        return await conn.fetchval(self.progress, self.progress_key)
+
+    async def rows(self) -> int:
+        """The exact count of stored rows (slow: for the check after a run)."""
+        conn = await db_connect()
+        try:
+            return await conn.fetchval(
+                f"SELECT count(*) FROM {self.table} WHERE device_id = ANY($1)", self.devices)
+        finally:
+            await conn.close()
+
+
+async def _wait_rows(target: Target, expected: int, label: str, timeout: float) -> float:
+    """Wait until ``expected`` points are stored; return when that was first seen (epoch s)."""
+    deadline = time.monotonic() + timeout
+    conn = await db_connect()  # one session: a new one per poll costs PostgreSQL a fork
     try:
-        return await conn.fetchval(f"SELECT count(*) FROM {table} WHERE device_id = ANY($1)",
-                                   devices)
+        with tqdm(total=expected, desc=label, unit="pt", unit_scale=True, leave=False) as bar:
+            while True:
+                count = await target.points(conn)
+                bar.update(count - bar.n)
+                if count >= expected:
+                    return time.time()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{label}: {count} of {expected} rows after "
+                                       f"{timeout:.0f}s")
+                await asyncio.sleep(0.05)
     finally:
         await conn.close()
-
-
-async def _wait_rows(table: str, devices: list[str], expected: int, label: str,
-                     timeout: float) -> float:
-    """Wait until ``expected`` rows exist; return when that was first seen (epoch s).
-
-    A count reads every row so far (a second of PostgreSQL CPU per few million): it polls
-    once a second until 95% are there, then every 50 ms, so that measuring takes little
-    from what is measured while the end is still seen within 50 ms.
-    """
-    deadline = time.monotonic() + timeout
-    with tqdm(total=expected, desc=label, unit="pt", unit_scale=True, leave=False) as bar:
-        while True:
-            count = await _count(table, devices)
-            bar.update(count - bar.n)
-            if count >= expected:
-                return time.time()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{label}: {count} of {expected} rows after {timeout:.0f}s")
-            await asyncio.sleep(1.0 if count < 0.95 * expected else 0.05)
 
 
 @dataclass
@@ -199,6 +237,8 @@ class Run:
     seconds: float
     points_per_s: float
     cpu_s_per_million: float
+    db_cpu_s_per_million: float  # every PostgreSQL and pgBouncer process, during the run
+    broker_cpu_s_per_million: float
     peak_rss_mb: float
 
 
@@ -208,12 +248,14 @@ class Bench:
         self.ctx = multiprocessing.get_context("spawn")
 
     async def _worker(self, impl: str, name: str, devices: list[str],
-                      only: str) -> tuple[Worker, str]:
-        """Start our worker or the baseline's; return it and the table it fills."""
+                      only: str) -> tuple[Worker, Target]:
+        """Start our worker or the baseline's; return it and where its rows go."""
         if impl == "ours":
             # The default discovery interval, not the tests' 1 s: each round lists every topic.
             worker = Worker(name, DEVICE_FILTER=only, TOPIC_DISCOVERY_INTERVAL="5").start()
-            return worker, "readings"
+            return worker, Target(
+                "readings", devices, "SELECT coalesce(sum(count), 0)::bigint FROM readings_1m "
+                "WHERE device_id = ANY($1)", devices)
         from bench.baseline import TABLE
 
         conn = await db_connect()
@@ -222,17 +264,21 @@ class Bench:
         finally:
             await conn.close()
         topics = ",".join(device_topic(d) for d in devices)
-        worker = Worker(name, app="bench.baseline", BENCH_TOPICS=topics).start()
-        return worker, "bench_baseline_readings"
+        worker = Worker(name, app="bench.baseline", BENCH_TOPICS=topics, BENCH_RUN=only).start()
+        return worker, Target(
+            "bench_baseline_readings", devices,
+            "SELECT coalesce(sum(points), 0)::bigint FROM bench_baseline_progress "
+            "WHERE run = $1", only)  # the fleet's filter: new for each run
 
-    async def _warm_up(self, workload: Workload, devices: list[str], table: str) -> None:
+    async def _warm_up(self, workload: Workload, target: Target) -> None:
         """One reading per device, so the worker has joined and subscribed everything."""
+        devices = target.devices
         go, results = self.ctx.Event(), self.ctx.Queue()
         go.set()
         tiny = Workload(workload.name, len(devices), 1, 1, len(devices), 1, workload.partitions)
         process = _start(self.ctx, _publish_process, tiny, devices, len(devices), 0, go, results)
         await asyncio.get_running_loop().run_in_executor(None, process.join)
-        await _wait_rows(table, devices, len(devices), "warm-up", 180)
+        await _wait_rows(target, len(devices), "warm-up", 180)
 
     async def _ready(self, results: Any, count: int) -> None:
         """Wait until ``count`` publisher processes have generated their data."""
@@ -248,9 +294,10 @@ class Bench:
     async def throughput(self, impl: str, workload: Workload, run: int) -> Run:
         devices, only = fleet(f"bench-{workload.name}-", workload.devices)
         await create_topics([device_topic(d) for d in devices], workload.partitions)
-        worker, table = await self._worker(impl, f"bench-{impl}-{workload.name}-{run}", devices, only)
+        worker, target = await self._worker(impl, f"bench-{impl}-{workload.name}-{run}", devices,
+                                            only)
         try:
-            await self._warm_up(workload, devices, table)
+            await self._warm_up(workload, target)
             go, results = self.ctx.Event(), self.ctx.Queue()
             total = workload.messages * workload.per_message
             shards = [devices[i::workload.publishers] for i in range(workload.publishers)]
@@ -261,16 +308,24 @@ class Bench:
             ]
             await self._ready(results, len(processes))
             cpu_before = _cpu_seconds(worker.process.pid)
+            db_before, broker_before = _cpu_of(*DATABASE), _cpu_of(BROKER)
             go.set()
-            done = await _wait_rows(table, devices, len(devices) + workload.points,
-                                    f"{impl} {workload.name} run {run}", 600)
+            expected = len(devices) + workload.points
+            done = await _wait_rows(target, expected, f"{impl} {workload.name} run {run}", 600)
             cpu = _cpu_seconds(worker.process.pid) - cpu_before
+            db_cpu = _cpu_of(*DATABASE) - db_before
+            broker_cpu = _cpu_of(BROKER) - broker_before
+            stored = await target.rows()
+            if stored != expected:
+                raise RuntimeError(f"{impl} {workload.name} run {run}: {stored} rows stored, "
+                                   f"{expected} expected")
             first = await self._started(results, len(processes))
             for process in processes:
                 process.join()
             seconds = done - first
             return Run(impl, workload.name, workload.points, seconds, workload.points / seconds,
-                       cpu / workload.points * 1e6, _rss_mb(worker.process.pid, "VmHWM"))
+                       cpu / workload.points * 1e6, db_cpu / workload.points * 1e6,
+                       broker_cpu / workload.points * 1e6, _rss_mb(worker.process.pid, "VmHWM"))
         finally:
             worker.stop(timeout=30)
             await delete_topics([device_topic(d) for d in devices])
@@ -281,9 +336,10 @@ class Bench:
         devices, only = fleet(f"lat-{workload.name}-", workload.devices + PROBES)
         devices, probes = devices[:workload.devices], devices[workload.devices:]
         await create_topics([device_topic(d) for d in devices + probes], workload.partitions)
-        worker, table = await self._worker("ours", f"bench-latency-{workload.name}", devices, only)
+        worker, target = await self._worker("ours", f"bench-latency-{workload.name}",
+                                            devices + probes, only)
         try:
-            await self._warm_up(workload, devices + probes, table)
+            await self._warm_up(workload, target)
             go, results = self.ctx.Event(), self.ctx.Queue()
             rate = rate_points / workload.metrics  # readings per second
             readings = int(rate * seconds)
@@ -399,10 +455,15 @@ def _report(summary: dict[str, Any], runs: list[Run]) -> str:
                   f"points/s: RSS {soak['rss_mb_start']} MB at the start, "
                   f"{soak['rss_mb_end']} MB at the end."]
     lines += ["", "![throughput](throughput.png)", "", "## Runs", "",
-              "| impl | workload | points | seconds | points/s | CPU s/M | peak RSS MB |",
-              "|---|---|---|---|---|---|---|"]
+              "CPU seconds per million points during the run: of the worker, of the database "
+              "(every PostgreSQL and pgBouncer process) and of the broker.", "",
+              "| impl | workload | points | seconds | points/s | worker CPU s/M | "
+              "database CPU s/M | broker CPU s/M | peak RSS MB |",
+              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.impl} | {r.workload} | {r.points} | {r.seconds:.1f} | "
-              f"{r.points_per_s:,.0f} | {r.cpu_s_per_million:.1f} | {r.peak_rss_mb:.0f} |"
+              f"{r.points_per_s:,.0f} | {r.cpu_s_per_million:.1f} | "
+              f"{r.db_cpu_s_per_million:.1f} | {r.broker_cpu_s_per_million:.1f} | "
+              f"{r.peak_rss_mb:.0f} |"
               for r in runs]
     return "\n".join(lines) + "\n"
 
@@ -423,7 +484,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 result = await bench.throughput(impl, workload, run)
                 runs.append(result)
                 print(f"{impl:8} {name:7} run {run}: {result.points_per_s:10,.0f} points/s "
-                      f"({result.seconds:.1f} s, {result.cpu_s_per_million:.1f} CPU s/M points)")
+                      f"({result.seconds:.1f} s; CPU s/M points: worker "
+                      f"{result.cpu_s_per_million:.1f}, database "
+                      f"{result.db_cpu_s_per_million:.1f}, broker "
+                      f"{result.broker_cpu_s_per_million:.1f})")
         ours = _median(runs, "ours", name, "points_per_s")
         base = _median(runs, "baseline", name, "points_per_s")
         summary.update({
@@ -433,6 +497,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             f"cpu_s_per_million_points_{name}": round(_median(runs, "ours", name,
                                                               "cpu_s_per_million"), 2),
             f"peak_rss_mb_{name}": round(_median(runs, "ours", name, "peak_rss_mb"), 1),
+            f"db_cpu_s_per_million_points_{name}": round(
+                _median(runs, "ours", name, "db_cpu_s_per_million"), 2),
+            f"baseline_db_cpu_s_per_million_points_{name}": round(
+                _median(runs, "baseline", name, "db_cpu_s_per_million"), 2),
         })
         print(f"{name}: ours {ours:,.0f} points/s, baseline {base:,.0f}, ratio {ours / base:.2f}")
         latency = await bench.latency(workload, ours / 2, args.latency_seconds)
