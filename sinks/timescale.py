@@ -8,9 +8,11 @@ a short transaction of their own, committed before the batch's. A series row is 
 deleted, so a cached id stays valid, and a batch that fails after creating series leaves
 only dictionary entries behind.
 
-A batch goes in one transaction: COPY (binary) of (time, series_id, value) into a
+A batch goes in one transaction: COPY (binary) of (time, series_id, value, arrival) into a
 per-connection temporary staging table, then ``INSERT ... ON CONFLICT DO NOTHING`` into
-``storage.readings``, additive upserts of the rows that were new into the 1-minute and
+``storage.readings`` in (series_id, time, arrival) order, so that of the same key repeated
+within a batch the first to arrive is stored (and a key already stored keeps its value);
+additive upserts of the rows that were new into the 1-minute and
 1-hour aggregates, and an upsert of the devices' first/last seen times. Writing the same
 batch twice stores nothing new, which is what makes replays after a crash harmless: the
 pipeline commits Kafka offsets only after this transaction has committed.
@@ -28,13 +30,15 @@ Point = tuple[int, str, str, float]
 # Series ids remembered per sink; past this many the cache starts over (ids are re-read).
 SERIES_CACHE_MAX = 500_000
 
-# A new name (the layout-1 sink used ``readings_staging`` with other columns): pooled
-# server connections outlive a deployment, and so do their temporary tables.
+# A new name for each new set of columns (``readings_staging``, then ``points_staging``
+# without ``arrival``): pooled server connections outlive a deployment, and so do their
+# temporary tables.
 _STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS points_staging (
+CREATE TEMP TABLE IF NOT EXISTS batch_points_staging (
     time_us   bigint           NOT NULL,
     series_id integer          NOT NULL,
-    value     double precision NOT NULL
+    value     double precision NOT NULL,
+    arrival   integer          NOT NULL
 ) ON COMMIT DELETE ROWS
 """
 
@@ -66,11 +70,12 @@ _FOLD = """{name} AS (
 
 _MERGE = """
 WITH staged AS MATERIALIZED (
-    SELECT timestamptz 'epoch' + time_us * interval '1 microsecond' AS time, series_id, value
-    FROM points_staging
+    SELECT timestamptz 'epoch' + time_us * interval '1 microsecond' AS time, series_id, value,
+           arrival
+    FROM batch_points_staging
 ), inserted AS MATERIALIZED (
     INSERT INTO storage.readings (time, series_id, value)
-    SELECT time, series_id, value FROM staged ORDER BY series_id, time
+    SELECT time, series_id, value FROM staged ORDER BY series_id, time, arrival
     ON CONFLICT (series_id, time) DO NOTHING
     RETURNING time, series_id, value
 ), seen AS (
@@ -95,20 +100,8 @@ SELECT count(*) FROM inserted
 class WriteResult:
     """What one batch did to the database."""
 
-    points: int  # points in the batch, after dropping in-batch repeats of the same key
+    points: int  # points in the batch
     inserted: int  # rows that were new to ``readings``
-
-
-def first_of_each_key(points: Sequence[Point]) -> list[Point]:
-    """Drop later points with the same (device, metric, time): the first value stays."""
-    seen: set[tuple[int, str, str]] = set()
-    unique: list[Point] = []
-    for point in points:
-        key = (point[0], point[1], point[2])
-        if key not in seen:
-            seen.add(key)
-            unique.append(point)
-    return unique
 
 
 class TimescaleSink:
@@ -120,23 +113,29 @@ class TimescaleSink:
 
     async def write(self, points: Sequence[Point]) -> WriteResult:
         """Store ``points`` exactly once; raises asyncpg errors unchanged."""
-        unique = first_of_each_key(points)
-        if not unique:
+        if not points:
             return WriteResult(points=0, inserted=0)
-        ids = self._series
         async with self._pool.acquire() as conn:
-            missing = {(d, m) for _, d, m, _ in unique if (d, m) not in ids}
-            if missing:
+            try:
+                records = self._records(points)
+            except KeyError:  # series not in the cache yet
+                ids = self._series
+                missing = {(d, m) for _, d, m, _ in points if (d, m) not in ids}
                 if len(ids) + len(missing) > SERIES_CACHE_MAX:
-                    self._series = ids = {}
-                    missing = {(d, m) for _, d, m, _ in unique}
+                    self._series = {}
+                    missing = {(d, m) for _, d, m, _ in points}
                 await self._resolve(conn, missing)
-            records = [(t, ids[(d, m)], v) for t, d, m, v in unique]
+                records = self._records(points)
             async with conn.transaction():
                 await conn.execute(_STAGING)
-                await conn.copy_records_to_table("points_staging", records=records)
+                await conn.copy_records_to_table("batch_points_staging", records=records)
                 inserted = await conn.fetchval(_MERGE)
-        return WriteResult(points=len(unique), inserted=inserted)
+        return WriteResult(points=len(points), inserted=inserted)
+
+    def _records(self, points: Sequence[Point]) -> list[tuple[int, int, float, int]]:
+        """The staging rows of ``points``; KeyError if a series is not cached."""
+        ids = self._series
+        return [(t, ids[d, m], v, i) for i, (t, d, m, v) in enumerate(points)]
 
     async def _resolve(self, conn: asyncpg.Connection, pairs: set[tuple[str, str]]) -> None:
         """Create the series not in the cache (committed at once) and cache their ids."""
