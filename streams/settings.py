@@ -111,7 +111,7 @@ class Settings:
     device_topic_partitions: int = 10
     topic_replication_factor: int = 1
     topic_discovery_interval: float = 5.0
-    kafka_fetch_max_wait: float = 0.1
+    kafka_fetch_max_wait: float = 0.25
     device_filter: str = ""
     topic_mode: str = "per-device"
 
