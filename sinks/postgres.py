@@ -14,11 +14,14 @@ import asyncpg
 from streams.settings import Settings
 
 # Errors after which the same statement can succeed later: the server or the bouncer went
-# away, is starting, shed load, or two transactions collided.
+# away, is starting, shed load, or two transactions collided. InternalClientError is a
+# connection left mid-operation by such a failure: PostgreSQL stopping during a COPY made
+# the pool's reset on release raise it (the pool then drops that connection).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.DeadlockDetectedError,

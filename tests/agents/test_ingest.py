@@ -49,9 +49,11 @@ class FakeStream:
 class FakeSink:
     """Stores points in a dict; can be told to fail or to block."""
 
-    def __init__(self, fail_times: int = 0, refuse_metric: str | None = None) -> None:
+    def __init__(self, fail_times: int = 0, refuse_metric: str | None = None,
+                 failure: Exception | None = None) -> None:
         self.rows: dict[tuple[int, str, str], float] = {}
         self.fail_times = fail_times
+        self.failure = failure or ConnectionResetError("server closed the connection")
         self.refuse_metric = refuse_metric
         self.gate = asyncio.Event()
         self.gate.set()
@@ -62,7 +64,7 @@ class FakeSink:
         await self.gate.wait()
         if self.fail_times:
             self.fail_times -= 1
-            raise ConnectionResetError("server closed the connection")
+            raise self.failure
         if self.refuse_metric and any(p[2] == self.refuse_metric for p in points):
             raise asyncpg.DataError(f"value out of range for {self.refuse_metric}")
         new = 0
@@ -137,6 +139,16 @@ async def test_transient_database_errors_are_retried_until_the_rows_are_written(
     await run_until(pipeline(sink, letters), stream, lambda: stream.acked)
     assert sorted(v for v in sink.rows.values()) == [1.5, 2.0]
     assert sink.calls == 4 and letters.records == []
+
+
+async def test_a_connection_left_mid_operation_by_an_outage_is_retried_not_fatal() -> None:
+    # What asyncpg's pool raised when PostgreSQL stopped during a COPY (test_faults).
+    broken = asyncpg.InternalClientError(
+        "cannot switch to state 15; another operation (2) is in progress")
+    sink, letters = FakeSink(fail_times=2, failure=broken), DeadLetters()
+    stream = FakeStream([event(reading(t=1.5), 0)])
+    await run_until(pipeline(sink, letters), stream, lambda: stream.acked)
+    assert list(sink.rows.values()) == [1.5] and sink.calls == 3
 
 
 async def test_invalid_readings_are_dead_lettered_with_their_source_and_valid_ones_stored() -> None:
