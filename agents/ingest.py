@@ -309,6 +309,7 @@ from sinks.postgres import create_pool  # noqa: E402
 from streams.app import app, device_topics, pipeline_stats, settings  # noqa: E402
 from streams.subscription import follow_device_topics, followed_devices  # noqa: E402
 from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner  # noqa: E402
+from streams.worker import EXIT_INGEST_FAILED, exit_without_committing  # noqa: E402
 
 
 @app.agent(device_topics, name="ingest", concurrency=1)
@@ -336,10 +337,23 @@ async def ingest(stream: StreamT) -> None:
                                    await _device_clocks(pool)),
             draining=lambda: app.rebalancing or app.should_stop,
         )
-        await pipeline.run(followed_devices(stream.noack(), settings))
+        await run_or_exit(pipeline.run(followed_devices(stream.noack(), settings)))
     finally:
         pipeline_stats.unregister_pool("ingest")
         await pool.close()
+
+
+async def run_or_exit(run: Awaitable[None]) -> None:
+    """Await the pipeline; end the worker on an error it could not handle (a bug, say).
+
+    Faust would restart the agent in place, and the messages the failed one had taken would
+    stay unwritten (and their partitions uncommitted) until the worker restarts: exiting
+    makes that restart happen now, and loud.
+    """
+    try:
+        await run
+    except Exception as exc:
+        exit_without_committing(EXIT_INGEST_FAILED, f"ingest failed ({type(exc).__name__})", exc)
 
 
 async def _device_clocks(pool: Any) -> dict[str, int]:

@@ -4,7 +4,9 @@ On SIGTERM (or SIGINT) Faust stops consuming, waits until every message taken fr
 is written and acked, commits, and exits 0. When that cannot finish in
 ``SHUTDOWN_TIMEOUT`` seconds (the database is down, say), the process exits with status 75
 without committing anything more: what was not written is replayed by the next owner of
-its partitions, so stopping never loses or duplicates a reading.
+its partitions, so stopping never loses or duplicates a reading. An error the ingest
+pipeline cannot handle ends the process the same way, with status 70: Faust would restart
+the agent in place, leaving the messages it had taken unwritten until a restart.
 """
 from __future__ import annotations
 
@@ -12,13 +14,24 @@ import logging
 import os
 import signal
 import threading
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, NoReturn
 
 import faust
 
 log = logging.getLogger(__name__)
 
 EXIT_SHUTDOWN_TIMED_OUT = 75  # EX_TEMPFAIL: nothing lost, try again
+EXIT_INGEST_FAILED = 70  # EX_SOFTWARE: an error the pipeline cannot handle; nothing lost
+
+
+def exit_without_committing(code: int, why: str, exc: BaseException | None = None) -> NoReturn:
+    """Log ``why`` and end the process now. Offsets are committed only for written
+    messages, so the next owner of the partitions consumes the rest again: like a SIGKILL,
+    this loses and duplicates nothing."""
+    log.critical("%s; exiting with status %d without committing the messages not yet "
+                 "written (they will be consumed again)", why, code, exc_info=exc)
+    logging.shutdown()
+    os._exit(code)
 
 
 class Worker(faust.Worker):
@@ -42,10 +55,8 @@ class Worker(faust.Worker):
 
     @staticmethod
     def _give_up(timeout: float) -> None:
-        log.error("shutdown did not finish within %.0fs; exiting without committing the "
-                  "messages not yet written (they will be consumed again)", timeout)
-        logging.shutdown()
-        os._exit(EXIT_SHUTDOWN_TIMED_OUT)
+        exit_without_committing(EXIT_SHUTDOWN_TIMED_OUT,
+                                f"shutdown did not finish within {timeout:.0f}s")
 
 
 def worker_class(

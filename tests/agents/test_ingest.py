@@ -10,7 +10,8 @@ import asyncpg
 import orjson
 import pytest
 
-from agents.ingest import IngestConfig, IngestPipeline
+import agents.ingest
+from agents.ingest import IngestConfig, IngestPipeline, run_or_exit
 from schema.dead_letters import DeadLetter
 from sinks.timescale import Point, WriteResult
 
@@ -250,3 +251,30 @@ async def test_a_message_consumed_twice_is_dead_lettered_once() -> None:
     stream = FakeStream([event(b"[]", 7), event(b"[]", 7)])
     await run_until(pipeline(sink, letters), stream, lambda: len(stream.acked) == 2)
     assert [(r["offset"], r["error"][:11]) for r in letters.records] == [(7, "empty array")]
+
+
+async def test_an_error_the_pipeline_cannot_handle_ends_the_worker_with_status_70(
+        monkeypatch) -> None:
+    exits: list[tuple[int, type]] = []
+
+    def record_exit(code: int, why: str, exc: BaseException | None = None) -> None:
+        exits.append((code, type(exc)))
+        raise SystemExit(code)
+
+    monkeypatch.setattr(agents.ingest, "exit_without_committing", record_exit)
+
+    async def failing() -> None:
+        raise RuntimeError("a bug")
+
+    with pytest.raises(SystemExit):
+        await run_or_exit(failing())
+    assert exits == [(70, RuntimeError)]
+
+
+async def test_a_cancelled_pipeline_does_not_end_the_worker(monkeypatch) -> None:
+    monkeypatch.setattr(agents.ingest, "exit_without_committing", pytest.fail)
+    task = asyncio.create_task(run_or_exit(asyncio.Event().wait()))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
