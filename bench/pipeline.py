@@ -108,6 +108,7 @@ def _publish_process(workload: Workload, devices: list[str], readings: int, rate
         start_ms = int(time.time() * 1000) - 3 * 3600 * 1000
         data = _readings(workload, devices, readings, start_ms)  # pre-generated
         async with DeviceProducer(SETTINGS, config) as producer:
+            await producer.prepare(devices)  # else a steady rate waits on each first send
             results.put(("ready", len(data)))
             go.wait()
             first = time.time()
@@ -132,7 +133,9 @@ def _probe_process(probes: list[str], seconds: float, go: Any, results: Any) -> 
     from producers.device_producer import DeviceProducer, ProducerConfig
 
     async def run() -> None:
-        async with DeviceProducer(SETTINGS, ProducerConfig(max_batch_readings=1, linger=0.001)) as p:
+        config = ProducerConfig(max_batch_readings=1, linger=0.001)
+        async with DeviceProducer(SETTINGS, config) as p:
+            await p.prepare(probes)
             results.put(("ready", 0))
             go.wait()
             end = time.time() + seconds

@@ -424,6 +424,20 @@ class DeviceProducer:
                 raise DeliveryError(failures)
         return len(valid)
 
+    async def prepare(self, device_ids: Iterable[str]) -> None:
+        """Create the topics of ``device_ids`` and learn their partitions now, in one request
+        for all of them; InvalidDeviceId for an invalid id (nothing is created).
+
+        Worth it before sending to many devices one message at a time (at a steady rate,
+        say): each device's first send would otherwise wait for requests of its own, which
+        for 1,000 devices on the local broker took about a minute.
+        """
+        if not self._started:
+            raise RuntimeError("DeviceProducer not started: use `async with` or start()")
+        topics = {topic_for(device_id, self._mode) for device_id in device_ids}
+        async with self._lock:
+            await self._provision(topics)
+
     async def flush(self) -> None:
         """Publish every buffered reading, wait until the broker acknowledged or failed each
         message, and raise DeliveryError listing every failure since the last flush."""

@@ -21,7 +21,7 @@ from producers import (
     ProducerStartError,
 )
 from streams.settings import Settings
-from streams.topics import SHARED_TOPIC, device_topic
+from streams.topics import SHARED_TOPIC, InvalidDeviceId, device_topic
 from tests.producers.helpers import reading
 from tests.stack import SETTINGS, fleet
 
@@ -85,6 +85,25 @@ async def test_device_topics_are_created_with_the_configured_partitions_and_conf
     entries = {e[0]: e[1] for e in configs[0].resources[0][4]}
     assert entries["retention.ms"] == str(7 * 24 * 3600 * 1000)
     assert entries["compression.type"] == "producer"
+
+
+async def test_prepare_creates_every_device_topic_and_learns_its_partitions(stack) -> None:
+    devices, _ = fleet("prod-prepare-", 50)
+    async with DeviceProducer(SETTINGS) as producer:
+        with pytest.raises(InvalidDeviceId):
+            await producer.prepare([*devices, "no spaces allowed"])
+        await producer.prepare(devices)
+        cluster = producer._producer.client.cluster
+        known = {d: cluster.partitions_for_topic(device_topic(d)) for d in devices}
+    admin = AIOKafkaAdminClient(bootstrap_servers=SETTINGS.kafka_brokers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([device_topic(d) for d in devices])
+    finally:
+        await admin.close()
+    expected = set(range(SETTINGS.device_topic_partitions))
+    assert all(partitions == expected for partitions in known.values())
+    assert [len(t["partitions"]) for t in described] == [len(expected)] * len(devices)
 
 
 async def test_shared_mode_publishes_to_device_data_keyed_by_device(stack) -> None:
