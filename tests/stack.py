@@ -239,17 +239,6 @@ class Worker:
         return self.log_path.read_text(errors="replace")
 
 
-def own_log(worker: Worker) -> str:
-    """The part of a worker's log written by this run of it.
-
-    ``Worker`` appends to ``test-output/worker-{name}.log``, so earlier runs of the same
-    test are in the file too; this run starts where its unique APP_ID first shows.
-    """
-    text = worker.log_text()
-    start = text.find(worker.env["APP_ID"])
-    return text if start < 0 else text[text.rfind("\n", 0, start) + 1:]
-
-
 _AGGREGATE_MISMATCHES = """
 WITH expected AS (
     SELECT time_bucket($2::text::interval, time) AS bucket, device_id, metric, count(*) AS count,

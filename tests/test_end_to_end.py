@@ -18,7 +18,6 @@ from tests.stack import (
     create_topics,
     db_connect,
     fleet,
-    own_log,
     read_dead_letters,
     rows_at_least,
     wait_for,
@@ -182,4 +181,4 @@ async def test_readings_land_exactly_once_and_invalid_ones_are_dead_lettered(
         await conn.close()
     assert sorted(r["device_id"] for r in devices_rows) == sorted(devices)
     assert all(r["first_ok"] and r["last_ok"] for r in devices_rows)
-    assert "Traceback" not in own_log(worker)
+    assert "Traceback" not in worker.log_text()

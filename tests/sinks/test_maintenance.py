@@ -7,7 +7,6 @@ own, whose readings are written straight through the sink with old timestamps.
 """
 from __future__ import annotations
 
-import re
 import socket
 import subprocess
 import sys
@@ -197,13 +196,6 @@ def test_the_maintenance_command_reports_what_it_did(stack) -> None:
     assert "Traceback" not in done.stdout + done.stderr
 
 
-def own_log(worker: Worker) -> str:
-    """The part of a worker's log written by this process (the file may hold older runs)."""
-    text = worker.log_text()
-    first = re.search(rf"\b{worker.process.pid}\b", text) if worker.process else None
-    return text[first.start():] if first else text
-
-
 async def test_the_leader_runs_maintenance_on_its_timer(start_worker) -> None:
     _, nothing = fleet("maint-none-", 1)
     worker = start_worker("maintenance", DEVICE_FILTER=nothing, MAINTENANCE_INTERVAL="2")
@@ -219,6 +211,6 @@ async def test_the_leader_runs_maintenance_on_its_timer(start_worker) -> None:
             await conn.close()
 
     await wait_for(ran, 120, "a maintenance run by the worker's leader timer")
-    text = own_log(worker)
+    text = worker.log_text()
     assert "storage maintenance: raw retention horizon" in text
     assert "Traceback" not in text

@@ -19,7 +19,6 @@ from tests.stack import (
     count_rows,
     db_connect,
     fleet,
-    own_log,
     rows_at_least,
     wait_for,
 )
@@ -106,7 +105,7 @@ async def test_posted_readings_are_acknowledged_202_and_arrive_in_readings(
                 for m, v in r["metrics"].items()}
     await wait_for(lambda: rows_at_least(devices, len(expected)), 90, f"{len(expected)} rows")
     assert await stored(devices) == expected
-    assert "Traceback" not in own_log(worker)
+    assert "Traceback" not in worker.log_text()
 
 
 async def test_a_400_publishes_nothing_of_its_body(start_worker) -> None:

@@ -3,7 +3,6 @@ aiohttp test server) and once on a real worker."""
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator
@@ -95,13 +94,6 @@ async def _get(client: TestClient, path: str, **params: str) -> tuple[int, Any]:
     body = await response.read()
     assert response.content_type == "application/json", body[:200]
     return response.status, orjson.loads(body)
-
-
-def own_log(worker: Any) -> str:
-    """The part of a worker's log written by this process (the file may hold older runs)."""
-    text = worker.log_text()
-    first = re.search(rf"\b{worker.process.pid}\b", text)
-    return text[first.start():] if first else text
 
 
 def _t(text: str) -> datetime:
@@ -289,4 +281,4 @@ async def test_routes_on_a_real_worker(start_worker, stored: str) -> None:
     assert statuses == [200, 200, 200, 404, 400], answers
     assert answers[f"/devices/{stored}/latest"][1]["metrics"]["old"] == -7.5
     assert len(answers[f"/devices/{stored}/readings?metric=t&limit=5"][1]["readings"]) == 5
-    assert "Traceback" not in own_log(worker)
+    assert "Traceback" not in worker.log_text()
