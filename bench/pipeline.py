@@ -159,8 +159,14 @@ def _start(ctx: Any, target: Any, *args: Any) -> multiprocessing.Process:
 # --- measuring ----------------------------------------------------------------------------
 
 
+def _stat(path: Path) -> tuple[str, list[str]]:
+    """A ``/proc/<pid>/stat`` file's command name and the fields after it."""
+    name, fields = path.read_text().split(" (", 1)[1].rsplit(")", 1)
+    return name, fields.split()
+
+
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    _, fields = _stat(Path(f"/proc/{pid}/stat"))
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -170,12 +176,11 @@ def _cpu_of(*commands: str) -> float:
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            name, fields = stat.read_text().split(" (", 1)[1].rsplit(")", 1)
+            name, fields = _stat(stat)
         except (OSError, IndexError, ValueError):
             continue  # the process ended meanwhile
         if name.startswith(commands):
-            values = fields.split()
-            total += sum(int(v) for v in values[11:15])  # utime stime cutime cstime
+            total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
     return total / os.sysconf("SC_CLK_TCK")
 
 

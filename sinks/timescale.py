@@ -12,10 +12,10 @@ A batch goes in one transaction: COPY (binary) of (time, series_id, value, arriv
 per-connection temporary staging table, then ``INSERT ... ON CONFLICT DO NOTHING`` into
 ``storage.readings`` in (series_id, time, arrival) order, so that of the same key repeated
 within a batch the first to arrive is stored (and a key already stored keeps its value);
-additive upserts of the rows that were new into the 1-minute and
-1-hour aggregates, and an upsert of the devices' first/last seen times. Writing the same
-batch twice stores nothing new, which is what makes replays after a crash harmless: the
-pipeline commits Kafka offsets only after this transaction has committed.
+additive upserts of the rows that were new into the 1-minute and 1-hour aggregates, and an
+upsert of the devices' first/last seen times. Writing the same batch twice stores nothing
+new, which is what makes replays after a crash harmless: the pipeline commits Kafka
+offsets only after this transaction has committed.
 """
 from __future__ import annotations
 
