@@ -1,11 +1,12 @@
 """The ingest pipeline: Kafka messages in, rows and dead letters out, offsets acked last.
 
-Messages are validated as they arrive and gathered into a batch until it holds
-``SINK_BATCH_POINTS`` points or is ``SINK_LINGER`` seconds old. One of ``SINK_WRITERS``
-writer tasks then stores the batch (retrying transient database errors with capped
-backoff), publishes its dead letters, and only then acks the batch's messages; Faust
-commits a partition's offset only up to its oldest message not yet acked, so an offset is
-committed only after everything before it is durable, whichever writer finishes first.
+Messages come a fetch at a time from the consumer's record feed (``streams.record_feed``),
+are validated and gathered into a batch until it holds ``SINK_BATCH_POINTS`` points or is
+``SINK_LINGER`` seconds old. One of ``SINK_WRITERS`` writer tasks then stores the batch
+(retrying transient database errors with capped backoff), publishes its dead letters, and
+only then acks the batch's offsets; Faust commits a partition's offset only up to its
+oldest message not yet acked, so an offset is committed only after everything before it
+is durable, whichever writer finishes first.
 The next batch fills while others are being written. A crash at any moment therefore
 replays uncommitted messages, and the idempotent sink turns the replay into no new rows.
 """
@@ -16,11 +17,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Protocol, Sequence
 
 import asyncpg
 import orjson
-from faust.types import EventT, StreamT
+from aiokafka.structs import ConsumerRecord
+from faust.types import TP, StreamT
 
 from schema.dead_letters import DeadLetter, dead_letter
 from schema.validation import (
@@ -34,7 +36,7 @@ from sinks.postgres import is_transient
 from sinks.timescale import Point, TimescaleSink, WriteResult
 from streams.stats import PipelineStats
 from tables.event_clock import EventClock
-from streams.topics import expected_device
+from streams.topics import device_of_topic, expected_device
 
 log = logging.getLogger(__name__)
 
@@ -44,34 +46,59 @@ COMMIT_INTERVAL_SECONDS = 1.0
 PublishDeadLetter = Callable[[DeadLetter], Awaitable[Awaitable[Any]]]
 
 
+class RecordSource(Protocol):
+    """Where records come from (``streams.record_feed.RecordFeed`` in the worker)."""
+
+    def chunks(self) -> AsyncIterator[list[tuple[TP, list[ConsumerRecord]]]]:
+        """Fetched records, per partition in offset order, a fetch at a time."""
+
+    def ack(self, offsets: Mapping[TP, Sequence[int]]) -> None:
+        """Mark these records durable (their offsets may be committed)."""
+
+
 @dataclass
 class Batch:
-    """Messages taken from the stream whose rows and dead letters are not yet durable."""
+    """Records taken from the feed whose rows and dead letters are not yet durable."""
 
     window: ValidationWindow
     created: float = field(default_factory=time.monotonic)
-    events: list[EventT] = field(default_factory=list)
+    offsets: dict[TP, list[int]] = field(default_factory=dict)  # to ack once durable
+    records: list[ConsumerRecord] = field(default_factory=list)  # the ones validated
     points: list[Point] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
-    def add(self, event: EventT) -> list[Reading]:
-        """Validate one message; keep its points and dead letters; return its valid readings."""
-        message = event.message
-        readings, invalid = validate_message(
-            message.value, expected_device(message.topic, message.key), self.window
-        )
-        self.events.append(event)
-        for reading in readings:
-            self.points.extend(_points_of(reading))
-        if invalid:
-            self._dead_letter(message, invalid)
-        return readings
+    def add(self, tp: TP, records: Sequence[ConsumerRecord], start: int, limit: int,
+            follows: Callable[[bytes | None], bool] | None, readings: list[Reading]) -> int:
+        """Validate ``records[start:]`` until the batch holds ``limit`` points; append the
+        valid readings to ``readings``; return the index of the first record not taken.
 
-    def _dead_letter(self, message: Any, invalid: list[InvalidReading]) -> None:
-        self.dead_letters.extend(dead_letter(reading, message) for reading in invalid)
+        Records ``follows`` refuses (by key) are acked with the batch, untouched.
+        """
+        points, window = self.points, self.window
+        offsets = self.offsets.setdefault(tp, [])
+        device = device_of_topic(tp.topic)  # None on the shared topic: the key names it
+        index = start
+        while index < len(records) and len(points) < limit:
+            record = records[index]
+            index += 1
+            offsets.append(record.offset)
+            if follows is not None and not follows(record.key):
+                continue
+            self.records.append(record)
+            valid, invalid = validate_message(
+                record.value, device or expected_device(tp.topic, record.key), window)
+            for reading in valid:
+                points.extend(_points_of(reading))
+            readings.extend(valid)
+            if invalid:
+                self._dead_letter(record, invalid)
+        return index
+
+    def _dead_letter(self, record: ConsumerRecord, invalid: list[InvalidReading]) -> None:
+        self.dead_letters.extend(dead_letter(reading, record) for reading in invalid)
         log.warning(
             "dead-lettering %d reading(s) of topic=%s partition=%d offset=%d: %s",
-            len(invalid), message.topic, message.partition, message.offset, invalid[0].error,
+            len(invalid), record.topic, record.partition, record.offset, invalid[0].error,
         )
 
 
@@ -124,25 +151,30 @@ class IngestPipeline:
         now = datetime.now(timezone.utc)
         return Batch(window=ValidationWindow.around(now, self._config.retention))
 
-    async def run(self, stream: StreamT) -> None:
-        """Consume ``stream`` (acks disabled) until cancelled."""
+    async def run(self, feed: RecordSource,
+                  follows: Callable[[bytes | None], bool] | None = None) -> None:
+        """Consume ``feed`` until cancelled; ``follows`` limits the devices by key."""
         writers = [
-            asyncio.create_task(self._write_batches(stream), name=f"ingest-writer-{i}")
+            asyncio.create_task(self._write_batches(feed), name=f"ingest-writer-{i}")
             for i in range(self._config.writers)
         ]
         linger = asyncio.create_task(self._flush_old_batches(), name="ingest-linger")
         try:
-            stats, clock = self.stats, self._clock
-            async for event in stream.events():
-                batch = self._batch
-                before = len(batch.points)
-                readings = batch.add(event)
-                stats.messages_total += 1
-                stats.points_total += len(batch.points) - before
-                if readings and clock is not None:
-                    stats.late_readings_total += clock.observe(readings)
-                if len(self._batch.points) >= self._config.batch_points:
-                    await self._hand_over()
+            stats, clock, limit = self.stats, self._clock, self._config.batch_points
+            async for chunk in feed.chunks():
+                for tp, records in chunk:
+                    start = 0
+                    while start < len(records):
+                        batch, readings = self._batch, []
+                        before = len(batch.points)
+                        end = batch.add(tp, records, start, limit, follows, readings)
+                        stats.messages_total += end - start
+                        stats.points_total += len(batch.points) - before
+                        if readings and clock is not None:
+                            stats.late_readings_total += clock.observe(readings)
+                        if len(batch.points) >= limit:
+                            await self._hand_over()
+                        start = end
                 for writer in writers:
                     if writer.done():
                         writer.result()  # a writer never ends on its own: surface why it did
@@ -160,17 +192,16 @@ class IngestPipeline:
         while True:
             await asyncio.sleep(tick)
             batch = self._batch
-            if batch.events and (
+            if batch.offsets and (
                 time.monotonic() - batch.created >= self._config.linger or self._draining()
             ):
                 await self._hand_over()
 
-    async def _write_batches(self, stream: StreamT) -> None:
+    async def _write_batches(self, feed: RecordSource) -> None:
         while True:
             batch = await self._ready.get()
             await self._deliver(batch)
-            for event in batch.events:
-                await stream.ack(event)
+            feed.ack(batch.offsets)
             if self._commit_offsets is not None and time.monotonic() >= self._next_commit:
                 # Commit sooner than Faust's timer (a rebalance, e.g. when new device topics
                 # arrive, then replays less), but at most once a second: each commit costs
@@ -271,26 +302,25 @@ class IngestPipeline:
         await asyncio.gather(*acks)
 
 
-def _located_readings(batch: Batch) -> Iterator[tuple[Any, int | None, Reading]]:
-    """Each valid reading of the batch with its message and its index in an array message."""
-    for event in batch.events:
-        message = event.message
-        device_id = expected_device(message.topic, message.key)
-        readings, invalid = validate_message(message.value, device_id, batch.window)
+def _located_readings(batch: Batch) -> Iterator[tuple[ConsumerRecord, int | None, Reading]]:
+    """Each valid reading of the batch with its record and its index in an array message."""
+    for record in batch.records:
+        device_id = expected_device(record.topic, record.key)
+        readings, invalid = validate_message(record.value, device_id, batch.window)
         if not readings:
             continue
-        decoded = orjson.loads(message.value)
+        decoded = orjson.loads(record.value)
         if not isinstance(decoded, list):
-            yield message, None, readings[0]
+            yield record, None, readings[0]
             continue
         # Positions of the valid readings: the elements validate_message did not refuse.
         refused = {bad.index for bad in invalid}
         positions = (i for i in range(len(decoded)) if i not in refused)
-        yield from ((message, index, reading) for index, reading in zip(positions, readings))
+        yield from ((record, index, reading) for index, reading in zip(positions, readings))
 
 
 def _refused_by_database(
-    message: Any, index: int | None, reading: Reading, exc: Exception
+    record: ConsumerRecord, index: int | None, reading: Reading, exc: Exception
 ) -> DeadLetter:
     raw = orjson.dumps(
         {"device_id": reading.device_id, "time": reading.time.isoformat(), "metrics": reading.metrics}
@@ -298,16 +328,16 @@ def _refused_by_database(
     invalid = InvalidReading(error=f"refused by the database: {exc}", raw=raw, index=index)
     log.error(
         "database refused reading of topic=%s partition=%d offset=%d: %s",
-        message.topic, message.partition, message.offset, exc,
+        record.topic, record.partition, record.offset, exc,
     )
-    return dead_letter(invalid, message)
+    return dead_letter(invalid, record)
 
 
 # --- Faust wiring -------------------------------------------------------------------------
 
 from sinks.postgres import create_pool  # noqa: E402
 from streams.app import app, device_topics, pipeline_stats, settings  # noqa: E402
-from streams.subscription import follow_device_topics, followed_devices  # noqa: E402
+from streams.subscription import follow_device_topics, followed_key  # noqa: E402
 from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner  # noqa: E402
 from streams.worker import EXIT_INGEST_FAILED, exit_without_committing  # noqa: E402
 
@@ -337,7 +367,10 @@ async def ingest(stream: StreamT) -> None:
                                    await _device_clocks(pool)),
             draining=lambda: app.rebalancing or app.should_stop,
         )
-        await run_or_exit(pipeline.run(followed_devices(stream.noack(), settings)))
+        # Subscribes the agent's topics as iterating its stream would; their records then
+        # come through the consumer's feed, never through the stream.
+        aiter(stream.channel)
+        await run_or_exit(pipeline.run(app.consumer.feed, followed_key(settings)))
     finally:
         pipeline_stats.unregister_pool("ingest")
         await pool.close()

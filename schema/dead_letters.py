@@ -37,7 +37,7 @@ class DeadLetter:
 
 
 def dead_letter(invalid: InvalidReading, message: Any) -> DeadLetter:
-    """The dead letter of ``invalid``, found in the Kafka ``message``."""
+    """The dead letter of ``invalid``, found in the fetched Kafka record ``message``."""
     raw = invalid.raw[:MAX_RAW_BYTES]
     record: dict[str, object] = {
         "error": invalid.error,
@@ -51,4 +51,4 @@ def dead_letter(invalid: InvalidReading, message: Any) -> DeadLetter:
     if invalid.raw_truncated or len(invalid.raw) > MAX_RAW_BYTES:
         record["raw_truncated"] = True
     return DeadLetter(message.topic, message.partition, message.offset, invalid.index,
-                      int(message.timestamp * 1000), message.key, orjson.dumps(record))
+                      message.timestamp, message.key, orjson.dumps(record))

@@ -11,7 +11,7 @@ from streams.kafka_consumer import App
 from streams.settings import Settings
 from streams.stats import PipelineStats
 from streams.subscription import GrowingTopic, subscribe_existing
-from streams.topics import broker_credentials
+from streams.topics import broker_credentials, is_ingest_topic
 from streams.worker import worker_class
 
 settings = Settings.from_env()
@@ -35,6 +35,7 @@ app = App(
     topic_partitions=settings.device_topic_partitions,
     stream_wait_empty=True,
     fetch_max_wait=settings.kafka_fetch_max_wait,
+    feed_topics=is_ingest_topic,
     Worker=worker_class(
         settings.shutdown_timeout, prepare=lambda: subscribe_existing(device_topics, settings)
     ),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any, AsyncIterator, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import faust
 from faust.types import AppT
@@ -145,39 +145,19 @@ async def _follow_shared_topic(
         return
 
 
-class KeyFilteredStream:
-    """A stream of the shared topic limited to the devices ``DEVICE_FILTER`` matches.
+def followed_key(settings: Settings) -> Callable[[bytes | None], bool] | None:
+    """Which message keys (device ids) this worker processes; None: every message.
 
-    It offers what the ingest pipeline uses (``events()`` and ``ack()``). Messages of other
-    devices are acked at once and never reach the pipeline (Faust commits an offset only
-    once every message before it is acked, so acking them early is safe).
+    Per-device mode filters by subscription (see ``follow_device_topics``). In shared mode
+    with a ``DEVICE_FILTER``, messages of other devices are acked untouched (Faust commits
+    an offset only once every message before it is acked, so that is safe).
     """
+    if settings.topic_mode != SHARED or not settings.device_filter:
+        return None
+    wanted = re.compile(settings.device_filter)
 
-    def __init__(self, stream: Any, device_filter: str) -> None:
-        self._stream = stream
-        self._wanted = re.compile(device_filter)
-
-    def _follows(self, key: bytes | None) -> bool:
+    def follows(key: bytes | None) -> bool:
         device_id = "" if key is None else bytes(key).decode("utf-8", "replace")
-        return self._wanted.match(device_id) is not None
+        return wanted.match(device_id) is not None
 
-    async def events(self) -> AsyncIterator[Any]:
-        async for event in self._stream.events():
-            if self._follows(event.message.key):
-                yield event
-            else:
-                await self._stream.ack(event)
-
-    async def ack(self, event: Any) -> bool:
-        return await self._stream.ack(event)
-
-
-def followed_devices(stream: Any, settings: Settings) -> Any:
-    """``stream`` limited to the devices this worker follows.
-
-    Per-device mode filters by subscription (see ``follow_device_topics``), so the stream is
-    returned as it is; in shared mode with a ``DEVICE_FILTER`` it is filtered by key.
-    """
-    if settings.topic_mode == SHARED and settings.device_filter:
-        return KeyFilteredStream(stream, settings.device_filter)
-    return stream
+    return follows

@@ -3,17 +3,20 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta, timezone
-from types import SimpleNamespace
 from typing import Any, Sequence
 
 import asyncpg
 import orjson
 import pytest
+from aiokafka.structs import ConsumerRecord
+from faust.types import TP
 
 import agents.ingest
 from agents.ingest import IngestConfig, IngestPipeline, run_or_exit
 from schema.dead_letters import DeadLetter
 from sinks.timescale import Point, WriteResult
+from streams.topics import SHARED_TOPIC
+from tests.records import record, tp_of
 
 NOW = datetime.now(timezone.utc)
 
@@ -23,28 +26,33 @@ def reading(device: str = "d1", seconds: int = 0, **metrics: Any) -> dict[str, A
     return {"device_id": device, "time": moment.isoformat(), "metrics": metrics or {"t": 1.0}}
 
 
-def event(value: Any, offset: int, device: str = "d1") -> SimpleNamespace:
-    raw = value if isinstance(value, bytes) else orjson.dumps(value)
-    message = SimpleNamespace(topic=f"device-data-{device}", partition=0, offset=offset,
-                              key=device.encode(), value=raw, timestamp=1_700_000_000.5)
-    return SimpleNamespace(message=message)
+def event(value: Any, offset: int, device: str = "d1") -> ConsumerRecord:
+    return record(f"device-data-{device}", device.encode(), value, offset)
 
 
 class FakeStream:
-    """Yields prepared events, then waits forever; records acks."""
+    """Hands the prepared records over ``per_fetch`` at a time, then waits forever; records
+    acked offsets."""
 
-    def __init__(self, events: list[SimpleNamespace]) -> None:
-        self._events = events
+    def __init__(self, records: list[ConsumerRecord], per_fetch: int = 1) -> None:
+        self._records = records
+        self._per_fetch = per_fetch
         self.acked: list[int] = []
 
-    async def events(self):
-        for e in self._events:
-            yield e
+    async def chunks(self):
+        for start in range(0, len(self._records), self._per_fetch):
+            chunk: list[tuple[TP, list[ConsumerRecord]]] = []
+            for r in self._records[start:start + self._per_fetch]:
+                if chunk and chunk[-1][0] == tp_of(r):
+                    chunk[-1][1].append(r)
+                else:
+                    chunk.append((tp_of(r), [r]))
+            yield chunk
         await asyncio.Event().wait()
 
-    async def ack(self, e: SimpleNamespace) -> bool:
-        self.acked.append(e.message.offset)
-        return True
+    def ack(self, offsets: dict[TP, list[int]]) -> None:
+        for tp_offsets in offsets.values():
+            self.acked.extend(tp_offsets)
 
 
 class FakeSink:
@@ -103,8 +111,9 @@ def pipeline(sink: FakeSink, letters: DeadLetters, config: IngestConfig | None =
 CONFIG = IngestConfig(batch_points=1000, linger=0.05, retention=timedelta(days=90), max_backoff=0.05)
 
 
-async def run_until(pipeline: IngestPipeline, stream: FakeStream, done, timeout: float = 5.0) -> None:
-    task = asyncio.create_task(pipeline.run(stream))
+async def run_until(pipeline: IngestPipeline, stream: FakeStream, done, timeout: float = 5.0,
+                    follows=None) -> None:
+    task = asyncio.create_task(pipeline.run(stream, follows))
     try:
         for _ in range(int(timeout / 0.01)):
             if done():
@@ -191,6 +200,35 @@ async def test_a_full_batch_is_written_without_waiting_for_the_linger_time() -> 
     await run_until(pipeline(sink, letters, config), stream,
                     lambda: len(stream.acked) == 4)
     assert len(sink.rows) == 8
+
+
+async def test_a_fetch_bigger_than_a_batch_is_split_into_batches_of_the_configured_size() -> None:
+    sink, letters = FakeSink(), DeadLetters()
+    sizes: list[int] = []
+    write = sink.write
+
+    async def recording(points: Sequence[Point]) -> WriteResult:
+        sizes.append(len(points))
+        return await write(points)
+
+    sink.write = recording
+    config = IngestConfig(batch_points=4, linger=0.05, retention=timedelta(days=90),
+                          max_backoff=0.05)
+    stream = FakeStream([event(reading(seconds=i), i) for i in range(10)], per_fetch=10)
+    await run_until(pipeline(sink, letters, config), stream, lambda: len(stream.acked) == 10)
+    assert sizes == [4, 4, 2] and stream.acked == list(range(10)) and len(sink.rows) == 10
+
+
+async def test_in_shared_mode_messages_of_devices_not_followed_are_acked_untouched() -> None:
+    sink, letters = FakeSink(), DeadLetters()
+    mine, other = (record(SHARED_TOPIC, d.encode(), reading(device=d), offset=i)
+                   for i, d in enumerate(["mine-1", "other-1"]))
+    stream = FakeStream([mine, other, record(SHARED_TOPIC, b"other-2", b"{bad", offset=2)],
+                        per_fetch=3)
+    await run_until(pipeline(sink, letters), stream, lambda: len(stream.acked) == 3,
+                    follows=lambda key: key.startswith(b"mine-"))
+    assert [device for _, device, _ in sink.rows] == ["mine-1"]
+    assert letters.records == [] and stream.acked == [0, 1, 2]
 
 
 class GatedSink(FakeSink):

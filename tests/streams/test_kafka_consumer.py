@@ -1,4 +1,4 @@
-"""The worker's Kafka consumer: inline delivery while flow is active, linear commits."""
+"""The worker's Kafka consumer: linear commits, the configured fetch wait."""
 from __future__ import annotations
 
 import asyncio
@@ -22,38 +22,6 @@ def new_consumer() -> Consumer:
 
     return Consumer(app.transport, callback=unused, on_partitions_revoked=unused,
                     on_partitions_assigned=unused, loop=asyncio.get_running_loop())
-
-
-async def test_a_delivery_runs_inline_while_the_flow_is_active() -> None:
-    consumer = new_consumer()
-    consumer.resume_flow()
-    delivered: list[int] = []
-
-    async def deliver() -> int:
-        delivered.append(asyncio.current_task() is outer)
-        return 7
-
-    outer = asyncio.current_task()
-    result = await consumer.wait_first(deliver(), consumer.suspend_flow.wait())
-    assert result.results == [7] and not result.stopped
-    assert delivered == [True], "the delivery ran in the caller's task, not in a new one"
-
-
-async def test_a_suspended_flow_interrupts_a_stuck_delivery() -> None:
-    consumer = new_consumer()
-    consumer.stop_flow()  # as on a rebalance
-    stuck = asyncio.Event()
-
-    async def deliver() -> None:
-        await stuck.wait()  # a stream buffer that never drains
-
-    delivery, suspended = deliver(), consumer.suspend_flow.wait()
-    try:
-        result = await asyncio.wait_for(consumer.wait_first(delivery, suspended), timeout=5)
-    finally:
-        consumer.resume_flow()
-    assert result.done == [suspended], "Faust's way: the suspension won, the delivery was dropped"
-
 
 
 async def test_a_commit_sends_only_assigned_partitions_once_each() -> None:

@@ -12,9 +12,10 @@ import pytest
 
 from agents.ingest import Batch
 from schema.validation import ValidationWindow
+from tests.records import record, tp_of
 
 from streams.settings import ConfigError, Settings
-from streams.subscription import KeyFilteredStream, follow_device_topics, followed_devices
+from streams.subscription import follow_device_topics, followed_key
 from streams.topics import (
     DEAD_LETTER_TOPIC,
     SHARED_TOPIC,
@@ -130,43 +131,24 @@ async def test_per_device_mode_subscribes_to_device_topics_never_to_shared_or_dl
     assert sorted(channel.names) == ["device-data-a", "device-data-b"]
 
 
-class FakeStream:
-    def __init__(self, keys: list[bytes | None]) -> None:
-        self._events = [SimpleNamespace(message=SimpleNamespace(key=k, offset=i))
-                        for i, k in enumerate(keys)]
-        self.acked: list[int] = []
-
-    async def events(self) -> Any:
-        for event in self._events:
-            yield event
-
-    async def ack(self, event: Any) -> bool:
-        self.acked.append(event.message.offset)
-        return True
+def test_in_shared_mode_device_filter_follows_only_matching_keys() -> None:
+    follows = followed_key(Settings.from_env({"TOPIC_MODE": "shared", "DEVICE_FILTER": "mine-"}))
+    assert follows is not None
+    keys = [b"mine-1", b"other-1", None, b"mine-2", b"\xff"]
+    assert [follows(k) for k in keys] == [True, False, False, True, False]
 
 
-async def test_in_shared_mode_device_filter_passes_only_matching_keys_and_acks_the_rest() -> None:
-    stream = FakeStream([b"mine-1", b"other-1", None, b"mine-2", b"\xff"])
-    settings = Settings.from_env({"TOPIC_MODE": "shared", "DEVICE_FILTER": "mine-"})
-    filtered = followed_devices(stream, settings)
-    assert isinstance(filtered, KeyFilteredStream)
-    passed = [e.message.offset async for e in filtered.events()]
-    assert passed == [0, 3]
-    assert stream.acked == [1, 2, 4], "others are acked so their offsets can be committed"
-    await filtered.ack(SimpleNamespace(message=SimpleNamespace(offset=0)))
-    assert stream.acked[-1] == 0
+def test_without_a_filter_or_in_per_device_mode_every_key_is_followed() -> None:
+    assert followed_key(Settings.from_env({"TOPIC_MODE": "shared"})) is None
+    assert followed_key(Settings.from_env({"DEVICE_FILTER": "x"})) is None
 
 
-def test_without_a_filter_or_in_per_device_mode_the_stream_is_left_alone() -> None:
-    stream = object()
-    assert followed_devices(stream, Settings.from_env({"TOPIC_MODE": "shared"})) is stream
-    assert followed_devices(stream, Settings.from_env({"DEVICE_FILTER": "x"})) is stream
-
-
-def _event(topic: str, key: bytes | None, value: Any) -> Any:
-    message = SimpleNamespace(topic=topic, partition=0, offset=7, key=key, timestamp=1.0,
-                              value=orjson.dumps(value))
-    return SimpleNamespace(message=message)
+def _add(batch: Batch, topic: str, key: bytes | None, value: Any) -> list[Any]:
+    """The valid readings ``batch`` takes from one message."""
+    readings: list[Any] = []
+    r = record(topic, key, value, offset=7)
+    assert batch.add(tp_of(r), [r], 0, 1000, None, readings) == 1
+    return readings
 
 
 def test_the_agent_dead_letters_a_shared_topic_reading_whose_device_is_not_the_key() -> None:
@@ -177,15 +159,15 @@ def test_the_agent_dead_letters_a_shared_topic_reading_whose_device_is_not_the_k
         return {"device_id": device, "time": now.isoformat(), "metrics": {"t": 1}}
 
     batch = Batch(window=window)
-    assert [r.device_id for r in batch.add(_event(SHARED_TOPIC, b"a", [reading("a")]))] == ["a"]
-    assert batch.add(_event(SHARED_TOPIC, b"a", [reading("a"), reading("b")]))[0].device_id == "a"
-    assert batch.add(_event(SHARED_TOPIC, None, reading("a"))) == []
-    assert batch.add(_event("device-data-a", b"b", reading("a")))[0].device_id == "a", \
+    assert [r.device_id for r in _add(batch, SHARED_TOPIC, b"a", [reading("a")])] == ["a"]
+    assert _add(batch, SHARED_TOPIC, b"a", [reading("a"), reading("b")])[0].device_id == "a"
+    assert _add(batch, SHARED_TOPIC, None, reading("a")) == []
+    assert _add(batch, "device-data-a", b"b", reading("a"))[0].device_id == "a", \
         "per-device: the topic decides, as before"
     errors = [orjson.loads(d.value)["error"] for d in batch.dead_letters]
     assert len(errors) == 2 and all("does not match" in e for e in errors)
     wrong_topic = Batch(window=window)
-    wrong_topic.add(_event("device-data-a", b"a", reading("b")))
+    _add(wrong_topic, "device-data-a", b"a", reading("b"))
     assert orjson.loads(wrong_topic.dead_letters[0].value)["error"] == errors[0], \
         "dead-lettered like a reading on another device's topic"
 

@@ -1,0 +1,121 @@
+"""The ingest pipeline's input: each fetch's device-topic records at once, acked in bulk.
+
+Faust turns every fetched record into a message and an event and passes it through its
+conductor, a channel queue and a stream, one at a time: with one reading per message
+that was about half of the worker's main thread (py-spy, README "Performance"), more than
+validating and storing the reading. The records of the topics a :class:`RecordFeed` wants
+skip that path: the consumer hands each fetch's records for them to the feed as aiokafka
+returned them, and the pipeline acks the offsets it has made durable with one call per
+batch, into the bookkeeping Faust's commits read.
+
+What stays as in Faust's own path: a partition's offset is committed only up to its
+oldest record not acked (gaps in its offsets, such as transaction markers, are registered
+as Faust's drain loop registers them); a rebalance waits until every record handed over
+is acked before partitions are revoked; records fetched while the flow is stopped, or of
+partitions no longer active, are not handed over (Faust seeks back to the committed
+offsets and fetches them again).
+"""
+from __future__ import annotations
+
+import asyncio
+from time import monotonic
+from typing import Any, AsyncIterator, Callable, Mapping, Sequence
+
+from aiokafka.structs import ConsumerRecord
+from faust.types import TP
+
+# One fetch's records of the wanted topics, per partition, in offset order.
+Chunk = list[tuple[TP, list[ConsumerRecord]]]
+
+
+class RecordFeed:
+    """Fetched records of the topics ``wanted`` names, for the one pipeline consuming them.
+
+    At most ``max_chunks`` fetches wait to be taken: a full feed holds the consumer's
+    fetching back until the pipeline catches up.
+    """
+
+    def __init__(self, consumer: Any, wanted: Callable[[str], bool], max_chunks: int = 4) -> None:
+        self._consumer = consumer
+        self._wanted = wanted
+        self._chunks: asyncio.Queue[Chunk] = asyncio.Queue(maxsize=max_chunks)
+        self.pending = 0  # records handed over (or waiting to be) and not yet acked
+
+    async def take(self, records: Mapping[TP, list[ConsumerRecord]], active: set[TP] | None
+                   ) -> dict[TP, list[ConsumerRecord]]:
+        """Take the wanted topics' records of one fetch; return the others, for Faust.
+
+        ``active`` are the partitions the fetch was for (None: all); records of others
+        are dropped, as Faust drops them.
+        """
+        consumer = self._consumer
+        others: dict[TP, list[ConsumerRecord]] = {}
+        chunk: Chunk = []
+        for tp, tp_records in records.items():
+            if not self._wanted(tp.topic):
+                others[tp] = tp_records
+            elif active is None or tp in active or tp in consumer._buffered_partitions:
+                fresh = await self._register_read(tp, tp_records)
+                if fresh:
+                    chunk.append((tp, fresh))
+                    consumer.app.monitor.track_tp_end_offset(tp, consumer.highwater(tp))
+        if chunk:
+            self.pending += sum(len(tp_records) for _, tp_records in chunk)
+            await self._chunks.put(chunk)
+        return others
+
+    async def _register_read(self, tp: TP, records: list[ConsumerRecord]
+                             ) -> list[ConsumerRecord]:
+        """Faust's read-offset bookkeeping: drop records read already, register gaps in
+        the offsets (they must not hold commits back), note the last offset read.
+
+        A gap is the offsets between two records (``_add_gap`` takes an inclusive end);
+        Faust's drain loop also puts the later record's own offset in it, and that one
+        repeated offset then held its commit back by one round.
+        """
+        consumer = self._consumer
+        read = consumer._read_offset[tp]
+        if read is not None and records[0].offset < read:
+            records = [r for r in records if r.offset >= read]
+            if not records:
+                return records
+        if records[-1].offset - records[0].offset == len(records) - 1:  # no gap inside
+            if read and records[0].offset - read > 1:
+                await consumer._add_gap(tp, read + 1, records[0].offset - 1)
+        else:
+            previous = read
+            for record in records:
+                if previous and record.offset - previous > 1:
+                    await consumer._add_gap(tp, previous + 1, record.offset - 1)
+                previous = record.offset
+        consumer._read_offset[tp] = records[-1].offset
+        return records
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        """Each fetch's records, in the order they were fetched."""
+        inbound = self._consumer.app.monitor.stream_inbound_time
+        while True:
+            chunk = await self._chunks.get()
+            now = monotonic()
+            for tp, _ in chunk:  # Faust's stall detector reads when a partition last moved
+                inbound[tp] = now
+            yield chunk
+
+    def ack(self, offsets: Mapping[TP, Sequence[int]]) -> None:
+        """Mark these offsets durable: Faust may commit past them."""
+        consumer = self._consumer
+        assigned = consumer.assignment()
+        for tp, tp_offsets in offsets.items():
+            self.pending -= len(tp_offsets)
+            if tp not in assigned:  # revoked meanwhile: its new owner reads it again
+                continue
+            committed = consumer._committed_offset[tp]
+            acked_index = consumer._acked_index[tp]
+            new = [o for o in tp_offsets
+                   if (committed is None or o >= committed) and o not in acked_index]
+            acked_index.update(new)
+            consumer._acked[tp].extend(new)
+            consumer._n_acked += len(new)
+        waiter = consumer._waiting_for_ack
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
