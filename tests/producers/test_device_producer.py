@@ -163,6 +163,16 @@ async def test_a_message_not_acknowledged_in_time_fails_with_a_clear_timeout(mon
     assert "not acknowledged by the broker within 0.2s" in str(failure)
 
 
+async def test_acknowledged_messages_leave_no_deadline_behind(kafka) -> None:
+    async with DeviceProducer(SETTINGS, config(max_batch_readings=1, delivery_timeout=0.5)
+                              ) as producer:
+        await producer.send_many(reading("d1", i) for i in range(50))
+        await producer.flush()
+        await asyncio.sleep(0.2)  # a few rounds of the deadline watcher
+        assert not producer._deadlines, "a long stream of messages would grow it without end"
+    assert len(kafka.sent) == 50
+
+
 async def test_send_waits_when_the_buffer_is_full_and_never_holds_more(monkeypatch) -> None:
     kafka = FakeKafka(auto_ack=False).install(monkeypatch)
     bound = 4_000
