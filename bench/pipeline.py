@@ -111,7 +111,7 @@ def _publish_process(workload: Workload, devices: list[str], readings: int, rate
             await producer.prepare(devices)  # else a steady rate waits on each first send
             results.put(("ready", len(data)))
             go.wait()
-            first = time.time()
+            first, cpu = time.time(), time.process_time()
             if rate:
                 sent = 0
                 for message in _messages(data, len(devices), workload.per_message):
@@ -123,7 +123,7 @@ def _publish_process(workload: Workload, devices: list[str], readings: int, rate
             else:
                 await producer.send_many(data)
             await producer.flush()
-        results.put(("done", first, time.time()))
+        results.put(("done", first, time.time(), time.process_time() - cpu))
 
     asyncio.run(run())
 
@@ -145,7 +145,7 @@ def _probe_process(probes: list[str], seconds: float, go: Any, results: Any) -> 
                                   for d in probes)
                 await p.flush()
                 await asyncio.sleep(PROBE_INTERVAL)
-        results.put(("done", time.time(), time.time()))
+        results.put(("done", time.time(), time.time(), 0.0))
 
     asyncio.run(run())
 
@@ -259,6 +259,7 @@ class Run:
     cpu_s_per_million: float
     db_cpu_s_per_million: float  # every PostgreSQL and pgBouncer process, during the run
     broker_cpu_s_per_million: float
+    publisher_cpu_s_per_million: float  # the publisher processes', while publishing
     peak_rss_mb: float
 
 
@@ -302,12 +303,13 @@ class Bench:
         for _ in range(count):
             assert (await loop.run_in_executor(None, results.get))[0] == "ready"
 
-    async def _published(self, results: Any, count: int) -> tuple[float, float]:
+    async def _published(self, results: Any, count: int) -> tuple[float, float, float]:
         """Wait for ``count`` publishers to finish; return the first and the last publish
-        time."""
+        time and the CPU seconds they spent publishing."""
         loop = asyncio.get_running_loop()
         done = [await loop.run_in_executor(None, results.get) for _ in range(count)]
-        return min(first for _, first, _ in done), max(last for _, _, last in done)
+        return (min(first for _, first, _, _ in done), max(last for _, _, last, _ in done),
+                sum(cpu for *_, cpu in done))
 
     async def throughput(self, impl: str, workload: Workload, run: int) -> Run:
         devices, only = fleet(f"bench-{workload.name}-", workload.devices)
@@ -337,14 +339,15 @@ class Bench:
             if stored != expected:
                 raise RuntimeError(f"{impl} {workload.name} run {run}: {stored} rows stored, "
                                    f"{expected} expected")
-            first, last = await self._published(results, len(processes))
+            first, last, publish_cpu = await self._published(results, len(processes))
             for process in processes:
                 process.join()
             seconds = done - first
             return Run(impl, workload.name, workload.points, seconds, last - first,
                        workload.points / seconds,
                        cpu / workload.points * 1e6, db_cpu / workload.points * 1e6,
-                       broker_cpu / workload.points * 1e6, _rss_mb(worker.process.pid, "VmHWM"))
+                       broker_cpu / workload.points * 1e6, publish_cpu / workload.points * 1e6,
+                       _rss_mb(worker.process.pid, "VmHWM"))
         finally:
             worker.stop(timeout=30)
             await delete_topics([device_topic(d) for d in devices])
@@ -475,17 +478,17 @@ def _report(summary: dict[str, Any], runs: list[Run]) -> str:
                   f"{soak['rss_mb_end']} MB at the end."]
     lines += ["", "![throughput](throughput.png)", "", "## Runs", "",
               "CPU seconds per million points during the run: of the worker, of the database "
-              "(every PostgreSQL and pgBouncer process) and of the broker; publish seconds: from "
-              "the first to the last publish.", "",
+              "(every PostgreSQL and pgBouncer process), of the broker and of the publishers "
+              "(all on the same cores); publish seconds: from the first to the last publish.", "",
               "| impl | workload | points | seconds | publish seconds | points/s | "
               "worker CPU s/M | "
-              "database CPU s/M | broker CPU s/M | peak RSS MB |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "database CPU s/M | broker CPU s/M | publishers CPU s/M | peak RSS MB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.impl} | {r.workload} | {r.points} | {r.seconds:.1f} | "
               f"{r.publish_seconds:.1f} | "
               f"{r.points_per_s:,.0f} | {r.cpu_s_per_million:.1f} | "
               f"{r.db_cpu_s_per_million:.1f} | {r.broker_cpu_s_per_million:.1f} | "
-              f"{r.peak_rss_mb:.0f} |"
+              f"{r.publisher_cpu_s_per_million:.1f} | {r.peak_rss_mb:.0f} |"
               for r in runs]
     return "\n".join(lines) + "\n"
 
@@ -510,7 +513,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                       f"CPU s/M points: worker "
                       f"{result.cpu_s_per_million:.1f}, database "
                       f"{result.db_cpu_s_per_million:.1f}, broker "
-                      f"{result.broker_cpu_s_per_million:.1f})")
+                      f"{result.broker_cpu_s_per_million:.1f}, publishers "
+                      f"{result.publisher_cpu_s_per_million:.1f})")
         ours = _median(runs, "ours", name, "points_per_s")
         base = _median(runs, "baseline", name, "points_per_s")
         summary.update({
