@@ -148,7 +148,7 @@ class Settings:
     query_max_rows: int = 10_000
     query_timeout: float = 10.0
 
-    sink_batch_points: int = 20_000
+    sink_batch_points: int = 50_000
     aggregate_grace: float = 60.0
     sink_linger: float = 0.2
     sink_writers: int = 2
