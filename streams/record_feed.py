@@ -6,7 +6,9 @@ that was about half of the worker's main thread (py-spy, README "Performance"), 
 validating and storing the reading. The records of the topics a :class:`RecordFeed` wants
 skip that path: the consumer hands each fetch's records for them to the feed as aiokafka
 returned them, and the pipeline acks the offsets it has made durable with one call per
-batch, into the bookkeeping Faust's commits read.
+batch, into the bookkeeping Faust's commits read. (Faust's "commit every N acks" does not
+count them: the pipeline commits at most once a second after a batch, and Faust's commit
+timer runs as before.)
 
 What stays as in Faust's own path: a partition's offset is committed only up to its
 oldest record not acked (gaps in its offsets, such as transaction markers, are registered
@@ -35,7 +37,7 @@ class RecordFeed:
     fetching back until the pipeline catches up.
     """
 
-    def __init__(self, consumer: Any, wanted: Callable[[str], bool], max_chunks: int = 4) -> None:
+    def __init__(self, consumer: Any, wanted: Callable[[str], bool], max_chunks: int = 2) -> None:
         self._consumer = consumer
         self._wanted = wanted
         self._chunks: asyncio.Queue[Chunk] = asyncio.Queue(maxsize=max_chunks)
@@ -115,7 +117,6 @@ class RecordFeed:
                    if (committed is None or o >= committed) and o not in acked_index]
             acked_index.update(new)
             consumer._acked[tp].extend(new)
-            consumer._n_acked += len(new)
         waiter = consumer._waiting_for_ack
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
