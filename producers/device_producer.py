@@ -36,6 +36,7 @@ What it guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 from collections import deque
@@ -176,7 +177,7 @@ def encode_reading(reading: Reading) -> bytes:
     )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Message:
     """The readings of one device gathered into one message, then its delivery."""
 
@@ -186,6 +187,7 @@ class _Message:
     size: int = 0  # bytes counted against buffer_bytes
     since: float = 0.0  # when the first reading was added
     unwaited: bool = False  # holds readings of a caller that will learn of failures by flush()
+    deadline: float = 0.0  # when it fails if still unacknowledged (set when published)
     done: asyncio.Future | None = None  # set when published; result: Failure or None
     released: bool = False
 
@@ -212,8 +214,10 @@ class DeviceProducer:
         self._tracked: set[str] = set()  # topics whose metadata the Kafka client has
         self._buffers: dict[str, _Message] = {}  # device id -> message being filled
         self._unsettled: set[_Message] = set()
-        # Published messages with the time each fails unacknowledged, in publish order.
-        self._deadlines: deque[tuple[float, _Message]] = deque()
+        self._deadlines: deque[_Message] = deque()  # published messages, in publish order
+        # One context for every acknowledgement callback: the Kafka client's futures would
+        # otherwise copy the current one per message (an object per message for the GC).
+        self._callback_context = contextvars.copy_context()
         self._failures: list[Failure] = []
         self._held = 0  # bytes buffered or sent and not yet released by the Kafka client
         self._space = asyncio.Event()
@@ -538,7 +542,8 @@ class DeviceProducer:
         loop = asyncio.get_running_loop()
         message.done = loop.create_future()
         self._unsettled.add(message)
-        self._deadlines.append((monotonic() + self._config.delivery_timeout, message))
+        message.deadline = monotonic() + self._config.delivery_timeout
+        self._deadlines.append(message)
         self.readings_sent += len(message.items)
         self.messages_sent += 1
         try:
@@ -548,7 +553,8 @@ class DeviceProducer:
             self._settle(message, exc)
             self._release(message)
             return
-        future.add_done_callback(functools.partial(self._acknowledged, message))
+        future.add_done_callback(functools.partial(self._acknowledged, message),
+                                 context=self._callback_context)
 
     def _acknowledged(self, message: _Message, future: asyncio.Future) -> None:
         if future.cancelled():
@@ -600,9 +606,9 @@ class DeviceProducer:
         while True:
             await asyncio.sleep(tick)
             now = monotonic()
-            while deadlines and (deadlines[0][0] <= now or deadlines[0][1].done.done()):
-                deadline, message = deadlines.popleft()
-                if deadline <= now:
+            while deadlines and (deadlines[0].deadline <= now or deadlines[0].done.done()):
+                message = deadlines.popleft()
+                if message.deadline <= now:
                     self._settle(message, DeliveryTimeout(
                         f"not acknowledged by the broker within {timeout:g}s "
                         f"(PRODUCER_DELIVERY_TIMEOUT; retries included)"))
