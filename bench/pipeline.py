@@ -6,7 +6,11 @@ Against the running local stack, for two workloads:
 - ``batched``: arrays of 100 readings x 5 metrics per message (1,000 devices);
 
 it publishes pre-generated readings through ``DeviceProducer`` (in separate processes) as
-fast as they go, and measures from the first publish until every row is committed. Each
+fast as they go, and measures from the first publish until every row is committed. The
+publishers are load generators sharing the 2 cores with what is measured: they publish
+with Python's cyclic garbage collector paused (their objects are freed by reference
+counting), which with 100k one-reading messages in one ``send_many`` had cost them about
+a third of their CPU; their CPU per point is reported with every run. Each
 figure is the median of ``--runs`` runs, for our worker and, in the same run, for the
 baseline (``bench.baseline``: a take() batch + plain COPY, no validation or dedupe).
 Publish-to-row latency is measured at a steady rate of half our maximum, with probe
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import multiprocessing
 import os
 import platform
@@ -107,6 +112,7 @@ def _publish_process(workload: Workload, devices: list[str], readings: int, rate
         config = ProducerConfig(max_batch_readings=workload.per_message, linger=0.02)
         start_ms = int(time.time() * 1000) - 3 * 3600 * 1000
         data = _readings(workload, devices, readings, start_ms)  # pre-generated
+        gc.disable()  # see the module docstring: a load generator's collector passes
         async with DeviceProducer(SETTINGS, config) as producer:
             await producer.prepare(devices)  # else a steady rate waits on each first send
             results.put(("ready", len(data)))
