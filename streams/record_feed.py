@@ -62,8 +62,13 @@ class RecordFeed:
                     chunk.append((tp, fresh))
                     consumer.app.monitor.track_tp_end_offset(tp, consumer.highwater(tp))
         if chunk:
-            self.pending += sum(len(tp_records) for _, tp_records in chunk)
-            await self._chunks.put(chunk)
+            count = sum(len(tp_records) for _, tp_records in chunk)
+            self.pending += count  # before waiting: a rebalance must wait for these too
+            try:
+                await self._chunks.put(chunk)
+            except BaseException:  # the fetcher was stopped meanwhile (a shutdown)
+                self.pending -= count  # never handed over, so never acked: replayed
+                raise
         return others
 
     async def _register_read(self, tp: TP, records: list[ConsumerRecord]

@@ -109,3 +109,17 @@ async def test_a_full_feed_holds_the_next_fetch_back_until_the_pipeline_takes_on
     assert offsets_of(await anext(chunks)) == [(DEVICE, [0])]
     await asyncio.wait_for(blocked, timeout=2)
     assert offsets_of(await anext(chunks)) == [(DEVICE, [1])]
+
+
+async def test_a_fetch_cancelled_while_the_feed_is_full_is_not_waited_for() -> None:
+    # Stopping the worker cancels the fetcher, maybe while it waits for room in the feed;
+    # those records are never acked, and a shutdown waiting for them would hang.
+    consumer = await consumer_with(DEVICE)
+    feed = RecordFeed(consumer, lambda topic: True, max_chunks=1)
+    await feed.take({DEVICE: records(DEVICE, 0)}, None)
+    blocked = asyncio.create_task(feed.take({DEVICE: records(DEVICE, 1, 2)}, None))
+    await asyncio.sleep(0.1)
+    assert feed.pending == 3
+    blocked.cancel()
+    await asyncio.gather(blocked, return_exceptions=True)
+    assert feed.pending == 1
