@@ -307,7 +307,7 @@ class DeviceProducer:
                 raise
         self._started = True
         self._linger_task = asyncio.create_task(self._flush_lingering(), name="producer-linger")
-        self._expiry_task = asyncio.create_task(self._expire_overdue(), name="producer-expiry")
+        self._expiry_task = asyncio.create_task(self._watch_deadlines(), name="producer-expiry")
 
     async def stop(self) -> list[Failure]:
         """Publish what is buffered, wait (bounded) for acknowledgements, disconnect.
@@ -589,29 +589,38 @@ class DeviceProducer:
             self._space.set()
 
     async def _wait_settled(self) -> None:
-        pending = [m.done for m in self._unsettled if m.done is not None]
-        if pending:
-            await asyncio.gather(*pending)
+        """Wait until every published message is acknowledged or past its deadline.
 
-    async def _expire_overdue(self) -> None:
-        """Fail each message the broker has not acknowledged by its deadline.
+        Does not count on the watcher task: a closing event loop cancels every task, and
+        a stop awaited then must still end.
+        """
+        while self._unsettled:
+            latest = max(m.deadline for m in self._unsettled)
+            await asyncio.wait([m.done for m in self._unsettled if m.done is not None],
+                               timeout=max(latest - monotonic(), 0.0) + 0.01)
+            self._expire_overdue(monotonic())
+
+    def _expire_overdue(self, now: float) -> None:
+        """Fail each message the broker has not acknowledged by its deadline."""
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0].deadline <= now or deadlines[0].done.done()):
+            message = deadlines.popleft()
+            if message.deadline <= now:
+                self._settle(message, DeliveryTimeout(
+                    f"not acknowledged by the broker within {self._config.delivery_timeout:g}s "
+                    f"(PRODUCER_DELIVERY_TIMEOUT; retries included)"))
+
+    async def _watch_deadlines(self) -> None:
+        """Expire overdue messages as time passes.
 
         One task instead of a timer per message: the event loop keeps timers in a heap
         ordered by Python-level comparisons, and one timer per one-reading message was
         the producer's largest single cost (cProfile, 100k messages).
         """
-        timeout = self._config.delivery_timeout
-        tick = min(timeout / 10, 0.5)
-        deadlines = self._deadlines
+        tick = min(self._config.delivery_timeout / 10, 0.5)
         while True:
             await asyncio.sleep(tick)
-            now = monotonic()
-            while deadlines and (deadlines[0].deadline <= now or deadlines[0].done.done()):
-                message = deadlines.popleft()
-                if message.deadline <= now:
-                    self._settle(message, DeliveryTimeout(
-                        f"not acknowledged by the broker within {timeout:g}s "
-                        f"(PRODUCER_DELIVERY_TIMEOUT; retries included)"))
+            self._expire_overdue(monotonic())
 
     async def _flush_lingering(self) -> None:
         linger = self._config.linger

@@ -163,6 +163,18 @@ async def test_a_message_not_acknowledged_in_time_fails_with_a_clear_timeout(mon
     assert "not acknowledged by the broker within 0.2s" in str(failure)
 
 
+async def test_stop_ends_at_the_deadline_even_when_the_loop_cancelled_every_task(
+        monkeypatch) -> None:
+    # What asyncio.run does to the tasks left when its main coroutine ends.
+    FakeKafka(auto_ack=False).install(monkeypatch)
+    producer = DeviceProducer(SETTINGS, config(delivery_timeout=0.2))
+    await producer.start()
+    await producer.send_many([reading("d1")], wait=False)
+    producer._expiry_task.cancel()
+    failures = await asyncio.wait_for(producer.stop(), timeout=2)
+    assert [type(f.error) for f in failures] == [DeliveryTimeout]
+
+
 async def test_acknowledged_messages_leave_no_deadline_behind(kafka) -> None:
     async with DeviceProducer(SETTINGS, config(max_batch_readings=1, delivery_timeout=0.5)
                               ) as producer:
