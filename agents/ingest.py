@@ -68,11 +68,11 @@ class Batch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
     def add(self, tp: TP, records: Sequence[ConsumerRecord], start: int, limit: int,
-            follows: Callable[[bytes | None], bool] | None, readings: list[Reading]) -> int:
+            follows: Callable[[str], bool] | None, readings: list[Reading]) -> int:
         """Validate ``records[start:]`` until the batch holds ``limit`` points; append the
         valid readings to ``readings``; return the index of the first record not taken.
 
-        Records ``follows`` refuses (by key) are acked with the batch, untouched.
+        Records of devices ``follows`` refuses are acked with the batch, untouched.
         """
         points, window = self.points, self.window
         offsets = self.offsets.setdefault(tp, [])
@@ -82,11 +82,11 @@ class Batch:
             record = records[index]
             index += 1
             offsets.append(record.offset)
-            if follows is not None and not follows(record.key):
+            expected = device or expected_device(tp.topic, record.key)
+            if follows is not None and not follows(expected):
                 continue
             self.records.append(record)
-            valid, invalid = validate_message(
-                record.value, device or expected_device(tp.topic, record.key), window)
+            valid, invalid = validate_message(record.value, expected, window)
             for reading in valid:
                 points.extend(_points_of(reading))
             readings.extend(valid)
@@ -152,8 +152,8 @@ class IngestPipeline:
         return Batch(window=ValidationWindow.around(now, self._config.retention))
 
     async def run(self, feed: RecordSource,
-                  follows: Callable[[bytes | None], bool] | None = None) -> None:
-        """Consume ``feed`` until cancelled; ``follows`` limits the devices by key."""
+                  follows: Callable[[str], bool] | None = None) -> None:
+        """Consume ``feed`` until cancelled; ``follows`` limits the devices."""
         writers = [
             asyncio.create_task(self._write_batches(feed), name=f"ingest-writer-{i}")
             for i in range(self._config.writers)
@@ -337,7 +337,7 @@ def _refused_by_database(
 
 from sinks.postgres import create_pool  # noqa: E402
 from streams.app import app, device_topics, pipeline_stats, settings  # noqa: E402
-from streams.subscription import follow_device_topics, followed_key  # noqa: E402
+from streams.subscription import follow_device_topics, followed_devices  # noqa: E402
 from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner  # noqa: E402
 from streams.worker import EXIT_INGEST_FAILED, exit_without_committing  # noqa: E402
 
@@ -370,7 +370,7 @@ async def ingest(stream: StreamT) -> None:
         # Subscribes the agent's topics as iterating its stream would; their records then
         # come through the consumer's feed, never through the stream.
         aiter(stream.channel)
-        await run_or_exit(pipeline.run(app.consumer.feed, followed_key(settings)))
+        await run_or_exit(pipeline.run(app.consumer.feed, followed_devices(settings)))
     finally:
         pipeline_stats.unregister_pool("ingest")
         await pool.close()

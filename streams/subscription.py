@@ -145,19 +145,15 @@ async def _follow_shared_topic(
         return
 
 
-def followed_key(settings: Settings) -> Callable[[bytes | None], bool] | None:
-    """Which message keys (device ids) this worker processes; None: every message.
+def followed_devices(settings: Settings) -> Callable[[str], bool] | None:
+    """Which devices' messages this worker processes, by device id; None: every message.
 
     Per-device mode filters by subscription (see ``follow_device_topics``). In shared mode
-    with a ``DEVICE_FILTER``, messages of other devices are acked untouched (Faust commits
-    an offset only once every message before it is acked, so that is safe).
+    with a ``DEVICE_FILTER``, messages of other devices (by key: ``expected_device``) are
+    acked untouched (Faust commits an offset only once every message before it is acked,
+    so that is safe).
     """
     if settings.topic_mode != SHARED or not settings.device_filter:
         return None
     wanted = re.compile(settings.device_filter)
-
-    def follows(key: bytes | None) -> bool:
-        device_id = "" if key is None else bytes(key).decode("utf-8", "replace")
-        return wanted.match(device_id) is not None
-
-    return follows
+    return lambda device_id: wanted.match(device_id) is not None

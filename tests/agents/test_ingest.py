@@ -226,7 +226,7 @@ async def test_in_shared_mode_messages_of_devices_not_followed_are_acked_untouch
     stream = FakeStream([mine, other, record(SHARED_TOPIC, b"other-2", b"{bad", offset=2)],
                         per_fetch=3)
     await run_until(pipeline(sink, letters), stream, lambda: len(stream.acked) == 3,
-                    follows=lambda key: key.startswith(b"mine-"))
+                    follows=lambda device_id: device_id.startswith("mine-"))
     assert [device for _, device, _ in sink.rows] == ["mine-1"]
     assert letters.records == [] and stream.acked == [0, 1, 2]
 

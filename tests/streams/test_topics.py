@@ -15,7 +15,7 @@ from schema.validation import ValidationWindow
 from tests.records import record, tp_of
 
 from streams.settings import ConfigError, Settings
-from streams.subscription import follow_device_topics, followed_key
+from streams.subscription import follow_device_topics, followed_devices
 from streams.topics import (
     DEAD_LETTER_TOPIC,
     SHARED_TOPIC,
@@ -132,15 +132,17 @@ async def test_per_device_mode_subscribes_to_device_topics_never_to_shared_or_dl
 
 
 def test_in_shared_mode_device_filter_follows_only_matching_keys() -> None:
-    follows = followed_key(Settings.from_env({"TOPIC_MODE": "shared", "DEVICE_FILTER": "mine-"}))
+    follows = followed_devices(
+        Settings.from_env({"TOPIC_MODE": "shared", "DEVICE_FILTER": "mine-"}))
     assert follows is not None
     keys = [b"mine-1", b"other-1", None, b"mine-2", b"\xff"]
-    assert [follows(k) for k in keys] == [True, False, False, True, False]
+    assert [follows(expected_device(SHARED_TOPIC, k)) for k in keys] == [
+        True, False, False, True, False]
 
 
 def test_without_a_filter_or_in_per_device_mode_every_key_is_followed() -> None:
-    assert followed_key(Settings.from_env({"TOPIC_MODE": "shared"})) is None
-    assert followed_key(Settings.from_env({"DEVICE_FILTER": "x"})) is None
+    assert followed_devices(Settings.from_env({"TOPIC_MODE": "shared"})) is None
+    assert followed_devices(Settings.from_env({"DEVICE_FILTER": "x"})) is None
 
 
 def _add(batch: Batch, topic: str, key: bytes | None, value: Any) -> list[Any]:
