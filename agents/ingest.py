@@ -1,14 +1,24 @@
 """The ingest pipeline: Kafka messages in, rows and dead letters out, offsets acked last.
 
-Messages come a fetch at a time from the consumer's record feed (``streams.record_feed``),
-are validated and gathered into a batch until it holds ``SINK_BATCH_POINTS`` points or is
-``SINK_LINGER`` seconds old. One of ``SINK_WRITERS`` writer tasks then stores the batch
-(retrying transient database errors with capped backoff), publishes its dead letters, and
-only then acks the batch's offsets; Faust commits a partition's offset only up to its
-oldest message not yet acked, so an offset is committed only after everything before it
-is durable, whichever writer finishes first.
-The next batch fills while others are being written. A crash at any moment therefore
-replays uncommitted messages, and the idempotent sink turns the replay into no new rows.
+Messages come a fetch at a time from the consumer's record feed (``streams.record_feed``)
+and are validated into batches. Each partition is bound to one of ``SINK_WRITERS`` lanes
+for the pipeline's life; a lane fills one batch at a time until it holds
+``SINK_BATCH_POINTS`` points or is ``SINK_LINGER`` seconds old, and its writer task stores
+its batches one after another, in the order they were filled (retrying transient database
+errors with capped backoff), publishes their dead letters, and only then acks their
+offsets. Lanes write at the same time; within a lane nothing overtakes.
+
+Invariants:
+
+- A record's rows are written only after every earlier record of its partition is
+  durable: earlier ones of this worker went in an earlier batch of the same lane (or
+  earlier in the same batch, where the sink keeps arrival order), and anything before the
+  offset this worker started from was durable before that offset was committed. So of two
+  readings with the same key in one partition, the earlier one is stored, across retries,
+  crashes and rebalances (the sink's ``ON CONFLICT DO NOTHING`` keeps what is stored).
+- Faust commits a partition's offset only up to its oldest message not yet acked, so an
+  offset is committed only after everything before it is durable. A crash at any moment
+  replays uncommitted messages, and the idempotent sink turns the replay into no new rows.
 """
 from __future__ import annotations
 
@@ -116,7 +126,18 @@ class IngestConfig:
     linger: float
     retention: timedelta
     max_backoff: float
-    writers: int = 1  # batches written at the same time (one connection each)
+    writers: int = 1  # lanes written at the same time (one connection each)
+
+
+@dataclass
+class Lane:
+    """The batches of the partitions bound to one writer: one filling, the rest handed over
+    and written one at a time in hand-over order."""
+
+    batch: Batch
+    handed_over: asyncio.Queue[Batch] = field(default_factory=asyncio.Queue)
+    taken: asyncio.Event = field(default_factory=asyncio.Event)  # the writer took a batch
+    partitions: int = 0  # bound to this lane
 
 
 class IngestPipeline:
@@ -141,31 +162,42 @@ class IngestPipeline:
         self._commit_offsets = commit_offsets
         self._clock = event_clock
         # True while Faust waits for every taken message to be acked (a rebalance or a
-        # shutdown): then a batch is written at once instead of after its linger time.
+        # shutdown): then batches are written at once instead of after their linger time.
         self._draining = draining
-        self._batch = self._new_batch()
-        self._ready: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
+        self._lanes = [Lane(self._new_batch()) for _ in range(config.writers)]
+        # A partition stays in its lane for the pipeline's life: moving it could let a
+        # later batch of it be written before an earlier one.
+        self._lane_of: dict[TP, Lane] = {}
         self._next_commit = 0.0
 
     def _new_batch(self) -> Batch:
         now = datetime.now(timezone.utc)
         return Batch(window=ValidationWindow.around(now, self._config.retention))
 
+    def _lane(self, tp: TP) -> Lane:
+        lane = self._lane_of.get(tp)
+        if lane is None:
+            lane = min(self._lanes, key=lambda candidate: candidate.partitions)
+            lane.partitions += 1
+            self._lane_of[tp] = lane
+        return lane
+
     async def run(self, feed: RecordSource,
                   follows: Callable[[str], bool] | None = None) -> None:
         """Consume ``feed`` until cancelled; ``follows`` limits the devices."""
         writers = [
-            asyncio.create_task(self._write_batches(feed), name=f"ingest-writer-{i}")
-            for i in range(self._config.writers)
+            asyncio.create_task(self._write_batches(lane, feed), name=f"ingest-writer-{i}")
+            for i, lane in enumerate(self._lanes)
         ]
         linger = asyncio.create_task(self._flush_old_batches(), name="ingest-linger")
         try:
             stats, clock, limit = self.stats, self._clock, self._config.batch_points
             async for chunk in feed.chunks():
                 for tp, records in chunk:
+                    lane = self._lane(tp)
                     start = 0
                     while start < len(records):
-                        batch, readings = self._batch, []
+                        batch, readings = lane.batch, []
                         before = len(batch.points)
                         end = batch.add(tp, records, start, limit, follows, readings)
                         stats.messages_total += end - start
@@ -173,7 +205,8 @@ class IngestPipeline:
                         if readings and clock is not None:
                             stats.late_readings_total += clock.observe(readings)
                         if len(batch.points) >= limit:
-                            await self._hand_over()
+                            self._hand_over(lane)
+                            await self._room(lane)
                         start = end
                 for writer in writers:
                     if writer.done():
@@ -183,23 +216,33 @@ class IngestPipeline:
             for writer in writers:
                 writer.cancel()
 
-    async def _hand_over(self) -> None:
-        batch, self._batch = self._batch, self._new_batch()
-        await self._ready.put(batch)
+    def _hand_over(self, lane: Lane) -> None:
+        """Queue the lane's batch for its writer (the queue's order is the writing order)."""
+        batch, lane.batch = lane.batch, self._new_batch()
+        lane.handed_over.put_nowait(batch)
+
+    @staticmethod
+    async def _room(lane: Lane) -> None:
+        """Wait while more than one of the lane's batches waits for its writer (bounds memory)."""
+        while lane.handed_over.qsize() > 1:
+            lane.taken.clear()
+            await lane.taken.wait()
 
     async def _flush_old_batches(self) -> None:
         tick = min(max(self._config.linger / 2, 0.01), 0.1)
         while True:
             await asyncio.sleep(tick)
-            batch = self._batch
-            if batch.offsets and (
-                time.monotonic() - batch.created >= self._config.linger or self._draining()
-            ):
-                await self._hand_over()
+            for lane in self._lanes:
+                batch = lane.batch
+                if batch.offsets and (
+                    time.monotonic() - batch.created >= self._config.linger or self._draining()
+                ):
+                    self._hand_over(lane)
 
-    async def _write_batches(self, feed: RecordSource) -> None:
+    async def _write_batches(self, lane: Lane, feed: RecordSource) -> None:
         while True:
-            batch = await self._ready.get()
+            batch = await lane.handed_over.get()
+            lane.taken.set()
             await self._deliver(batch)
             feed.ack(batch.offsets)
             if self._commit_offsets is not None and time.monotonic() >= self._next_commit:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -315,18 +316,40 @@ async def duplicate_rows(devices: list[str]) -> int:
         await conn.close()
 
 
+async def stored_points(devices: list[str]) -> Counter[tuple[str, str, int, float]]:
+    """The stored points of ``devices`` as a multiset of (device, metric, epoch ms, value)."""
+    conn = await db_connect()
+    try:
+        rows = await conn.fetch(
+            "SELECT device_id, metric, (extract(epoch FROM time) * 1000)::bigint AS ms, value "
+            "FROM readings WHERE device_id = ANY($1)", devices)
+    finally:
+        await conn.close()
+    return Counter((r["device_id"], r["metric"], r["ms"], r["value"]) for r in rows)
+
+
+# How far back, in readings of the same device, the conflicting duplicates reach: the same
+# producer message, a later batch, seconds later (past commits, kills and outages).
+CONFLICT_DISTANCES = (1, 40, 400)
+
+
 class Stream:
-    """Publishes readings at a steady rate, with one bad message every ``bad_every`` readings,
-    and remembers what the pipeline must end up with."""
+    """Publishes readings at a steady rate, with one bad message every ``bad_every`` readings
+    and, every ``conflict_every`` readings, a later reading repeating an earlier one's device
+    and time with other values; remembers what the pipeline must end up with (the first
+    values)."""
 
     def __init__(self, devices: list[str], readings_per_s: float, seconds: float,
-                 metrics: int = 2, bad_every: int = 200) -> None:
+                 metrics: int = 2, bad_every: int = 200, conflict_every: int = 50) -> None:
         self.devices = devices
         self.rate = readings_per_s
         self.seconds = seconds
         self.metrics = metrics
         self.bad_every = bad_every
+        self.conflict_every = conflict_every
         self.points = 0
+        self.conflicts = 0  # conflicting duplicates sent
+        self.first: dict[tuple[str, str, int], float] = {}  # (device, metric, ms): first value
         self.dead: set[tuple[str, int]] = set()  # (topic, offset) of the bad messages
 
     async def run(self) -> None:
@@ -346,24 +369,46 @@ class Stream:
                                                device.encode() + b'", "time": "yesterday"}')
                     self.dead.add((topic, offset))
                 else:
-                    await good.send_many([{
-                        "device_id": device, "time": start_ms + i,
-                        "metrics": {f"m{j}": float(i % 977 + j) for j in range(self.metrics)},
-                    }])
+                    metrics = {f"m{j}": float(i % 977 + j) for j in range(self.metrics)}
+                    await good.send_many([{"device_id": device, "time": start_ms + i,
+                                           "metrics": metrics}])
+                    self.first.update(((device, m, start_ms + i), v) for m, v in metrics.items())
                     self.points += self.metrics
+                if self.conflict_every and i % self.conflict_every == 0:
+                    await self._conflict(good, device, start_ms, i)
                 delay = began + (i + 1) / self.rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
 
+    async def _conflict(self, producer: Any, device: str, start_ms: int, i: int) -> None:
+        """Send an earlier reading of ``device`` again with other values (if it was valid)."""
+        distance = CONFLICT_DISTANCES[(i // self.conflict_every) % len(CONFLICT_DISTANCES)]
+        moment = start_ms + i - distance * len(self.devices)
+        if (device, "m0", moment) not in self.first:
+            return
+        await producer.send_many([{
+            "device_id": device, "time": moment,
+            "metrics": {f"m{j}": -1.0 - self.first[device, f"m{j}", moment]
+                        for j in range(self.metrics)},
+        }])
+        self.conflicts += 1
+
 
 async def assert_exactly_once(stream: Stream, timeout: float = 120) -> None:
-    """Raw rows, aggregates and dead letters of ``stream`` are exactly what it sent."""
+    """Raw rows (each with the first value sent), aggregates and dead letters of ``stream``
+    are exactly what it sent."""
     devices = stream.devices
     await wait_for(lambda: rows_at_least(devices, stream.points), timeout,
                    f"{stream.points} rows")
     await asyncio.sleep(2)  # anything extra would show up now
     assert await count_rows(devices) == stream.points
     assert await duplicate_rows(devices) == 0
+    stored = await stored_points(devices)
+    expected = Counter((d, m, ms, v) for (d, m, ms), v in stream.first.items())
+    missing, extra = expected - stored, stored - expected
+    assert not missing and not extra, (
+        f"{sum(missing.values())} points sent first are not stored as sent, e.g. "
+        f"{sorted(missing)[:3]}; stored instead: {sorted(extra)[:3]}")
     assert await aggregate_mismatches(devices) == []
     from streams.topics import device_topic
 

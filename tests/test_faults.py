@@ -48,12 +48,13 @@ async def test_three_sigkills_during_a_stream_lose_and_duplicate_nothing(start_w
         worker.kill()
         worker = start_worker(f"sigkill-{kill}", APP_ID=group, **env)
     await publishing
-    assert stream.points >= 50_000
+    assert stream.points >= 50_000 and stream.conflicts >= 1000
     await assert_exactly_once(stream)
 
 
 async def test_postgres_stopped_for_30_seconds_mid_stream_loses_nothing(start_worker) -> None:
-    devices, only = fleet("pgdown-", 5)
+    # 20 partitions over the two writer lanes, each retrying through the outage.
+    devices, only = fleet("pgdown-", 20)
     stream = Stream(devices, readings_per_s=500, seconds=50)
     publishing = asyncio.create_task(stream.run())
     worker = start_worker("pgdown", DEVICE_FILTER=only)
@@ -73,6 +74,7 @@ async def test_postgres_stopped_for_30_seconds_mid_stream_loses_nothing(start_wo
     finally:
         subprocess.run(["bash", str(REPO / "stack" / "up.sh")], check=True, capture_output=True)
     await publishing
+    assert stream.conflicts >= 400
     await assert_exactly_once(stream)
     assert outage_seen, "/pipeline/db never reported the database unavailable"
 

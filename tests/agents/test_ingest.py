@@ -249,39 +249,39 @@ class GatedSink(FakeSink):
         return await super().write(points)
 
 
-async def test_writers_store_batches_at_once_and_ack_each_only_after_its_own_rows() -> None:
+async def _until(condition, what: str) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_lanes_store_batches_at_once_and_ack_each_only_after_its_own_rows() -> None:
     sink, letters = GatedSink(), DeadLetters()
     config = IngestConfig(batch_points=2, linger=3600, retention=timedelta(days=90),
                           max_backoff=0.05, writers=2)
-    stream = FakeStream([event(reading(seconds=i), i) for i in range(6)])
+    # d1's partition and d2's go to different lanes; d1's second batch queues behind its first.
+    stream = FakeStream([event(reading(seconds=i, device=d), offset, device=d)
+                         for i, (d, offset) in enumerate([("d1", 0), ("d1", 1), ("d2", 10),
+                                                          ("d2", 11), ("d1", 2), ("d1", 3)])])
     task = asyncio.create_task(pipeline(sink, letters, config).run(stream))
     try:
-        for _ in range(100):
-            if len(sink.releases) == 2:
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: len(sink.releases) == 2, "two writes")
         await asyncio.sleep(0.05)
-        assert sink.most_at_once == 2, "two batches are written at the same time, not three"
-        sink.releases[1].set()  # the second batch finishes first
-        for _ in range(100):
-            if stream.acked:
-                break
-            await asyncio.sleep(0.01)
-        assert stream.acked == [2, 3], "only the stored batch's messages are acked"
+        assert sink.most_at_once == 2 and len(sink.releases) == 2, \
+            "one write per lane: d1's second batch waits for its first"
+        sink.releases[1].set()  # d2's batch finishes first
+        await _until(lambda: stream.acked, "an ack")
+        assert stream.acked == [10, 11], "only the stored batch's messages are acked"
         sink.releases[0].set()
-        for _ in range(100):
-            if len(sink.releases) == 3:
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: len(sink.releases) == 3, "d1's second batch")
         sink.releases[2].set()
-        for _ in range(100):
-            if len(stream.acked) == 6:
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: len(stream.acked) == 6, "every ack")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    assert sorted(stream.acked) == list(range(6)) and len(sink.rows) == 6
+    assert stream.acked == [10, 11, 0, 1, 2, 3] and len(sink.rows) == 6
 
 
 async def test_a_message_consumed_twice_is_dead_lettered_once() -> None:
