@@ -76,6 +76,7 @@ class Batch:
     records: list[ConsumerRecord] = field(default_factory=list)  # the ones validated
     points: list[Point] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    newest: dict[str, int] = field(default_factory=dict)  # device: newest reading time (us)
 
     def add(self, tp: TP, records: Sequence[ConsumerRecord], start: int, limit: int,
             follows: Callable[[str], bool] | None, readings: list[Reading]) -> int:
@@ -97,9 +98,13 @@ class Batch:
                 continue
             self.records.append(record)
             valid, invalid = validate_message(record.value, expected, window)
-            for reading in valid:
-                points.extend(_points_of(reading))
-            readings.extend(valid)
+            if valid:
+                for reading in valid:
+                    points.extend(_points_of(reading))
+                readings.extend(valid)
+                newest = max(reading.time_us for reading in valid)
+                if newest > self.newest.get(expected, 0):
+                    self.newest[expected] = newest
             if invalid:
                 self._dead_letter(record, invalid)
         return index
@@ -258,6 +263,7 @@ class IngestPipeline:
         result = await self._retrying("write rows", lambda: self._store(batch), is_transient)
         self.stats.db_available = True
         self.stats.record_batch(result.points, result.inserted, time.monotonic() - started)
+        self.stats.record_freshness(batch.newest.values(), time.time_ns() // 1000)
         if batch.dead_letters:
             await self._dead_letter(batch.dead_letters)
         return result

@@ -133,6 +133,9 @@ class Settings:
 
     shutdown_timeout: float = 25.0
     data_dir: str = ".faust-data"
+    disk_paths: str = ""  # comma-separated; empty: data_dir
+    stall_seconds: float = 60.0
+    stall_exit: bool = True
     web_port: int = 6066
     web_bind: str = "127.0.0.1"
     ingest_token: str = ""
@@ -220,6 +223,9 @@ class Settings:
             ),
             shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", cls.shutdown_timeout, minimum=1.0),
             data_dir=_str(env, "DATA_DIR", cls.data_dir),
+            disk_paths=_str(env, "DISK_PATHS", cls.disk_paths),
+            stall_seconds=_float(env, "STALL_SECONDS", cls.stall_seconds, minimum=1.0),
+            stall_exit=_bool(env, "STALL_EXIT", cls.stall_exit),
             web_port=_int(env, "WEB_PORT", cls.web_port, minimum=1),
             web_bind=_str(env, "WEB_BIND", cls.web_bind),
             ingest_token=_token(env, "INGEST_TOKEN"),
@@ -265,6 +271,10 @@ class Settings:
                 f"got {settings.producer_batch_bytes}"
             )
         return settings
+
+    def watched_disks(self) -> list[str]:
+        """The paths whose file systems' space the worker reports (``DISK_PATHS``)."""
+        return [p.strip() for p in self.disk_paths.split(",") if p.strip()] or [self.data_dir]
 
     def redacted(self) -> dict[str, object]:
         """The settings as a dict with secrets masked, safe to log."""

@@ -6,12 +6,35 @@ rates from samples taken once a second, so a web request never does more than re
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 RATE_WINDOW_SECONDS = 10.0
 _LATENCY_SAMPLES = 1024
+# Upper bounds (seconds) of the freshness histogram's buckets: from live data (under a
+# second) to backfills (days).
+FRESHNESS_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+                     21600.0, 86400.0)
+
+
+@dataclass
+class Histogram:
+    """Cumulative-ready bucket counts, sum and count, as Prometheus histograms keep them."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(init=False)  # per bucket, the last one is +Inf
+    sum: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
 
 
 @dataclass
@@ -28,6 +51,8 @@ class PipelineStats:
     retries_total: int = 0
     db_available: bool = True
     started: float = field(default_factory=time.monotonic)
+    # Seconds from a device's newest reading in a batch to the batch being durable.
+    freshness: Histogram = field(default_factory=lambda: Histogram(FRESHNESS_BUCKETS))
     _write_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_SAMPLES))
     _samples: deque[tuple[float, tuple[int, int, int, int]]] = field(default_factory=deque)
     # Connection pools whose usage /pipeline/db and /metrics show, by name (asyncpg pools).
@@ -51,6 +76,12 @@ class PipelineStats:
         self.last_batch_points = points
         self.rows_written_total += rows
         self._write_seconds.append(seconds)
+
+    def record_freshness(self, newest_us: Iterable[int], durable_us: int) -> None:
+        """One observation per device of a durable batch: its newest reading's age."""
+        observe = self.freshness.observe
+        for time_us in newest_us:
+            observe(max(durable_us - time_us, 0) / 1e6)
 
     def write_latency(self, quantile: float) -> float | None:
         """The given quantile of recent batch write times, in seconds."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Mapping
 
 import asyncpg
@@ -192,6 +192,16 @@ def with_chunks(hypertables: list[dict[str, Any]],
     return tables
 
 
+def chunks_due_for_compression(hypertables: list[dict[str, Any]], chunks: list[dict[str, Any]],
+                               ended_before: datetime) -> int:
+    """Chunks of hypertables with compression enabled, ended before ``ended_before`` and
+    still uncompressed: the compression policy is behind when this stays above 0."""
+    enabled = {(t["schema"], t["name"]) for t in hypertables if t.get("compression_enabled")}
+    return sum(1 for c in chunks
+               if (c["schema"], c["name"]) in enabled and not c["is_compressed"]
+               and c["range_end"] is not None and c["range_end"] < ended_before)
+
+
 def pgbouncer_report(pools: list[dict[str, Any]], stats: list[dict[str, Any]]) -> dict[str, Any]:
     """SHOW POOLS and SHOW STATS rows, without the admin console's own pseudo-database."""
     return {
@@ -208,7 +218,7 @@ async def _optional(part: Callable[[], Awaitable[Any]]) -> Any:
         return {"error": describe_error(exc)}
 
 
-async def postgres_state(conn: asyncpg.Connection) -> dict[str, Any]:
+async def postgres_state(conn: asyncpg.Connection, compress_after_days: int) -> dict[str, Any]:
     """Everything PostgreSQL tells about the pipeline's database (see the module doc)."""
     timeout = QUERY_TIMEOUT_SECONDS
 
@@ -246,6 +256,7 @@ async def postgres_state(conn: asyncpg.Connection) -> dict[str, Any]:
         state["checkpoints"] = checkpoints[0] if isinstance(checkpoints, list) else checkpoints
 
         hypertables: Any = []
+        chunks: Any = []
         if server["timescaledb_version"] is not None:
             hypertables = await _optional(lambda: rows(HYPERTABLES))
             chunks = await _optional(lambda: rows(CHUNKS))
@@ -270,6 +281,9 @@ async def postgres_state(conn: asyncpg.Connection) -> dict[str, Any]:
         for part in (stats, policies):
             if isinstance(part, dict):
                 compression.setdefault("errors", []).append(part["error"])
+        compression["chunks_due"] = chunks_due_for_compression(
+            tables, chunks if isinstance(chunks, list) else [],
+            datetime.now(timezone.utc) - timedelta(days=compress_after_days + 1))
         state["compression"] = compression
 
         if server["pg_stat_statements"]:
@@ -333,7 +347,7 @@ class DatabaseSampler:
         if self._pool is None:
             self._pool = await create_pool(self._settings, max_size=1)
         async with self._pool.acquire(timeout=QUERY_TIMEOUT_SECONDS) as conn:
-            return await postgres_state(conn)
+            return await postgres_state(conn, self._settings.compress_after_days)
 
     async def close(self) -> None:
         await self._admin.close()

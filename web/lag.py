@@ -8,7 +8,10 @@ partitions from that sample, ``?scope=group`` for all of them.
 ``committed`` is the offset the group resumes from: its committed offset, or, while it
 has committed none for a partition, the partition's log start (workers begin at the
 earliest offset). ``lag = end - committed``: the messages the group has not yet made
-durable. A figure that could not be measured is null, never a guessed zero.
+durable. ``lag_seconds`` is the age of the oldest of them: the time since the log's end
+was first seen past the committed offset (``EndOffsetTimes``), so it is exact to within
+one sampling interval and needs no message to be read. A figure that could not be
+measured is null, never a guessed zero.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ class PartitionLag:
     partition: int
     committed: int | None
     end: int | None
+    lag_seconds: float | None = None
 
     @property
     def lag(self) -> int | None:
@@ -36,7 +40,8 @@ class PartitionLag:
 
     def as_json(self) -> dict[str, Any]:
         return {"topic": self.topic, "partition": self.partition,
-                "committed": self.committed, "end": self.end, "lag": self.lag}
+                "committed": self.committed, "end": self.end, "lag": self.lag,
+                "lag_seconds": self.lag_seconds}
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class LagSample:
     assigned: frozenset[TopicPartition]  # this worker's partitions when measured
     assignment_known: bool  # False until the worker's first partition assignment
     taken_at: float = field(default_factory=time.time)
+    retained_messages: int | None = None  # in the followed topics' logs, all partitions
 
     def own(self) -> list[PartitionLag]:
         return [self.partitions.get(tp) or PartitionLag(tp.topic, tp.partition, None, None)
@@ -56,9 +62,53 @@ class LagSample:
         return [self.partitions[tp] for tp in sorted(self.partitions)]
 
 
+class EndOffsetTimes:
+    """When each partition's log end was first seen past an offset, from the samples.
+
+    The message at offset ``o`` existed by the first sample whose end was past ``o``, and
+    not at the sample before: its age is the time since that first sample, low by at most
+    one interval (or counted from the first look, for a message older than it). Points at
+    or below the committed offset are dropped; at most ``max_points`` are kept per
+    partition (the oldest always, so an age is never overstated).
+    """
+
+    def __init__(self, max_points: int = 64) -> None:
+        self._max_points = max_points
+        self._seen: dict[TopicPartition, list[tuple[int, float]]] = {}
+
+    def observe(self, tp: TopicPartition, end: int, at: float) -> None:
+        points = self._seen.setdefault(tp, [])
+        if points and end == points[-1][0]:
+            return
+        if points and end < points[-1][0]:  # the log was recreated (a broker reset)
+            points.clear()
+        points.append((end, at))
+        if len(points) > self._max_points:
+            del points[1::2]  # thin out, keeping the oldest
+
+    def age(self, tp: TopicPartition, committed: int, now: float) -> float:
+        """Seconds since the message at ``committed`` was first seen (0 if it was not)."""
+        points = self._seen.get(tp)
+        if not points:
+            return 0.0
+        drop = 0  # committed past: useless from now on (the newest point is kept)
+        while drop < len(points) - 1 and points[drop][0] <= committed:
+            drop += 1
+        del points[:drop]
+        end, seen_at = points[0]
+        return max(now - seen_at, 0.0) if end > committed else 0.0
+
+    def keep(self, partitions: Iterable[TopicPartition]) -> None:
+        """Forget partitions not in ``partitions`` (deleted topics)."""
+        wanted = set(partitions)
+        for tp in [tp for tp in self._seen if tp not in wanted]:
+            del self._seen[tp]
+
+
 def partition_lags(partitions: Iterable[TopicPartition],
                    watermarks: dict[TopicPartition, Watermarks],
                    committed: dict[TopicPartition, int | None],
+                   times: EndOffsetTimes | None = None, now: float = 0.0,
                    ) -> dict[TopicPartition, PartitionLag]:
     """Combine ends and committed offsets (see the module docstring for the rules)."""
     lags = {}
@@ -67,8 +117,12 @@ def partition_lags(partitions: Iterable[TopicPartition],
         resume_at = committed.get(tp)
         if resume_at is None and tp in committed and marks is not None:
             resume_at = marks.log_start  # measured: the group never committed here
-        lags[tp] = PartitionLag(tp.topic, tp.partition, resume_at,
-                                None if marks is None else marks.end)
+        end = None if marks is None else marks.end
+        seconds = None
+        if times is not None and end is not None and resume_at is not None:
+            times.observe(tp, end, now)
+            seconds = times.age(tp, resume_at, now)
+        lags[tp] = PartitionLag(tp.topic, tp.partition, resume_at, end, seconds)
     return lags
 
 
@@ -84,6 +138,13 @@ def total_lag(partitions: Iterable[PartitionLag]) -> int | None:
     return lag_report(partitions)["total_lag"]
 
 
+def max_lag_seconds(partitions: Iterable[PartitionLag]) -> float | None:
+    """The oldest uncommitted message's age over ``partitions`` (0 when there is none);
+    None if a partition's age is not measured."""
+    ages = [p.lag_seconds for p in partitions]
+    return None if any(a is None for a in ages) else max(ages, default=0.0)
+
+
 def lag_summary(sample: LagSample | None) -> dict[str, Any]:
     """Totals and partition counts only (the dashboard's view: a group may have thousands
     of partitions); null where not measured yet."""
@@ -94,7 +155,9 @@ def lag_summary(sample: LagSample | None) -> dict[str, Any]:
     group = sample.group()
     return {"worker": None if own is None else total_lag(own), "group": total_lag(group),
             "worker_partitions": None if own is None else len(own),
-            "group_partitions": len(group)}
+            "group_partitions": len(group),
+            "worker_seconds": None if own is None else max_lag_seconds(own),
+            "group_seconds": max_lag_seconds(group)}
 
 
 @dataclass(frozen=True)
@@ -125,6 +188,7 @@ class LagSampler:
         self._assignment = assignment
         self._subscribed = subscribed  # topics the worker follows: known to exist
         self._settled = False
+        self._end_times = EndOffsetTimes()
 
     async def measure(self) -> LagSample:
         current = self._assignment()
@@ -137,10 +201,15 @@ class LagSampler:
         # Committed first: the end only grows, so it is never measured below the commit.
         committed = await self._offsets.committed(self._group_id, everything)
         watermarks = await self._offsets.watermarks(metadata, everything)
+        now = time.time()
+        self._end_times.keep(everything)
+        retained = [m.end - m.log_start for m in watermarks.values() if m.log_start is not None]
         return LagSample(
-            partitions=partition_lags(everything, watermarks, committed),
+            partitions=partition_lags(everything, watermarks, committed, self._end_times, now),
             assigned=assigned,
             assignment_known=self._settled,
+            taken_at=now,
+            retained_messages=sum(retained) if len(retained) == len(everything) else None,
         )
 
     async def close(self) -> None:

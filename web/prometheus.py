@@ -13,11 +13,16 @@ from typing import Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from streams.stats import PipelineStats
-from web.lag import LagSample, total_lag
+from web.lag import LagSample, max_lag_seconds, total_lag
 from web.periodic import PeriodicSample
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # our names are all legacy-valid: same text
@@ -59,6 +64,17 @@ def pipeline_metrics(stats: PipelineStats) -> Iterator[Metric]:
     yield latency
     yield from _gauge("devicestream_sink_db_available",
                       "1 when the last database write succeeded", int(stats.db_available))
+    freshness = stats.freshness
+    cumulative, buckets = 0, []
+    for bound, count in zip((*map(str, freshness.bounds), "+Inf"), freshness.counts):
+        cumulative += count
+        buckets.append((bound, cumulative))
+    histogram = HistogramMetricFamily(
+        "devicestream_reading_freshness_seconds",
+        "Seconds from a device's newest reading in a batch to the batch being durable "
+        "(one observation per device and batch)")
+    histogram.add_metric([], buckets, freshness.sum)
+    yield histogram
 
 
 def lag_metrics(sample: PeriodicSample[LagSample]) -> Iterator[Metric]:
@@ -83,6 +99,13 @@ def lag_metrics(sample: PeriodicSample[LagSample]) -> Iterator[Metric]:
             messages.add_metric([scope], total)
     yield messages
     yield partitions
+    if lag.assignment_known:
+        yield from _gauge("devicestream_consumer_lag_seconds",
+                          "Age of the oldest message not yet committed, over this worker's "
+                          "partitions (0 when none)", max_lag_seconds(lag.own()))
+    yield from _gauge("devicestream_topic_messages",
+                      "Messages retained in the device topics the group follows",
+                      lag.retained_messages)
 
 
 def _pgbouncer_metrics(bouncer: dict[str, Any]) -> Iterator[Metric]:
@@ -203,6 +226,9 @@ def database_metrics(sample: PeriodicSample[dict[str, Any]]) -> Iterator[Metric]
     yield from _gauge("devicestream_db_compression_available",
                       "1 when TimescaleDB compression can be used",
                       int(not str(compression.get("state", "unavailable")).startswith("unavail")))
+    yield from _gauge("devicestream_db_chunks_due_for_compression",
+                      "Raw chunks past COMPRESS_AFTER_DAYS (and a day) still uncompressed; "
+                      "0 where compression is unavailable", compression.get("chunks_due", 0))
     statements = state.get("top_statements")
     if isinstance(statements, list):
         calls = CounterMetricFamily("devicestream_db_statement_calls",

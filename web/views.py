@@ -24,6 +24,7 @@ from streams.app import app, device_topics, pipeline_stats, settings
 from streams.settings import Settings
 from streams.topics import SHARED_TOPIC, device_of_topic, kafka_client_kwargs
 from web.database import DatabaseSampler
+from web.host_metrics import HostCollector
 from web.kafka_offsets import BrokerOffsets
 from web.lag import Assignment, LagSample, LagSampler, lag_report, lag_summary
 from web.periodic import PeriodicSample, describe_error
@@ -95,6 +96,7 @@ lag_sample: PeriodicSample[LagSample] = PeriodicSample(
 database_sample: PeriodicSample[dict[str, Any]] = PeriodicSample(
     "database state", database_sampler.measure, DB_INTERVAL_SECONDS)
 registry = metrics_registry(PipelineCollector(pipeline_stats, lag_sample, database_sample))
+registry.register(HostCollector(settings.watched_disks()))
 
 
 @app.on_partitions_assigned.connect

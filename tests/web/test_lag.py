@@ -35,9 +35,9 @@ def test_lag_is_end_minus_committed_and_total_sums_them() -> None:
     )
     report = lag_report(lags.values())
     assert report == {"total_lag": 9, "partitions": [
-        {"topic": "device-data-a", "partition": 0, "committed": 4, "end": 10, "lag": 6},
-        {"topic": "device-data-a", "partition": 1, "committed": 7, "end": 7, "lag": 0},
-        {"topic": "device-data-b", "partition": 0, "committed": 0, "end": 3, "lag": 3},
+        {"topic": "device-data-a", "partition": 0, "committed": 4, "end": 10, "lag": 6, "lag_seconds": None},
+        {"topic": "device-data-a", "partition": 1, "committed": 7, "end": 7, "lag": 0, "lag_seconds": None},
+        {"topic": "device-data-b", "partition": 0, "committed": 0, "end": 3, "lag": 3, "lag_seconds": None},
     ]}
 
 
@@ -51,7 +51,7 @@ def test_unmeasured_figures_are_null_and_make_the_total_null() -> None:
     # end unknown (fetch failed), committed unknown (offset fetch did not cover it)
     lags = partition_lags([A0, A1], {A1: Watermarks(0, 9)}, {A0: 3})
     assert lags[A0].as_json() == {"topic": "device-data-a", "partition": 0,
-                                  "committed": 3, "end": None, "lag": None}
+                                  "committed": 3, "end": None, "lag": None, "lag_seconds": None}
     assert lags[A1].committed is None and lags[A1].lag is None
     assert lag_report(lags.values())["total_lag"] is None
 
@@ -64,8 +64,8 @@ def test_own_scope_lists_every_assigned_partition_even_unmeasured_ones() -> None
     sample = LagSample(partitions={A0: PartitionLag("device-data-a", 0, 1, 2)},
                        assigned=frozenset({A0, B0}), assignment_known=True)
     assert [p.as_json() for p in sample.own()] == [
-        {"topic": "device-data-a", "partition": 0, "committed": 1, "end": 2, "lag": 1},
-        {"topic": "device-data-b", "partition": 0, "committed": None, "end": None, "lag": None},
+        {"topic": "device-data-a", "partition": 0, "committed": 1, "end": 2, "lag": 1, "lag_seconds": None},
+        {"topic": "device-data-b", "partition": 0, "committed": None, "end": None, "lag": None, "lag_seconds": None},
     ]
     assert sample.group() == [PartitionLag("device-data-a", 0, 1, 2)]
 
@@ -75,7 +75,8 @@ def test_the_summary_gives_totals_and_counts_only() -> None:
                                    B0: PartitionLag("device-data-b", 0, 0, 2)},
                        assigned=frozenset({A0}), assignment_known=True)
     assert lag_summary(sample) == {"worker": 4, "group": 6, "worker_partitions": 1,
-                                   "group_partitions": 2}
+                                   "group_partitions": 2, "worker_seconds": None,
+                                   "group_seconds": None}
     unassigned = LagSample(partitions=sample.partitions, assigned=frozenset(),
                            assignment_known=False)
     assert lag_summary(unassigned)["worker"] is None

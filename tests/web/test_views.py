@@ -38,8 +38,8 @@ async def client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient]:
 
 
 LAG = LagSample(
-    partitions={TP("device-data-a", 0): PartitionLag("device-data-a", 0, 3, 10),
-                TP("device-data-b", 0): PartitionLag("device-data-b", 0, 0, 5)},
+    partitions={TP("device-data-a", 0): PartitionLag("device-data-a", 0, 3, 10, 4.5),
+                TP("device-data-b", 0): PartitionLag("device-data-b", 0, 0, 5, 9.0)},
     assigned=frozenset({TP("device-data-a", 0)}), assignment_known=True)
 
 
@@ -49,7 +49,8 @@ async def test_lag_of_the_worker_and_of_the_group(client: TestClient,
     response = await client.get("/pipeline/lag")
     assert response.status == 200
     assert await response.json() == {"total_lag": 7, "partitions": [
-        {"topic": "device-data-a", "partition": 0, "committed": 3, "end": 10, "lag": 7}]}
+        {"topic": "device-data-a", "partition": 0, "committed": 3, "end": 10, "lag": 7,
+         "lag_seconds": 4.5}]}
     body = await (await client.get("/pipeline/lag?scope=group")).json()
     assert body["total_lag"] == 12 and len(body["partitions"]) == 2
 
@@ -127,7 +128,7 @@ async def test_dashboard_data_is_one_small_answer(client: TestClient,
     monkeypatch.setattr(views, "database_sample", fake_sample({"available": True}, age=0))
     body = await (await client.get("/dashboard/data")).json()
     assert body["lag"] == {"worker": 7, "group": 12, "worker_partitions": 1,
-                           "group_partitions": 2}
+                           "group_partitions": 2, "worker_seconds": 4.5, "group_seconds": 9.0}
     assert body["db"]["available"] is True
 
 
