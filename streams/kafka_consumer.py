@@ -70,12 +70,16 @@ class Consumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.feed = RecordFeed(self, self.app.feed_topics)
+        # Monotonic time the fetch loop last came back (with records or not; about once a
+        # second when idle): the readiness check's sign that the worker still fetches.
+        self.last_fetch_at: float | None = None
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, set[TP] | None]:
         records, active = await super()._wait_next_records(timeout)
+        self.last_fetch_at = monotonic()
         if records and self.flow_active and not self.should_stop:
             records = await self.feed.take(records, active)
         return records, active

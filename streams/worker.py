@@ -6,7 +6,8 @@ is written and acked, commits, and exits 0. When that cannot finish in
 without committing anything more: what was not written is replayed by the next owner of
 its partitions, so stopping never loses or duplicates a reading. An error the ingest
 pipeline cannot handle ends the process the same way, with status 70: Faust would restart
-the agent in place, leaving the messages it had taken unwritten until a restart.
+the agent in place, leaving the messages it had taken unwritten until a restart. The stall
+watchdog (``web.health``) ends it with status 69 when partitions stop moving.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 EXIT_SHUTDOWN_TIMED_OUT = 75  # EX_TEMPFAIL: nothing lost, try again
 EXIT_INGEST_FAILED = 70  # EX_SOFTWARE: an error the pipeline cannot handle; nothing lost
+EXIT_STALLED = 69  # EX_UNAVAILABLE: the stall watchdog found no progress; nothing lost
 
 
 def exit_without_committing(code: int, why: str, exc: BaseException | None = None) -> NoReturn:

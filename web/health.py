@@ -1,0 +1,138 @@
+"""Health routes for supervisors, and the stall watchdog (registered on ``streams.app.app``).
+
+``GET /health/live`` answers 200 whenever the event loop serves requests: a supervisor
+that gets no answer restarts the worker. ``GET /health/ready`` answers 200 only when every
+check of :func:`readiness` holds, else 503 naming the failing ones; it reads in-memory
+state only, so it is cheap to poll.
+
+Every lag sample is also given to the stall watchdog (``web.stall``): partitions with lag
+whose committed offset has not moved for ``STALL_SECONDS`` while the database is up are
+logged, counted and make the worker unready; with ``STALL_EXIT`` the worker then exits
+with ``EXIT_STALLED`` (after ``STALL_EXIT_DELAY_SECONDS``, so that the readiness route
+and ``/metrics`` show the stall first). Offsets are committed only for written messages,
+so the next owner of the partitions loses and duplicates nothing.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from faust.web import Request, Response
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from streams.app import app, pipeline_stats, settings
+from streams.worker import EXIT_STALLED, exit_without_committing
+from web.stall import StallWatchdog
+from web.views import JsonView, assignment, database_sample, lag_sample, registry
+
+log = logging.getLogger(__name__)
+
+# A fetch loop silent for longer than this is not fetching (it comes back about once a
+# second when idle, and within KAFKA_FETCH_MAX_WAIT when there is data).
+FETCH_SILENCE_SECONDS = 30.0
+STALL_EXIT_DELAY_SECONDS = 5.0
+WATCH_INTERVAL_SECONDS = 1.0
+
+watchdog = StallWatchdog(settings.stall_seconds)
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    detail: str
+
+
+def _database_check() -> Check:
+    state = database_sample.value
+    if not pipeline_stats.db_available:
+        return Check(False, "the last database write failed; retrying")
+    if state is not None and not state.get("available", True):
+        return Check(False, f"database unreachable: {state.get('error', 'unknown error')}")
+    if state is None:
+        return Check(False, "database state not measured yet")
+    return Check(True, "reachable")
+
+
+def readiness() -> dict[str, Check]:
+    """Each readiness check by name: joined, fetching, database, not_stalled."""
+    latest = assignment.latest
+    fetched = getattr(app.consumer, "last_fetch_at", None)
+    silent = None if fetched is None else time.monotonic() - fetched
+    stalled = watchdog.stalled
+    return {
+        "joined": Check(latest is not None,
+                        "no partition assignment yet" if latest is None
+                        else f"{len(latest.partitions)} partitions assigned"),
+        "fetching": Check(silent is not None and silent < FETCH_SILENCE_SECONDS,
+                          "no fetch yet" if silent is None
+                          else f"last fetch {silent:.1f}s ago"),
+        "database": _database_check(),
+        "not_stalled": Check(not stalled,
+                             "no stalled partition" if not stalled else
+                             f"{len(stalled)} partitions with lag and no commit for "
+                             f"{watchdog.stall_seconds:.0f}s: {_names(stalled)}"),
+    }
+
+
+def _names(partitions: list[Any], most: int = 10) -> str:
+    shown = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions[:most])
+    return shown + (f" and {len(partitions) - most} more" if len(partitions) > most else "")
+
+
+@app.page("/health/live")
+class Live(JsonView):
+    """200 while the process and its event loop work."""
+
+    async def get(self, request: Request) -> Response:
+        return self.json({"live": True})
+
+
+@app.page("/health/ready")
+class Ready(JsonView):
+    """200 when the worker consumes, the database is reachable and nothing is stalled."""
+
+    async def get(self, request: Request) -> Response:
+        checks = readiness()
+        failing = [name for name, check in checks.items() if not check.ok]
+        body = {"ready": not failing, "failing": failing,
+                "checks": {name: {"ok": c.ok, "detail": c.detail} for name, c in checks.items()}}
+        return self.json(body, status=503 if failing else 200)
+
+
+class HealthCollector(Collector):
+    """``devicestream_ready``, ``devicestream_stalled_partitions``, ``devicestream_stalls_total``."""
+
+    def collect(self) -> Iterator[Metric]:
+        ready = GaugeMetricFamily("devicestream_ready", "1 when /health/ready answers 200")
+        ready.add_metric([], int(all(check.ok for check in readiness().values())))
+        stalled = GaugeMetricFamily("devicestream_stalled_partitions",
+                                    "Partitions with lag and no commit for STALL_SECONDS")
+        stalled.add_metric([], len(watchdog.stalled))
+        stalls = CounterMetricFamily("devicestream_stalls",
+                                     "Partitions that became stalled since the worker started")
+        stalls.add_metric([], watchdog.stalls_total)
+        yield from (ready, stalled, stalls)
+
+
+registry.register(HealthCollector())
+
+
+@app.timer(WATCH_INTERVAL_SECONDS)
+async def watch_for_stalls() -> None:
+    """Judge each new lag sample; log a stall, and end the worker on it (``STALL_EXIT``)."""
+    sample = lag_sample.value
+    if sample is None:
+        return
+    counted = watchdog.stalls_total
+    stalled = watchdog.observe(sample, _database_check().ok)
+    if watchdog.stalls_total > counted:
+        log.error("ingest stalled: %d partitions have had lag and no commit for %.0fs "
+                  "while the database was up: %s", len(stalled), watchdog.stall_seconds,
+                  _names(stalled, most=50))
+    if (stalled and settings.stall_exit and watchdog.stalled_since is not None
+            and sample.taken_at - watchdog.stalled_since >= STALL_EXIT_DELAY_SECONDS):
+        exit_without_committing(
+            EXIT_STALLED, f"ingest stalled on {len(stalled)} partitions (STALL_EXIT=true)")
