@@ -36,6 +36,18 @@ class Histogram:
         self.sum += value
         self.count += 1
 
+    def quantile(self, q: float) -> float | None:
+        """The upper bound of the bucket holding the ``q`` quantile (the largest bound for
+        the overflow bucket); None before any observation."""
+        if not self.count:
+            return None
+        rank, seen = q * self.count, 0
+        for bound, count in zip(self.bounds, self.counts):
+            seen += count
+            if seen >= rank:
+                return bound
+        return self.bounds[-1]
+
 
 @dataclass
 class PipelineStats:

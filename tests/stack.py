@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -181,6 +183,17 @@ async def read_dead_letters(topics: set[str], timeout: float = 5.0) -> list[dict
     finally:
         await consumer.stop()
     return found
+
+
+async def worker_get(port: int, path: str) -> tuple[int, bytes]:
+    """GET a worker route on loopback: (status, body), 4xx and 5xx included."""
+    def get() -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+    return await asyncio.to_thread(get)
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:

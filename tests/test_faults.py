@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-import urllib.request
 
 import orjson
 import pytest
@@ -25,6 +24,7 @@ from tests.stack import (
     read_dead_letters,
     rows_at_least,
     wait_for,
+    worker_get,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -63,12 +63,15 @@ async def test_postgres_stopped_for_30_seconds_mid_stream_loses_nothing(start_wo
     version = next(line.split()[0] for line in major.stdout.splitlines()
                    if line.split()[1] == "devicestream")
     subprocess.run(["pg_ctlcluster", version, "devicestream", "stop", "-m", "fast"], check=True)
-    outage_seen = False
+    outage_seen = unready_seen = False
     try:
         stop = time.monotonic() + 30
         while time.monotonic() < stop:
-            state = await asyncio.to_thread(_database_state, worker.web_port)
-            outage_seen = outage_seen or state.get("available") is False
+            _, state = await worker_get(worker.web_port, "/pipeline/db")
+            outage_seen = outage_seen or orjson.loads(state).get("available") is False
+            status, ready = await worker_get(worker.web_port, "/health/ready")
+            unready_seen = unready_seen or (
+                status == 503 and "database" in orjson.loads(ready)["failing"])
             await asyncio.sleep(2)
         assert worker.process.poll() is None, "the worker must survive the outage"
     finally:
@@ -77,11 +80,8 @@ async def test_postgres_stopped_for_30_seconds_mid_stream_loses_nothing(start_wo
     assert stream.conflicts >= 400
     await assert_exactly_once(stream)
     assert outage_seen, "/pipeline/db never reported the database unavailable"
-
-
-def _database_state(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/pipeline/db", timeout=10) as answer:
-        return orjson.loads(answer.read())
+    assert unready_seen, "/health/ready never failed its database check"
+    assert (await worker_get(worker.web_port, "/health/ready"))[0] == 200, "ready again"
 
 
 async def test_pgbouncer_restarted_mid_stream_loses_nothing(start_worker) -> None:

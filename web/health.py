@@ -45,36 +45,49 @@ class Check:
     detail: str
 
 
-def _database_check() -> Check:
-    state = database_sample.value
-    if not pipeline_stats.db_available:
+def database_check(write_ok: bool, state: dict[str, Any] | None) -> Check:
+    """The database check from the last write and the latest database sample."""
+    if not write_ok:
         return Check(False, "the last database write failed; retrying")
-    if state is not None and not state.get("available", True):
-        return Check(False, f"database unreachable: {state.get('error', 'unknown error')}")
     if state is None:
         return Check(False, "database state not measured yet")
+    if not state.get("available", True):
+        return Check(False, f"database unreachable: {state.get('error') or 'unknown error'}")
     return Check(True, "reachable")
 
 
-def readiness() -> dict[str, Check]:
+def readiness_checks(*, partitions: int | None, fetch_silence: float | None,
+                     database: Check, stalled: list[Any], stall_seconds: float
+                     ) -> dict[str, Check]:
     """Each readiness check by name: joined, fetching, database, not_stalled."""
-    latest = assignment.latest
-    fetched = getattr(app.consumer, "last_fetch_at", None)
-    silent = None if fetched is None else time.monotonic() - fetched
-    stalled = watchdog.stalled
     return {
-        "joined": Check(latest is not None,
-                        "no partition assignment yet" if latest is None
-                        else f"{len(latest.partitions)} partitions assigned"),
-        "fetching": Check(silent is not None and silent < FETCH_SILENCE_SECONDS,
-                          "no fetch yet" if silent is None
-                          else f"last fetch {silent:.1f}s ago"),
-        "database": _database_check(),
+        "joined": Check(partitions is not None,
+                        "no partition assignment yet" if partitions is None
+                        else f"{partitions} partitions assigned"),
+        "fetching": Check(fetch_silence is not None and fetch_silence < FETCH_SILENCE_SECONDS,
+                          "no fetch yet" if fetch_silence is None
+                          else f"last fetch {fetch_silence:.1f}s ago"),
+        "database": database,
         "not_stalled": Check(not stalled,
                              "no stalled partition" if not stalled else
                              f"{len(stalled)} partitions with lag and no commit for "
-                             f"{watchdog.stall_seconds:.0f}s: {_names(stalled)}"),
+                             f"{stall_seconds:.0f}s: {_names(stalled)}"),
     }
+
+
+def _worker_database_check() -> Check:
+    return database_check(pipeline_stats.db_available, database_sample.value)
+
+
+def readiness() -> dict[str, Check]:
+    """This worker's readiness checks, from its in-memory state."""
+    latest = assignment.latest
+    fetched = app.consumer.last_fetch_at
+    return readiness_checks(
+        partitions=None if latest is None else len(latest.partitions),
+        fetch_silence=None if fetched is None else time.monotonic() - fetched,
+        database=_worker_database_check(), stalled=watchdog.stalled,
+        stall_seconds=watchdog.stall_seconds)
 
 
 def _names(partitions: list[Any], most: int = 10) -> str:
@@ -127,7 +140,7 @@ async def watch_for_stalls() -> None:
     if sample is None:
         return
     counted = watchdog.stalls_total
-    stalled = watchdog.observe(sample, _database_check().ok)
+    stalled = watchdog.observe(sample, _worker_database_check().ok)
     if watchdog.stalls_total > counted:
         log.error("ingest stalled: %d partitions have had lag and no commit for %.0fs "
                   "while the database was up: %s", len(stalled), watchdog.stall_seconds,

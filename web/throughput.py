@@ -29,6 +29,9 @@ def throughput_report(stats: PipelineStats) -> dict[str, Any]:
         "sink_retries_total": stats.retries_total,
         "write_latency_p50_seconds": stats.write_latency(0.5),
         "write_latency_p99_seconds": stats.write_latency(0.99),
+        # Upper bounds of the freshness histogram's buckets (see /metrics).
+        "freshness_p50_seconds": stats.freshness.quantile(0.5),
+        "freshness_p99_seconds": stats.freshness.quantile(0.99),
         "db_available": stats.db_available,
         "uptime_seconds": time.monotonic() - stats.started,
     }

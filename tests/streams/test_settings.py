@@ -24,10 +24,17 @@ def test_environment_overrides_defaults() -> None:
     ("RETENTION_DAYS", "ninety"), ("RETENTION_DAYS", "0"), ("DB_PORT", "70000"),
     ("DEVICE_TOPIC_PARTITIONS", "-1"), ("KAFKA_IDEMPOTENT_PRODUCER", "maybe"),
     ("SINK_LINGER", "-1"), ("SINK_WRITERS", "0"), ("SINK_WRITERS", "4"),
+    ("STALL_SECONDS", "0.5"), ("STALL_EXIT", "maybe"),
 ])
 def test_bad_values_fail_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name.split("_")[0]):
         Settings.from_env({name: value})
+
+
+def test_the_watched_disks_default_to_the_data_directory() -> None:
+    assert Settings.from_env({"DATA_DIR": "/data"}).watched_disks() == ["/data"]
+    assert Settings.from_env({"DISK_PATHS": "/data, /pgdata,"}).watched_disks() == [
+        "/data", "/pgdata"]
 
 
 def test_redacted_settings_hide_the_password() -> None:

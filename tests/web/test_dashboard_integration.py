@@ -1,5 +1,6 @@
-"""/dashboard of a real worker in headless Chromium: the charts fill with data points and
-the page logs no JavaScript error. A screenshot goes to test-output/dashboard.png."""
+"""/dashboard of a real worker in headless Chromium, under a steady load: the charts fill
+with data points, the tiles show readiness, lag in seconds and freshness, and the page logs
+no JavaScript error. A screenshot goes to test-output/dashboard.png."""
 from __future__ import annotations
 
 import asyncio
@@ -8,6 +9,7 @@ import time
 from typing import Iterator
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
@@ -16,7 +18,7 @@ from tests.web.worker_web import new_device_topic, produce, reading, wait_for_an
 
 pytestmark = pytest.mark.integration
 
-CHARTS = ("throughput", "lag", "dead_letters", "latency", "db_size")
+CHARTS = ("throughput", "lag", "lag_seconds", "freshness", "dead_letters", "latency", "db_size")
 
 
 @pytest.fixture
@@ -57,7 +59,26 @@ async def test_dashboard_charts_fill_with_data(private_broker: PrivateBroker, st
                           "the messages to be stored")
     await wait_for_answer(worker, "/pipeline/lag", lambda r: r["total_lag"] == 0, "lag 0")
 
-    chromium.get(f"http://127.0.0.1:{worker.web_port}/dashboard")
+    async def steady_load() -> None:  # about 50 readings a second while the page is watched
+        producer = AIOKafkaProducer(bootstrap_servers=private_broker.address)
+        await producer.start()
+        try:
+            for i in range(50, 50 + 50 * 60):
+                await producer.send(topic, reading(device, i), key=device.encode(),
+                                    partition=i % 2)
+                await asyncio.sleep(0.02)
+        finally:
+            await producer.stop()
+    load = asyncio.create_task(steady_load())
+    try:
+        await _watch(chromium, worker.web_port)
+    finally:
+        load.cancel()
+        await asyncio.gather(load, return_exceptions=True)
+
+
+async def _watch(chromium: webdriver.Chrome, port: int) -> None:
+    chromium.get(f"http://127.0.0.1:{port}/dashboard")
     deadline = time.monotonic() + 30
     while True:  # each refresh (every 3 s) adds one point to each series
         points = _points(chromium)
@@ -71,12 +92,17 @@ async def test_dashboard_charts_fill_with_data(private_broker: PrivateBroker, st
     tiles = chromium.execute_script(
         "return {dead: document.getElementById('t-dead').textContent,"
         "        db: document.getElementById('t-db').textContent,"
+        "        ready: document.getElementById('t-ready').textContent,"
+        "        lagSeconds: document.getElementById('t-lag-seconds').textContent,"
+        "        freshness: document.getElementById('t-freshness').textContent,"
         "        status: document.getElementById('status').textContent};")
-    assert tiles["dead"] == "3" and tiles["db"] == "up", tiles
+    assert tiles["dead"] == "3" and tiles["db"] == "up" and tiles["ready"] == "ready", tiles
+    assert tiles["lagSeconds"] != "–" and tiles["freshness"].endswith("s"), tiles
     assert tiles["status"].startswith("updated"), tiles
     series = chromium.execute_script(
         "return Array.from(document.querySelectorAll('svg.chart polyline'))"
         "  .map(function (p) { return p.dataset.series; });")
-    assert {"points/s", "this worker", "dead letters total", "p99", "hypertables"} <= set(series)
+    assert {"points/s", "this worker", "dead letters total", "p50", "p99",
+            "hypertables"} <= set(series)
     errors = [entry for entry in chromium.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, errors

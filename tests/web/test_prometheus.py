@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams.stats import PipelineStats
 from tests.stack import fake_sample
 from web.lag import LagSample, PartitionLag
+from web.host_metrics import HostCollector
 from web.prometheus import PipelineCollector, exposition, metrics_registry
 
 
@@ -129,3 +130,42 @@ def test_before_any_sample_the_scrape_still_works() -> None:
     families = _scrape(PipelineStats(), None, None)
     assert _value(families, "devicestream_messages_total") == 0
     assert "devicestream_db_up" not in families
+
+
+def test_lag_seconds_freshness_topic_size_and_compression_backlog() -> None:
+    stats = PipelineStats()
+    stats.record_freshness([9_000_000, 8_000_000, 1_000_000], durable_us=10_000_000)
+    lag = LagSample(
+        partitions={TP("device-data-a", 0): PartitionLag("device-data-a", 0, 5, 9, 12.5),
+                    TP("device-data-a", 1): PartitionLag("device-data-a", 1, 9, 9, 0.0),
+                    TP("device-data-b", 0): PartitionLag("device-data-b", 0, 0, 4, 99.0)},
+        assigned=frozenset({TP("device-data-a", 0), TP("device-data-a", 1)}),
+        assignment_known=True, retained_messages=1234)
+    state = {**DB_STATE, "compression": {"state": "enabled", "chunks_due": 3}}
+
+    families = _scrape(stats, lag, state)
+
+    assert families["devicestream_reading_freshness_seconds"].type == "histogram"
+    buckets = {s.labels["le"]: s.value for s in
+               families["devicestream_reading_freshness_seconds"].samples
+               if s.name.endswith("_bucket")}
+    assert (buckets["0.5"], buckets["1.0"], buckets["2.5"], buckets["10.0"],
+            buckets["+Inf"]) == (0, 1, 2, 3, 3), "cumulative: ages 1, 2 and 9 s"
+    assert _value(families, "devicestream_reading_freshness_seconds_sum") == 12.0
+    assert _value(families, "devicestream_consumer_lag_seconds") == 12.5, \
+        "the worker's own partitions only"
+    assert _value(families, "devicestream_topic_messages") == 1234
+    assert _value(families, "devicestream_db_chunks_due_for_compression") == 3
+
+
+def test_host_figures_come_from_the_machine() -> None:
+    registry = metrics_registry(HostCollector(["/", "/no/such/path"]), process=None)
+    families = {f.name: f for f in text_string_to_metric_families(exposition(registry).decode())}
+    assert _value(families, "devicestream_host_cpu_seconds_total", mode="idle") > 0
+    assert _value(families, "devicestream_host_memory_bytes", state="total") > \
+        _value(families, "devicestream_host_memory_bytes", state="available") > 0
+    assert 0 < _value(families, "devicestream_host_disk_free_bytes", path="/") <= \
+        _value(families, "devicestream_host_disk_size_bytes", path="/")
+    with pytest.raises(KeyError):  # a path that does not exist has no figure, not a zero
+        _value(families, "devicestream_host_disk_size_bytes", path="/no/such/path")
+    assert _value(families, "devicestream_host_network_bytes_total", direction="received") >= 0

@@ -35,6 +35,12 @@
     lag: { format: number, integer: true, series: [
       { label: "this worker", read: function (s) { return s.lag && s.lag.worker; } },
       { label: "group", read: function (s) { return s.lag && s.lag.group; } }] },
+    lag_seconds: { format: seconds, series: [
+      { label: "this worker", read: function (s) { return s.lag && s.lag.worker_seconds; } },
+      { label: "group", read: function (s) { return s.lag && s.lag.group_seconds; } }] },
+    freshness: { format: seconds, series: [
+      { label: "p50", read: function (s) { return s.throughput && s.throughput.freshness_p50_seconds; } },
+      { label: "p99", read: function (s) { return s.throughput && s.throughput.freshness_p99_seconds; } }] },
     dead_letters: { format: number, integer: true, series: [
       { label: "dead letters total", read: function (s) { return s.throughput && s.throughput.dead_letters_total; } }] },
     latency: { format: seconds, series: [
@@ -178,7 +184,24 @@
     }, function () { return null; });
   }
 
+  // /health/ready answers 503 with the failing checks: its body counts either way.
+  function getHealth() {
+    return fetch("/health/ready", { cache: "no-store" }).then(function (response) {
+      return response.json().catch(function () { return null; });
+    }, function () { return null; });
+  }
+
+  function readiness(health) {
+    if (!health) return;
+    var failing = health.failing || [];
+    setText("t-ready", failing.length ? "not ready" : "ready", failing.length > 0);
+    document.getElementById("t-ready").title = failing.map(function (name) {
+      return name + ": " + health.checks[name].detail;
+    }).join("\n");
+  }
+
   function refresh() {
+    getHealth().then(readiness);
     return getJSON("/dashboard/data").then(function (data) {
       var sample = { time: Date.now(), throughput: data && data.throughput,
                      lag: data && data.lag, db: data && data.db };
@@ -193,6 +216,8 @@
       setText("t-messages", t ? number(t.messages_total) : "–");
       setText("t-lag", lag ? number(lag.worker) : "–");
       setText("t-group-lag", lag ? number(lag.group) : "–");
+      setText("t-lag-seconds", lag ? seconds(lag.worker_seconds) : "–", lag && lag.worker_seconds > 60);
+      setText("t-freshness", t ? seconds(t.freshness_p99_seconds) : "–");
       setText("t-dead", t ? number(t.dead_letters_total) : "–", t && t.dead_letters_total > 0);
       setText("t-p99", t ? seconds(t.write_latency_p99_seconds) : "–");
       setText("t-size", bytes(hypertableBytes(db)));
