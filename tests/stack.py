@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -15,10 +16,11 @@ import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 import asyncpg
 import orjson
+import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -183,6 +185,30 @@ async def read_dead_letters(topics: set[str], timeout: float = 5.0) -> list[dict
     finally:
         await consumer.stop()
     return found
+
+
+def listener_pid(port: int) -> int:
+    """The process listening on 127.0.0.1:``port`` (a local stack service)."""
+    for conn in psutil.net_connections(kind="tcp"):
+        if (conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid
+                and conn.laddr.ip in ("127.0.0.1", "0.0.0.0", "::")):
+            return conn.pid
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@contextlib.contextmanager
+def postgres_stopped() -> Iterator[None]:
+    """Stop the local stack's PostgreSQL cluster (fast mode) for the ``with`` block, then
+    bring the stack back up (``stack/up.sh``)."""
+    clusters = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True,
+                              check=True)
+    version = next(line.split()[0] for line in clusters.stdout.splitlines()
+                   if line.split()[1] == "devicestream")
+    subprocess.run(["pg_ctlcluster", version, "devicestream", "stop", "-m", "fast"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["bash", str(REPO / "stack" / "up.sh")], check=True, capture_output=True)
 
 
 async def worker_get(port: int, path: str) -> tuple[int, bytes]:

@@ -381,6 +381,92 @@ def test_no_secret_is_committed(services):
     assert ".env" in ignored  # a local .env with the password never enters the image
 
 
+def test_worker_healthcheck_asks_the_readiness_route(services):
+    test = " ".join(services["worker"]["healthcheck"]["test"])
+    assert "http://127.0.0.1:6066/health/ready" in test
+    assert "/metrics" not in test
+
+
+# --- the monitoring profile -----------------------------------------------------------------
+
+MONITORING = ("prometheus", "grafana")
+PINNED_TAG = re.compile(r"^v?\d+\.\d+\.\d+$")
+
+
+def test_prometheus_and_grafana_only_run_in_the_monitoring_profile(services):
+    for name in MONITORING:
+        assert services[name]["profiles"] == ["monitoring"], name
+        assert services[name].get("restart") in ("unless-stopped", "always"), name
+        assert services[name].get("healthcheck", {}).get("test"), name
+    # The pipeline never waits for monitoring.
+    for name in ("kafka", "timescaledb", "pgbouncer", "migrate", "worker"):
+        assert not set(services[name].get("depends_on", {})) & set(MONITORING), name
+
+
+def test_monitoring_images_are_pinned_to_a_release(services):
+    expected = {"prometheus": "prom/prometheus", "grafana": "grafana/grafana"}
+    for name, repository in expected.items():
+        image, _, tag = services[name]["image"].partition(":")
+        assert image == repository, name
+        assert PINNED_TAG.match(tag), f"{name}: image tag {tag!r} is not a pinned release"
+
+
+def test_monitoring_ports_listen_on_loopback_only(services):
+    expected = {"prometheus": "127.0.0.1:9090:9090", "grafana": "127.0.0.1:3000:3000"}
+    for name, port in expected.items():
+        assert published_ports(services[name]) == [port], name
+
+
+def test_prometheus_mounts_its_config_and_the_alert_rules(compose, services):
+    prometheus = services["prometheus"]
+    mounts = bind_mounts(prometheus)
+    assert mounts["/etc/prometheus/prometheus.yml"] == "./deploy/prometheus/prometheus.yml"
+    # prometheus.yml names rule_files relative to itself: alerts.yml beside it.
+    assert mounts["/etc/prometheus/alerts.yml"] == "./deploy/prometheus/alerts.yml"
+    assert all(v.endswith(":ro") for v in prometheus["volumes"] if v.startswith("./"))
+    assert "--config.file=/etc/prometheus/prometheus.yml" in command(prometheus)
+    assert "prometheus-data" in compose["volumes"]
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    assert rules["rule_files"] == ["alerts.yml"]
+
+
+def test_grafana_mounts_its_provisioning_and_the_dashboard(services):
+    grafana = services["grafana"]
+    mounts = bind_mounts(grafana)
+    provisioning = "/etc/grafana/provisioning"
+    assert (mounts[f"{provisioning}/datasources/datasources.yml"]
+            == "./deploy/grafana/provisioning/datasources/datasources.yml")
+    assert (mounts[f"{provisioning}/dashboards/dashboards.yml"]
+            == "./deploy/grafana/provisioning/dashboards/dashboards.yml")
+    providers = yaml.safe_load(
+        (ROOT / "deploy" / "grafana" / "provisioning" / "dashboards" / "dashboards.yml").read_text())
+    dashboards_dir = providers["providers"][0]["options"]["path"].rstrip("/")
+    dashboards = {target: source for target, source in mounts.items()
+                  if target.startswith(dashboards_dir + "/")}
+    assert dashboards, f"no dashboard mounted into {dashboards_dir}"
+    for target, source in dashboards.items():
+        assert source.startswith("./deploy/grafana/dashboards/") and source.endswith(".json")
+        json.loads((ROOT / source).read_text(encoding="utf-8"))
+    assert all(v.endswith(":ro") for v in grafana["volumes"] if v.startswith("./"))
+
+
+def test_grafana_takes_its_passwords_from_the_environment(services):
+    env = environment(services["grafana"])
+    # Optional in compose (it interpolates every profile's services, so a required one
+    # would stop the pipeline's own `up`), required by the entrypoint.
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
+    entrypoint = " ".join(services["grafana"]["entrypoint"])
+    assert '[ -z "$$GF_SECURITY_ADMIN_PASSWORD" ]' in entrypoint and "exit 1" in entrypoint
+    assert "exec /run.sh" in entrypoint
+    assert PASSWORD_REFERENCE.match(env["GRAFANA_DB_PASSWORD"])
+    assert env["GRAFANA_DB_USER"] == "devicestream"
+    datasources = (ROOT / "deploy" / "grafana" / "provisioning" / "datasources"
+                   / "datasources.yml").read_text(encoding="utf-8")
+    uncommented = "\n".join(line.split("#", 1)[0] for line in datasources.splitlines())
+    for name in re.findall(r"\$\{(\w+)\}", uncommented):
+        assert name in env, f"datasources.yml reads {name}, which grafana's environment lacks"
+
+
 # --- the worker image -----------------------------------------------------------------------
 
 def test_worker_image_runs_the_faust_worker(services):

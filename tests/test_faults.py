@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import time
 
 import orjson
+import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -13,6 +15,7 @@ from streams.settings import Settings
 from streams.topics import TopicProvisioner, device_topic
 from tests.stack import (
     REPO,
+    SETTINGS,
     PrivateBroker,
     RawProducer,
     Stream,
@@ -21,6 +24,8 @@ from tests.stack import (
     create_topics,
     db_connect,
     fleet,
+    listener_pid,
+    postgres_stopped,
     read_dead_letters,
     rows_at_least,
     wait_for,
@@ -59,12 +64,8 @@ async def test_postgres_stopped_for_30_seconds_mid_stream_loses_nothing(start_wo
     publishing = asyncio.create_task(stream.run())
     worker = start_worker("pgdown", DEVICE_FILTER=only)
     await wait_for(lambda: rows_at_least(devices, 1000), 90, "rows to flow")
-    major = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, check=True)
-    version = next(line.split()[0] for line in major.stdout.splitlines()
-                   if line.split()[1] == "devicestream")
-    subprocess.run(["pg_ctlcluster", version, "devicestream", "stop", "-m", "fast"], check=True)
     outage_seen = unready_seen = False
-    try:
+    with postgres_stopped():
         stop = time.monotonic() + 30
         while time.monotonic() < stop:
             _, state = await worker_get(worker.web_port, "/pipeline/db")
@@ -74,8 +75,6 @@ async def test_postgres_stopped_for_30_seconds_mid_stream_loses_nothing(start_wo
                 status == 503 and "database" in orjson.loads(ready)["failing"])
             await asyncio.sleep(2)
         assert worker.process.poll() is None, "the worker must survive the outage"
-    finally:
-        subprocess.run(["bash", str(REPO / "stack" / "up.sh")], check=True, capture_output=True)
     await publishing
     assert stream.conflicts >= 400
     await assert_exactly_once(stream)
@@ -90,10 +89,10 @@ async def test_pgbouncer_restarted_mid_stream_loses_nothing(start_worker) -> Non
     publishing = asyncio.create_task(stream.run())
     worker = start_worker("pgbrestart", DEVICE_FILTER=only)
     await wait_for(lambda: rows_at_least(devices, 1000), 90, "rows to flow")
-    # The stack's pgBouncer (its files may live outside the clone: see stack/common.sh).
-    pids = subprocess.run(["pgrep", "-x", "pgbouncer"], capture_output=True, text=True)
-    assert pids.stdout.split(), "no pgBouncer is running"
-    subprocess.run(["kill", "-INT", *pids.stdout.split()], check=True)
+    # The stack's pgBouncer: the process listening on its port (never others by name).
+    pgbouncer = psutil.Process(listener_pid(SETTINGS.db_port))
+    assert pgbouncer.name() == "pgbouncer", pgbouncer
+    pgbouncer.send_signal(signal.SIGINT)
     await asyncio.sleep(5)
     subprocess.run(["bash", str(REPO / "stack" / "up.sh")], check=True, capture_output=True)
     await publishing

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # A fetch loop silent for longer than this is not fetching (it comes back about once a
 # second when idle, and within KAFKA_FETCH_MAX_WAIT when there is data).
 FETCH_SILENCE_SECONDS = 30.0
-STALL_EXIT_DELAY_SECONDS = 5.0
+STALL_EXIT_DELAY_SECONDS = 30.0  # two scrapes at Prometheus' usual 15 s
 WATCH_INTERVAL_SECONDS = 1.0
 
 watchdog = StallWatchdog(settings.stall_seconds)

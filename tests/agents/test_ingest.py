@@ -284,6 +284,38 @@ async def test_lanes_store_batches_at_once_and_ack_each_only_after_its_own_rows(
     assert stream.acked == [10, 11, 0, 1, 2, 3] and len(sink.rows) == 6
 
 
+class TrickleStream(FakeStream):
+    """Hands one record over every ``every`` seconds, then waits forever."""
+
+    def __init__(self, records: list[ConsumerRecord], every: float) -> None:
+        super().__init__(records)
+        self._every = every
+
+    async def chunks(self):
+        async for chunk in super().chunks():
+            await asyncio.sleep(self._every)
+            yield chunk
+
+
+async def test_while_the_database_is_slow_batches_grow_instead_of_piling_up() -> None:
+    sink, letters = GatedSink(), DeadLetters()
+    config = IngestConfig(batch_points=1000, linger=0.02, retention=timedelta(days=90),
+                          max_backoff=0.05, writers=1)
+    stream = TrickleStream([event(reading(seconds=i % 60), i) for i in range(40)], every=0.01)
+    task = asyncio.create_task(pipeline(sink, letters, config).run(stream))
+    try:
+        await _until(lambda: len(sink.releases) == 1, "the first write")
+        await asyncio.sleep(0.8)  # every record arrives while the first write hangs
+        for _ in range(5):
+            sink.releases[-1].set()
+            await asyncio.sleep(0.1)
+        await _until(lambda: len(stream.acked) == 40, "every ack")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert len(sink.releases) <= 3, "one batch written, one waiting, one filling"
+
+
 async def test_a_message_consumed_twice_is_dead_lettered_once() -> None:
     sink, letters = FakeSink(), DeadLetters()
     stream = FakeStream([event(b"[]", 7), event(b"[]", 7)])

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.topics import device_topic
 from streams.worker import EXIT_STALLED
+from web.health import STALL_EXIT_DELAY_SECONDS
 from tests.stack import (
     RawProducer,
     count_rows,
@@ -84,7 +85,7 @@ async def test_a_write_that_hangs_is_a_stall_the_worker_reports_then_exits_on(
             assert await _metric(port, "devicestream_stalled_partitions") == 1
             assert await _metric(port, "devicestream_ready") == 0
             # Step 4: the worker exits with its stall status and logs the partition.
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + STALL_EXIT_DELAY_SECONDS + 30
             while worker.process.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
             assert worker.process.poll() == EXIT_STALLED
