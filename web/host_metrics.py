@@ -21,11 +21,8 @@ class HostCollector(Collector):
         self._paths = list(paths)
 
     def collect(self) -> Iterator[Metric]:
-        cpu = CounterMetricFamily("devicestream_host_cpu_seconds",
-                                  "CPU time of the host's cores by mode", labels=["mode"])
-        for mode, seconds in psutil.cpu_times()._asdict().items():
-            cpu.add_metric([mode], seconds)
-        yield cpu
+        yield _counter("devicestream_host_cpu_seconds", "CPU time of the host's cores by mode",
+                       "mode", psutil.cpu_times()._asdict())
         memory = psutil.virtual_memory()
         ram = GaugeMetricFamily("devicestream_host_memory_bytes", "Host memory",
                                 labels=["state"])
@@ -47,16 +44,17 @@ class HostCollector(Collector):
         yield from (free, size)
         disks = psutil.disk_io_counters()
         if disks is not None:
-            io = CounterMetricFamily("devicestream_host_disk_io_bytes",
-                                     "Bytes read and written by the host's disks",
-                                     labels=["direction"])
-            io.add_metric(["read"], disks.read_bytes)
-            io.add_metric(["written"], disks.write_bytes)
-            yield io
+            yield _counter("devicestream_host_disk_io_bytes",
+                           "Bytes read and written by the host's disks", "direction",
+                           {"read": disks.read_bytes, "written": disks.write_bytes})
         network = psutil.net_io_counters()
-        net = CounterMetricFamily("devicestream_host_network_bytes",
-                                  "Bytes sent and received by the host's interfaces",
-                                  labels=["direction"])
-        net.add_metric(["sent"], network.bytes_sent)
-        net.add_metric(["received"], network.bytes_recv)
-        yield net
+        yield _counter("devicestream_host_network_bytes",
+                       "Bytes sent and received by the host's interfaces", "direction",
+                       {"sent": network.bytes_sent, "received": network.bytes_recv})
+
+
+def _counter(name: str, doc: str, label: str, values: dict[str, float]) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value_label, value in values.items():
+        family.add_metric([value_label], value)
+    return family
