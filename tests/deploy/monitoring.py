@@ -44,8 +44,8 @@ KNOWN_METRICS = frozenset({
     "devicestream_points_total",
     "devicestream_rows_written_total",
     "devicestream_dead_letters_total",
-    "devicestream_retries_total",
-    "devicestream_batches_total",
+    "devicestream_sink_retries_total",
+    "devicestream_sink_batches_total",
     "devicestream_sink_write_latency_seconds",
     "devicestream_sink_db_available",
     # consuming

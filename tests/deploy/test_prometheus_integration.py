@@ -25,6 +25,7 @@ from tests.deploy.monitoring import (
     metric_names,
 )
 from tests.stack import OUTPUT, PrivateBroker, Worker, db_connect, free_port, postgres_stopped
+from tests.web.worker_web import new_device_topic, produce, reading, wait_for_answer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -95,8 +96,14 @@ class Prometheus:
 @pytest.fixture
 async def scraped_worker(private_broker: PrivateBroker, start_worker,
                          tmp_path: Path) -> AsyncIterator[tuple[Worker, Prometheus]]:
-    """A worker on a private broker, and a Prometheus scraping it that has seen it up."""
+    """A worker on a private broker that has written a batch (some figures exist only
+    then), and a Prometheus scraping it that has seen it up."""
+    device, topic = await new_device_topic(private_broker, "prometheus-")
+    await produce(private_broker, topic, device.encode(),
+                  {0: [reading(device, i) for i in range(20)]})
     worker = start_worker("prometheus-scraped", **private_broker.worker_env())
+    await wait_for_answer(worker, "/pipeline/throughput",
+                          lambda t: t["rows_written_total"] == 60, "the readings to be written")
     prometheus = Prometheus(tmp_path, worker.web_port)
     try:
         async def worker_up() -> bool:
