@@ -8,9 +8,9 @@ partitions from that sample, ``?scope=group`` for all of them.
 ``committed`` is the offset the group resumes from: its committed offset, or, while it
 has committed none for a partition, the partition's log start (workers begin at the
 earliest offset). ``lag = end - committed``: the messages the group has not yet made
-durable. ``lag_seconds`` is the age of the oldest of them: the time since the log's end
-was first seen past the committed offset (``EndOffsetTimes``), so it is exact to within
-one sampling interval and needs no message to be read. A figure that could not be
+durable. ``lag_seconds`` is the age of the oldest of them: when the log's end passed the
+committed offset, interpolated between the two samples around it (``EndOffsetTimes``),
+so it needs no message to be read. A figure that could not be
 measured is null, never a guessed zero.
 """
 from __future__ import annotations
@@ -63,14 +63,15 @@ class LagSample:
 
 
 class EndOffsetTimes:
-    """When each partition's log end was first seen past an offset, from the samples.
+    """When each partition's log end passed each offset, from the samples of it.
 
-    The message at offset ``o`` existed by the first sample whose end was past ``o``, and
-    not at the sample before: its age is the time since that first sample, low by at most
-    one interval (or counted from the first look, for a message older than it). Points at
-    or below the committed offset are dropped; at most ``max_points`` are kept per
-    partition, spread evenly over the time they cover (the oldest always), so a long lag
-    is understated by at most about 1/``max_points`` of its age, never overstated.
+    The message at offset ``o`` was written between the last sample whose end was at or
+    below ``o`` and the first whose end was past it; its time is interpolated linearly
+    between the two, as kafka-lag-exporter does (a message older than the first look
+    counts from that look). Points before the one at or below the committed offset are
+    dropped; at most ``max_points`` are kept per partition, spread evenly over the time
+    they cover (the oldest and newest always), so a long lag is off by at most about
+    1/``max_points`` of its age.
     """
 
     def __init__(self, max_points: int = 64) -> None:
@@ -91,16 +92,23 @@ class EndOffsetTimes:
                            key=lambda i: points[i + 1][1] - points[i - 1][1])]
 
     def age(self, tp: TopicPartition, committed: int, now: float) -> float:
-        """Seconds since the message at ``committed`` was first seen (0 if it was not)."""
+        """Seconds since the message at ``committed`` was written (0 if it was not yet)."""
         points = self._seen.get(tp)
         if not points:
             return 0.0
-        drop = 0  # committed past: useless from now on (the newest point is kept)
-        while drop < len(points) - 1 and points[drop][0] <= committed:
-            drop += 1
-        del points[:drop]
-        end, seen_at = points[0]
-        return max(now - seen_at, 0.0) if end > committed else 0.0
+        first_past = 0
+        while first_past < len(points) and points[first_past][0] <= committed:
+            first_past += 1
+        if first_past == len(points):
+            del points[:-1]  # everything committed: only the newest end is worth keeping
+            return 0.0
+        del points[:max(first_past - 1, 0)]  # committed past, but the one just below
+        end, seen_at = points[0] if first_past == 0 else points[1]
+        if first_past == 0:  # older than the first look
+            return max(now - seen_at, 0.0)
+        before, before_at = points[0]
+        written_at = before_at + (seen_at - before_at) * (committed + 1 - before) / (end - before)
+        return max(now - written_at, 0.0)
 
     def keep(self, partitions: Iterable[TopicPartition]) -> None:
         """Forget partitions not in ``partitions`` (deleted topics)."""

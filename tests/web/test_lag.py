@@ -193,16 +193,19 @@ async def test_each_probe_fetches_from_the_last_end_seen_and_recovers_from_out_o
     assert fetched[-2:] == [{A0: 350}, {A0: 10}]
 
 
-def test_lag_seconds_is_the_time_since_the_end_was_first_seen_past_the_commit() -> None:
+def test_lag_seconds_interpolate_when_the_end_passed_the_committed_offset() -> None:
     times = EndOffsetTimes()
-    for at, end in ((100.0, 10), (103.0, 15), (106.0, 20)):
+    for at, end in ((100.0, 10), (103.0, 16), (106.0, 22)):
         times.observe(A0, end, at)
-    assert times.age(A0, committed=9, now=110.0) == 10.0   # offset 9 was there at 100
-    assert times.age(A0, committed=12, now=110.0) == 7.0   # offset 12 first seen at 103
-    assert times.age(A0, committed=12, now=111.0) == 8.0, "points still needed stay"
-    assert times.age(A0, committed=20, now=112.0) == 0.0   # nothing uncommitted
-    times.observe(A0, 21, 115.0)
-    assert times.age(A0, committed=20, now=117.0) == 2.0
+    assert times.age(A0, committed=9, now=110.0) == 10.0, "older than the first look"
+    # Offset 12 was written between 100 (end 10) and 103 (end 16): at 100 + 3 * 3/6.
+    assert times.age(A0, committed=12, now=110.0) == 8.5
+    assert times.age(A0, committed=12, now=111.0) == 9.5, "the points it needs are kept"
+    assert times.age(A0, committed=15, now=111.0) == 8.0
+    assert times.age(A0, committed=22, now=112.0) == 0.0   # nothing uncommitted
+    times.observe(A0, 24, 115.0)
+    assert times.age(A0, committed=22, now=117.0) == 6.5   # between 106 (22) and 115 (24)
+    assert times.age(A0, committed=23, now=117.0) == 2.0
 
 
 def test_lag_seconds_are_measured_in_each_sample_and_summed_up_as_maxima() -> None:
@@ -211,11 +214,12 @@ def test_lag_seconds_are_measured_in_each_sample_and_summed_up_as_maxima() -> No
                    times, now=10.0)
     lags = partition_lags([A0, B0], {A0: Watermarks(0, 8), B0: Watermarks(0, 3)},
                           {A0: 5, B0: 3}, times, now=13.0)
-    assert (lags[A0].lag_seconds, lags[B0].lag_seconds) == (0.0, 0.0)
+    # Offset 5 was written between 10 (end 5) and 13 (end 8): at 10 + 3 * 1/3.
+    assert (lags[A0].lag_seconds, lags[B0].lag_seconds) == (2.0, 0.0)
     lags = partition_lags([A0, B0], {A0: Watermarks(0, 8), B0: Watermarks(0, 3)},
                           {A0: 5, B0: 3}, times, now=20.0)
-    assert (lags[A0].lag_seconds, lags[B0].lag_seconds) == (7.0, 0.0)
-    assert max_lag_seconds(lags.values()) == 7.0
+    assert (lags[A0].lag_seconds, lags[B0].lag_seconds) == (9.0, 0.0)
+    assert max_lag_seconds(lags.values()) == 9.0
     assert max_lag_seconds([PartitionLag("t", 0, 1, 2)]) is None, "unmeasured is not 0"
     assert max_lag_seconds([]) == 0.0
 
@@ -225,7 +229,7 @@ def test_lag_seconds_stay_close_when_thinned_out_and_forget_a_reset_log() -> Non
     for i in range(1000):  # a stall: the end grows for 1,000 samples, the commit stands
         times.observe(A0, 11 + i, float(i))
     assert times.age(A0, committed=10, now=1000.0) == 1000.0, "the oldest point is kept"
-    assert 1000 - 11 - 1000 / 32 <= times.age(A0, committed=21, now=1000.0) <= 1000 - 11
+    assert abs(times.age(A0, committed=21, now=1000.0) - (1000 - 11)) <= 1000 / 32
     times.observe(A0, 3, 200.0)  # the topic was recreated: offsets start again
     assert times.age(A0, committed=1, now=201.0) == 1.0
     times.keep([B0])
