@@ -76,16 +76,16 @@ class Batch:
     records: list[ConsumerRecord] = field(default_factory=list)  # the ones validated
     points: list[Point] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    newest: dict[str, int] = field(default_factory=dict)  # device: newest reading time (us)
+    readings: list[list[Reading]] = field(default_factory=list)  # each message's valid ones
 
     def add(self, tp: TP, records: Sequence[ConsumerRecord], start: int, limit: int,
-            follows: Callable[[str], bool] | None, readings: list[Reading]) -> int:
-        """Validate ``records[start:]`` until the batch holds ``limit`` points; append the
-        valid readings to ``readings``; return the index of the first record not taken.
+            follows: Callable[[str], bool] | None) -> int:
+        """Validate ``records[start:]`` until the batch holds ``limit`` points; return the
+        index of the first record not taken.
 
         Records of devices ``follows`` refuses are acked with the batch, untouched.
         """
-        points, window = self.points, self.window
+        points, window, readings = self.points, self.window, self.readings
         offsets = self.offsets.setdefault(tp, [])
         device = device_of_topic(tp.topic)  # None on the shared topic: the key names it
         index = start
@@ -101,10 +101,7 @@ class Batch:
             if valid:
                 for reading in valid:
                     points.extend(_points_of(reading))
-                readings.extend(valid)
-                newest = max(reading.time_us for reading in valid)
-                if newest > self.newest.get(expected, 0):
-                    self.newest[expected] = newest
+                readings.append(valid)
             if invalid:
                 self._dead_letter(record, invalid)
         return index
@@ -196,19 +193,17 @@ class IngestPipeline:
         ]
         linger = asyncio.create_task(self._flush_old_batches(), name="ingest-linger")
         try:
-            stats, clock, limit = self.stats, self._clock, self._config.batch_points
+            stats, limit = self.stats, self._config.batch_points
             async for chunk in feed.chunks():
                 for tp, records in chunk:
                     lane = self._lane(tp)
                     start = 0
                     while start < len(records):
-                        batch, readings = lane.batch, []
+                        batch = lane.batch
                         before = len(batch.points)
-                        end = batch.add(tp, records, start, limit, follows, readings)
+                        end = batch.add(tp, records, start, limit, follows)
                         stats.messages_total += end - start
                         stats.points_total += len(batch.points) - before
-                        if readings and clock is not None:
-                            stats.late_readings_total += clock.observe(readings)
                         if len(batch.points) >= limit:
                             self._hand_over(lane)
                             await self._room(lane)
@@ -251,7 +246,9 @@ class IngestPipeline:
         while True:
             batch = await lane.handed_over.get()
             lane.taken.set()
+            newest = await self._observe_event_times(batch)
             await self._deliver(batch)
+            self.stats.record_freshness(newest.values(), time.time_ns() // 1000)
             feed.ack(batch.offsets)
             if self._commit_offsets is not None and time.monotonic() >= self._next_commit:
                 # Commit sooner than Faust's timer (a rebalance, e.g. when new device topics
@@ -260,13 +257,39 @@ class IngestPipeline:
                 self._next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
                 await self._commit_offsets()
 
+    async def _observe_event_times(self, batch: Batch) -> dict[str, int]:
+        """Count the batch's late readings on the devices' event clocks and return each
+        device's newest reading time.
+
+        Runs in the lane's writer, in batch order, when every earlier batch of the lane is
+        durable: clocks evicted now are the database's, so loading them again (in one query
+        for the devices of the batch not in memory) changes no count.
+        """
+        clock = self._clock
+        if clock is not None:
+            clock.evict()
+            missing = clock.missing(message[0].device_id for message in batch.readings)
+            if missing:
+                stored = await self._retrying(
+                    "read device clocks", lambda: self._sink.last_seen(missing), is_transient)
+                clock.load(missing, stored)
+        newest: dict[str, int] = {}
+        late = 0
+        for readings in batch.readings:
+            if clock is not None:
+                late += clock.observe(readings)
+            device, time_us = readings[0].device_id, max(r.time_us for r in readings)
+            if time_us > newest.get(device, 0):
+                newest[device] = time_us
+        self.stats.late_readings_total += late
+        return newest
+
     async def _deliver(self, batch: Batch) -> WriteResult:
         """Make the batch's rows and dead letters durable, retrying until they are."""
         started = time.monotonic()
         result = await self._retrying("write rows", lambda: self._store(batch), is_transient)
         self.stats.db_available = True
         self.stats.record_batch(result.points, result.inserted, time.monotonic() - started)
-        self.stats.record_freshness(batch.newest.values(), time.time_ns() // 1000)
         if batch.dead_letters:
             await self._dead_letter(batch.dead_letters)
         return result
@@ -416,7 +439,7 @@ async def ingest(stream: StreamT) -> None:
             TimescaleSink(pool), DeadLetterOutbox(pool), publish_dead_letter, config,
             pipeline_stats, commit_offsets=app.consumer.commit,
             event_clock=EventClock(int(settings.aggregate_grace * 1_000_000),
-                                   await _device_clocks(pool)),
+                                   settings.event_clock_max_devices),
             draining=lambda: app.rebalancing or app.should_stop,
         )
         # Subscribes the agent's topics as iterating its stream would; their records then
@@ -439,18 +462,6 @@ async def run_or_exit(run: Awaitable[None]) -> None:
         await run
     except Exception as exc:
         exit_without_committing(EXIT_INGEST_FAILED, f"ingest failed ({type(exc).__name__})", exc)
-
-
-async def _device_clocks(pool: Any) -> dict[str, int]:
-    """Each known device's newest stored reading time, to seed the event clocks."""
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT device_id, (extract(epoch FROM last_seen) * 1e6)::bigint AS us FROM devices")
-    except Exception as exc:  # the database may be down: clocks then start from the stream
-        log.warning("event clocks start empty (devices unreadable: %s)", exc)
-        return {}
-    return {row["device_id"]: row["us"] for row in rows}
 
 
 @app.task

@@ -96,6 +96,12 @@ SELECT count(*) FROM inserted
 )
 
 
+_LAST_SEEN = """
+SELECT device_id, (extract(epoch FROM last_seen) * 1000000)::bigint AS us
+FROM devices WHERE device_id = ANY($1::text[])
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     """What one batch did to the database."""
@@ -131,6 +137,13 @@ class TimescaleSink:
                 await conn.copy_records_to_table("batch_points_staging", records=records)
                 inserted = await conn.fetchval(_MERGE)
         return WriteResult(points=len(points), inserted=inserted)
+
+    async def last_seen(self, device_ids: Sequence[str]) -> dict[str, int]:
+        """Each known device's newest stored reading time (microseconds since the epoch);
+        devices never stored are left out."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(_LAST_SEEN, list(device_ids))
+        return {row["device_id"]: row["us"] for row in rows}
 
     def _records(self, points: Sequence[Point]) -> list[tuple[int, int, float, int]]:
         """The staging rows of ``points``; KeyError if a series is not cached."""

@@ -153,6 +153,7 @@ class Settings:
 
     sink_batch_points: int = 50_000
     aggregate_grace: float = 60.0
+    event_clock_max_devices: int = 100_000
     sink_linger: float = 0.2
     sink_writers: int = 2
 
@@ -254,6 +255,8 @@ class Settings:
             sink_linger=_float(env, "SINK_LINGER", cls.sink_linger, minimum=0.0),
             sink_writers=_int(env, "SINK_WRITERS", cls.sink_writers, minimum=1),
             aggregate_grace=_float(env, "AGGREGATE_GRACE", cls.aggregate_grace, minimum=0.0),
+            event_clock_max_devices=_int(
+                env, "EVENT_CLOCK_MAX_DEVICES", cls.event_clock_max_devices, minimum=1),
         )
         if settings.web_port > 65535 or settings.db_port > 65535:
             raise ConfigError("WEB_PORT and DB_PORT must be <= 65535")

@@ -212,13 +212,16 @@ def postgres_stopped() -> Iterator[None]:
 
 
 async def worker_get(port: int, path: str) -> tuple[int, bytes]:
-    """GET a worker route on loopback: (status, body), 4xx and 5xx included."""
+    """GET a worker route on loopback: (status, body), 4xx and 5xx included; status 0
+    while nothing answers on the port (the worker still starting)."""
     def get() -> tuple[int, bytes]:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
                 return answer.status, answer.read()
         except urllib.error.HTTPError as error:
             return error.code, error.read()
+        except urllib.error.URLError as error:
+            return 0, str(error.reason).encode()
     return await asyncio.to_thread(get)
 
 

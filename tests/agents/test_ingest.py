@@ -16,6 +16,7 @@ from agents.ingest import IngestConfig, IngestPipeline, run_or_exit
 from schema.dead_letters import DeadLetter
 from sinks.timescale import Point, WriteResult
 from streams.topics import SHARED_TOPIC
+from tables.event_clock import EventClock
 from tests.records import record, tp_of
 
 NOW = datetime.now(timezone.utc)
@@ -67,6 +68,7 @@ class FakeSink:
         self.gate = asyncio.Event()
         self.gate.set()
         self.calls = 0
+        self.clock_reads: list[list[str]] = []  # the devices of each last_seen call
 
     async def write(self, points: Sequence[Point]) -> WriteResult:
         self.calls += 1
@@ -82,6 +84,15 @@ class FakeSink:
                 self.rows[(time_us, device, metric)] = value
                 new += 1
         return WriteResult(points=len(points), inserted=new)
+
+    async def last_seen(self, device_ids: Sequence[str]) -> dict[str, int]:
+        """Each device's newest stored time, as the devices table keeps it."""
+        self.clock_reads.append(sorted(device_ids))
+        newest: dict[str, int] = {}
+        for time_us, device, _ in self.rows:
+            if device in device_ids and time_us > newest.get(device, 0):
+                newest[device] = time_us
+        return newest
 
 
 class DeadLetters:
@@ -314,6 +325,50 @@ async def test_while_the_database_is_slow_batches_grow_instead_of_piling_up() ->
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert len(sink.releases) <= 3, "one batch written, one waiting, one filling"
+
+
+MINUTE_S = 60
+
+
+def late_pipeline(sink: FakeSink, max_devices: int) -> IngestPipeline:
+    letters = DeadLetters()
+    config = IngestConfig(batch_points=3, linger=0.01, retention=timedelta(days=90),
+                          max_backoff=0.05)
+    return IngestPipeline(sink, letters, letters.publish, config,
+                          event_clock=EventClock(grace_us=0, max_devices=max_devices))
+
+
+async def test_a_device_first_seen_after_start_is_judged_by_its_stored_clock() -> None:
+    sink = FakeSink()
+    stored_at = int((NOW - timedelta(minutes=5)).timestamp() * 1_000_000)
+    sink.rows[(stored_at, "d1", "t")] = 1.0  # stored before this worker started
+    pipeline = late_pipeline(sink, max_devices=100)
+    # 20 minutes before d1's stored clock: its bucket closed long ago. d2 is new.
+    old = [event(reading(device=d, seconds=-20 * MINUTE_S), offset, device=d)
+           for offset, d in enumerate(["d1", "d2"])]
+    stream = FakeStream(old)
+    await run_until(pipeline, stream, lambda: len(stream.acked) == 2)
+    assert pipeline.stats.late_readings_total == 1, "d1's reading is late, d2's is not"
+    assert sink.clock_reads == [["d1", "d2"]] or sorted(map(tuple, sink.clock_reads)) == [
+        ("d1",), ("d2",)], "each device's clock is read once, when it first shows up"
+
+
+async def test_evicting_clocks_changes_no_late_count() -> None:
+    # Three devices, readings out of order by minutes: some late, some not.
+    offsets_minutes = [0, 5, -3, 9, 2, -8, 12, 11, -20, 15, 14, 3]
+    messages = [event(reading(device=d, seconds=m * MINUTE_S - 30 * MINUTE_S), i, device=d)
+                for i, (m, d) in enumerate((m, d) for m in offsets_minutes
+                                           for d in ("d1", "d2", "d3"))]
+    counts = []
+    for max_devices in (100, 1):
+        sink = FakeSink()
+        pipeline = late_pipeline(sink, max_devices)
+        stream = FakeStream(list(messages))
+        await run_until(pipeline, stream, lambda: len(stream.acked) == len(messages))
+        counts.append((pipeline.stats.late_readings_total, len(sink.clock_reads)))
+    (unbounded_late, unbounded_reads), (bounded_late, bounded_reads) = counts
+    assert unbounded_late > 0 and bounded_late == unbounded_late
+    assert bounded_reads > unbounded_reads, "the bounded clocks were evicted and read again"
 
 
 async def test_a_message_consumed_twice_is_dead_lettered_once() -> None:

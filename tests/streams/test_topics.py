@@ -147,10 +147,10 @@ def test_without_a_filter_or_in_per_device_mode_every_key_is_followed() -> None:
 
 def _add(batch: Batch, topic: str, key: bytes | None, value: Any) -> list[Any]:
     """The valid readings ``batch`` takes from one message."""
-    readings: list[Any] = []
+    before = len(batch.readings)
     r = record(topic, key, value, offset=7)
-    assert batch.add(tp_of(r), [r], 0, 1000, None, readings) == 1
-    return readings
+    assert batch.add(tp_of(r), [r], 0, 1000, None) == 1
+    return [reading for message in batch.readings[before:] for reading in message]
 
 
 def test_the_agent_dead_letters_a_shared_topic_reading_whose_device_is_not_the_key() -> None:
