@@ -76,7 +76,9 @@ class Batch:
     records: list[ConsumerRecord] = field(default_factory=list)  # the ones validated
     points: list[Point] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    readings: list[list[Reading]] = field(default_factory=list)  # each message's valid ones
+    # The valid readings, one list per run of consecutive messages of one device (a fetch's
+    # records of one partition, per device topic): the event clocks observe a run at once.
+    readings: list[list[Reading]] = field(default_factory=list)
 
     def add(self, tp: TP, records: Sequence[ConsumerRecord], start: int, limit: int,
             follows: Callable[[str], bool] | None) -> int:
@@ -88,6 +90,8 @@ class Batch:
         points, window, readings = self.points, self.window, self.readings
         offsets = self.offsets.setdefault(tp, [])
         device = device_of_topic(tp.topic)  # None on the shared topic: the key names it
+        run: list[Reading] = []
+        run_device: str | None = None
         index = start
         while index < len(records) and len(points) < limit:
             record = records[index]
@@ -101,7 +105,10 @@ class Batch:
             if valid:
                 for reading in valid:
                     points.extend(_points_of(reading))
-                readings.append(valid)
+                if expected != run_device:
+                    run, run_device = [], expected
+                    readings.append(run)
+                run.extend(valid)
             if invalid:
                 self._dead_letter(record, invalid)
         return index
@@ -275,7 +282,7 @@ class IngestPipeline:
                 clock.load(missing, stored)
         newest: dict[str, int] = {}
         late = 0
-        for readings in batch.readings:
+        for readings in batch.readings:  # each a run of one device's readings, in order
             if clock is not None:
                 late += clock.observe(readings)
             device, time_us = readings[0].device_id, max(r.time_us for r in readings)

@@ -53,8 +53,8 @@ class EventClock:
             self._clocks[device_id] = stored.get(device_id, 0)
 
     def observe(self, readings: Sequence[Reading]) -> int:
-        """Advance the clock with one message's readings (one device, loaded); return how
-        many were late."""
+        """Advance the clock with readings of one device (loaded), received together;
+        return how many were late by the clock before them."""
         device_id = readings[0].device_id
         clocks = self._clocks
         clock = clocks[device_id]
