@@ -76,9 +76,10 @@ class Batch:
     records: list[ConsumerRecord] = field(default_factory=list)  # the ones validated
     points: list[Point] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    # The valid readings, one list per run of consecutive messages of one device (a fetch's
-    # records of one partition, per device topic): the event clocks observe a run at once.
-    readings: list[list[Reading]] = field(default_factory=list)
+    # The valid readings' times, one list per run of consecutive messages of one device (a
+    # fetch's records of one partition, per device topic): the event clocks observe a run
+    # at once. Times only: the readings themselves are not kept until the write.
+    event_times: list[tuple[str, list[int]]] = field(default_factory=list)
 
     def add(self, tp: TP, records: Sequence[ConsumerRecord], start: int, limit: int,
             follows: Callable[[str], bool] | None) -> int:
@@ -87,10 +88,10 @@ class Batch:
 
         Records of devices ``follows`` refuses are acked with the batch, untouched.
         """
-        points, window, readings = self.points, self.window, self.readings
+        points, window, event_times = self.points, self.window, self.event_times
         offsets = self.offsets.setdefault(tp, [])
         device = device_of_topic(tp.topic)  # None on the shared topic: the key names it
-        run: list[Reading] = []
+        run: list[int] = []
         run_device: str | None = None
         index = start
         while index < len(records) and len(points) < limit:
@@ -107,8 +108,8 @@ class Batch:
                     points.extend(_points_of(reading))
                 if expected != run_device:
                     run, run_device = [], expected
-                    readings.append(run)
-                run.extend(valid)
+                    event_times.append((expected, run))
+                run.extend([reading.time_us for reading in valid])
             if invalid:
                 self._dead_letter(record, invalid)
         return index
@@ -275,17 +276,17 @@ class IngestPipeline:
         clock = self._clock
         if clock is not None:
             clock.evict()
-            missing = clock.missing(message[0].device_id for message in batch.readings)
+            missing = clock.missing(device for device, _ in batch.event_times)
             if missing:
                 stored = await self._retrying(
                     "read device clocks", lambda: self._sink.last_seen(missing), is_transient)
                 clock.load(missing, stored)
         newest: dict[str, int] = {}
         late = 0
-        for readings in batch.readings:  # each a run of one device's readings, in order
+        for device, times in batch.event_times:  # runs of one device's readings, in order
             if clock is not None:
-                late += clock.observe(readings)
-            device, time_us = readings[0].device_id, max(r.time_us for r in readings)
+                late += clock.observe(device, times)
+            time_us = max(times)
             if time_us > newest.get(device, 0):
                 newest[device] = time_us
         self.stats.late_readings_total += late

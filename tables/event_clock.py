@@ -21,8 +21,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Iterable, Mapping, Sequence
 
-from schema.validation import Reading
-
 BUCKET_US = 60_000_000  # late is judged against the 1-minute buckets
 
 
@@ -52,17 +50,15 @@ class EventClock:
         for device_id in device_ids:
             self._clocks[device_id] = stored.get(device_id, 0)
 
-    def observe(self, readings: Sequence[Reading]) -> int:
-        """Advance the clock with readings of one device (loaded), received together;
+    def observe(self, device_id: str, times_us: Sequence[int]) -> int:
+        """Advance the device's clock (loaded) with reading times received together;
         return how many were late by the clock before them."""
-        device_id = readings[0].device_id
         clocks = self._clocks
         clock = clocks[device_id]
         clocks.move_to_end(device_id)
         closed_before = clock - self._grace_us
-        late = sum(1 for r in readings
-                   if r.time_us - r.time_us % BUCKET_US + BUCKET_US <= closed_before)
-        newest = max(r.time_us for r in readings)
+        late = sum(1 for t in times_us if t - t % BUCKET_US + BUCKET_US <= closed_before)
+        newest = max(times_us)
         if newest > clock:
             clocks[device_id] = newest
         return late
