@@ -11,8 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -209,20 +207,6 @@ def postgres_stopped() -> Iterator[None]:
         yield
     finally:
         subprocess.run(["bash", str(REPO / "stack" / "up.sh")], check=True, capture_output=True)
-
-
-async def worker_get(port: int, path: str) -> tuple[int, bytes]:
-    """GET a worker route on loopback: (status, body), 4xx and 5xx included; status 0
-    while nothing answers on the port (the worker still starting)."""
-    def get() -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
-                return answer.status, answer.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
-        except urllib.error.URLError as error:
-            return 0, str(error.reason).encode()
-    return await asyncio.to_thread(get)
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:

@@ -29,8 +29,8 @@ from tests.stack import (
     read_dead_letters,
     rows_at_least,
     wait_for,
-    worker_get,
 )
+from tests.web.worker_web import get
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,11 +68,10 @@ async def test_postgres_stopped_for_30_seconds_mid_stream_loses_nothing(start_wo
     with postgres_stopped():
         stop = time.monotonic() + 30
         while time.monotonic() < stop:
-            _, state = await worker_get(worker.web_port, "/pipeline/db")
-            outage_seen = outage_seen or orjson.loads(state).get("available") is False
-            status, ready = await worker_get(worker.web_port, "/health/ready")
-            unready_seen = unready_seen or (
-                status == 503 and "database" in orjson.loads(ready)["failing"])
+            _, state = await get(worker, "/pipeline/db")
+            outage_seen = outage_seen or state.get("available") is False
+            status, ready = await get(worker, "/health/ready")
+            unready_seen = unready_seen or (status == 503 and "database" in ready["failing"])
             await asyncio.sleep(2)
         assert worker.process.poll() is None, "the worker must survive the outage"
     await publishing
@@ -80,7 +79,7 @@ async def test_postgres_stopped_for_30_seconds_mid_stream_loses_nothing(start_wo
     await assert_exactly_once(stream)
     assert outage_seen, "/pipeline/db never reported the database unavailable"
     assert unready_seen, "/health/ready never failed its database check"
-    assert (await worker_get(worker.web_port, "/health/ready"))[0] == 200, "ready again"
+    assert (await get(worker, "/health/ready"))[0] == 200, "ready again"
 
 
 async def test_pgbouncer_restarted_mid_stream_loses_nothing(start_worker) -> None:

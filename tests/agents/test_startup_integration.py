@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 
-import orjson
 import pytest
 
 from tests.stack import (
@@ -11,8 +10,8 @@ from tests.stack import (
     db_connect,
     unique,
     wait_for,
-    worker_get,
 )
+from tests.web.worker_web import get
 
 pytestmark = pytest.mark.integration
 
@@ -48,8 +47,8 @@ async def test_a_starting_worker_reads_no_device_rows(private_broker: PrivateBro
                                   **private_broker.worker_env())
 
             async def ready() -> bool:
-                status, body = await worker_get(worker.web_port, "/health/ready")
-                return status == 200 and orjson.loads(body)["ready"]
+                status, body = await get(worker, "/health/ready")
+                return status == 200 and body["ready"]
             await wait_for(ready, 90, "the worker to be ready")
             await asyncio.sleep(2)  # backends flush their table statistics within a second
             after = await _devices_reads()

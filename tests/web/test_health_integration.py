@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -13,6 +12,7 @@ from streams.worker import EXIT_STALLED
 from web.health import STALL_EXIT_DELAY_SECONDS
 from tests.stack import (
     RawProducer,
+    Worker,
     count_rows,
     create_topics,
     db_connect,
@@ -20,22 +20,17 @@ from tests.stack import (
     rows_at_least,
     stored_points,
     wait_for,
-    worker_get,
 )
+from tests.web.worker_web import get
 
 pytestmark = pytest.mark.integration
 
 STALL_SECONDS = 8
 
 
-async def _ready(port: int) -> tuple[int, dict]:
-    status, body = await worker_get(port, "/health/ready")
-    return status, orjson.loads(body)
-
-
-async def _metric(port: int, name: str) -> float:
-    _, text = await worker_get(port, "/metrics")
-    for family in text_string_to_metric_families(text.decode()):
+async def _metric(worker: Worker, name: str) -> float:
+    _, text = await get(worker, "/metrics")
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name:
                 return sample.value
@@ -55,12 +50,11 @@ async def test_a_write_that_hangs_is_a_stall_the_worker_reports_then_exits_on(
     async with RawProducer() as producer:
         await producer.send(topic, key, reading(0))
         worker = start_worker("stall", DEVICE_FILTER=only, STALL_SECONDS=str(STALL_SECONDS))
-        port = worker.web_port
         await wait_for(lambda: rows_at_least([device], 1), 90, "the first row")
-        assert (await worker_get(port, "/health/live"))[0] == 200
+        assert (await get(worker, "/health/live"))[0] == 200
 
         async def ready() -> bool:
-            return (await _ready(port))[0] == 200
+            return (await get(worker, "/health/ready"))[0] == 200
         await wait_for(ready, 30, "the worker to be ready")
 
         # Step 1: the worker's next write hangs on a row lock (the database stays up).
@@ -74,16 +68,16 @@ async def test_a_write_that_hangs_is_a_stall_the_worker_reports_then_exits_on(
 
             # Step 2: readiness fails on the stall, naming the partition.
             async def stalled() -> bool:
-                status, body = await _ready(port)
+                status, body = await get(worker, "/health/ready")
                 return status == 503 and "not_stalled" in body["failing"]
             await wait_for(stalled, STALL_SECONDS + 30, "/health/ready to report the stall")
-            _, body = await _ready(port)
+            _, body = await get(worker, "/health/ready")
             assert f"{topic}[{partition}]" in body["checks"]["not_stalled"]["detail"]
             assert body["checks"]["database"]["ok"], "the database is up: it is a stall"
             # Step 3: counted in /metrics.
-            assert await _metric(port, "devicestream_stalls_total") == 1
-            assert await _metric(port, "devicestream_stalled_partitions") == 1
-            assert await _metric(port, "devicestream_ready") == 0
+            assert await _metric(worker, "devicestream_stalls_total") == 1
+            assert await _metric(worker, "devicestream_stalled_partitions") == 1
+            assert await _metric(worker, "devicestream_ready") == 0
             # Step 4: the worker exits with its stall status and logs the partition.
             deadline = time.monotonic() + STALL_EXIT_DELAY_SECONDS + 30
             while worker.process.poll() is None and time.monotonic() < deadline:
