@@ -46,7 +46,7 @@ import asyncpg
 import orjson
 from faust.web import Request, Response, View
 
-from schema.validation import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN, _parse_rfc3339
+from schema.validation import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN, parse_rfc3339
 from sinks.postgres import connect_kwargs, is_transient
 from streams.app import app, pipeline_stats, settings
 from streams.settings import Settings
@@ -97,7 +97,7 @@ def parse_time(name: str, value: str) -> datetime:
     fixed = _OFFSET_AS_SPACE.fullmatch(value)
     if fixed:  # "+01:00" in a query string decodes to " 01:00" unless sent as %2B
         value = f"{fixed.group(1)}+{fixed.group(2)}"
-    us = _parse_rfc3339(value)
+    us = parse_rfc3339(value)
     if isinstance(us, str):
         raise BadRequest(f"{name}: {us.removeprefix('time: ')}")
     return _EPOCH + timedelta(microseconds=us)
