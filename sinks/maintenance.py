@@ -7,7 +7,9 @@ One run (``run_maintenance``) does, in this order, each step in its own transact
    wholly older than ``H`` are dropped (``drop_chunks``). Nothing any device must keep is
    older than ``H``, so dropping whole chunks there is safe by construction. With the
    Timescale license the same horizon is also installed as ``add_retention_policy`` (kept
-   equal to ``H`` on every run), so it applies even while no worker runs.
+   equal to ``H`` on every run), so it applies even while no worker runs; not with
+   ``ARCHIVE_DIR`` set (see below): then that policy is removed, as it would drop chunks
+   unarchived, and raw retention runs from the workers only.
 2. **Aggregate retention.** ``readings_1m`` / ``readings_1h`` chunks older than
    ``AGGREGATE_1M_RETENTION_DAYS`` / ``AGGREGATE_1H_RETENTION_DAYS`` are dropped (policies
    too under the Timescale license). Aggregates do not follow per-device overrides.
@@ -18,6 +20,12 @@ One run (``run_maintenance``) does, in this order, each step in its own transact
    what is kept, no dead rows, no bloat); a chunk with no keeper is dropped. A compressed
    chunk (Timescale license) is trimmed with a DELETE on the segment-by column, which
    removes whole compressed batches.
+
+   **Cold archive.** With ``ARCHIVE_DIR`` set, every raw chunk steps 1 and 3 are about to
+   drop or trim is first exported whole to a Parquet file (``sinks/cold_archive.py``), in
+   the same transaction, the chunk locked against writes; the rows go only after the file
+   is verified. A chunk whose export fails is kept (its error logged with the chunk's name
+   and listed in the report) and the run goes on; the next run tries again.
 4. **Per-device deletes.** For each ``devices.retention_days`` value shorter than ``H``:
    ``DELETE`` the rows of those devices older than it, by series id through the
    ``(series_id, time)`` index (index probes, no chunk scan). Devices with no override
@@ -47,13 +55,17 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
 
 from sinks.postgres import connect_kwargs
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from sinks.cold_archive import ArchivedChunk
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +96,13 @@ _apache_logged = False
 
 @dataclass(frozen=True)
 class RetentionSettings:
-    """The retention and compression knobs (days)."""
+    """The retention and compression knobs (days), and where raw chunks are archived."""
 
     raw_days: int = 90
     minute_days: int = 365
     hour_days: int = 1825
     compress_after_days: int = 7
+    archive_dir: str = ""  # empty: no archive
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "RetentionSettings":
@@ -98,6 +111,7 @@ class RetentionSettings:
             minute_days=settings.aggregate_1m_retention_days,
             hour_days=settings.aggregate_1h_retention_days,
             compress_after_days=settings.compress_after_days,
+            archive_dir=settings.archive_dir,
         )
 
     def aggregate_days(self, table: str) -> int:
@@ -139,6 +153,11 @@ class MaintenanceReport:
     trimmed_chunks: int = 0
     trimmed_rows_kept: int = 0
     emptied_chunks_dropped: int = 0
+    archive_dir: str | None = None
+    archived_chunks: int = 0  # files verified this run (written or already there)
+    archived_rows: int = 0
+    archived_bytes: int = 0
+    archive_failures: dict[str, str] = field(default_factory=dict)  # chunk -> error; kept
     deleted_rows: dict[str, int] = field(default_factory=dict)  # "7 days" -> rows
     compacted_indexes: int = 0
     compaction_backlog: int = 0
@@ -164,6 +183,14 @@ class MaintenanceReport:
             f"({self.trimmed_rows_kept} rows kept, "
             f"{self.emptied_chunks_dropped} empty chunks dropped)",
             f"rows deleted for per-device retention: {deleted}",
+        ]
+        if self.archive_dir:
+            lines.append(
+                f"chunks archived to Parquet in {self.archive_dir}: {self.archived_chunks} "
+                f"({self.archived_rows} rows, {self.archived_bytes} bytes)")
+            lines += [f"archive failed, chunk kept: {chunk}: {error}"
+                      for chunk, error in self.archive_failures.items()]
+        lines += [
             f"chunk indexes compacted: {self.compacted_indexes}" + (
                 f" ({self.compaction_backlog} left for the next runs)"
                 if self.compaction_backlog else ""),
@@ -285,6 +312,18 @@ async def ensure_retention_policy(conn: asyncpg.Connection, table: str, days: in
         f" (was {current})" if exists else "")
 
 
+async def remove_retention_policy(conn: asyncpg.Connection, table: str) -> str | None:
+    """Timescale license: remove ``table``'s retention policy if it has one; what changed."""
+    async with conn.transaction():
+        exists, current = await _policy_interval(conn, "policy_retention", "drop_after", table)
+        if not exists:
+            return None
+        await conn.execute("SELECT remove_retention_policy($1::regclass, if_exists => true)",
+                           table)
+    return (f"{table}: retention policy (drop_after {current}) removed: with ARCHIVE_DIR "
+            f"set, chunks are archived before maintenance drops them")
+
+
 async def ensure_compression(conn: asyncpg.Connection, table: str, days: int) -> list[str]:
     """Timescale license: compression on ``table`` with a policy at ``days``; what changed."""
     schema, name = table.split(".")
@@ -331,6 +370,65 @@ async def _drop_chunks(conn: asyncpg.Connection, table: str, older_than: datetim
     return len(dropped)
 
 
+async def _drop_raw_chunk(conn: asyncpg.Connection, chunk: str, range_start: datetime,
+                          range_end: datetime) -> None:
+    """Drop one raw chunk and its bookkeeping, in the caller's transaction."""
+    await conn.execute(
+        "SELECT drop_chunks($1::regclass, older_than => $2::timestamptz, "
+        "newer_than => $3::timestamptz)", RAW, range_end, range_start)
+    await conn.execute("DELETE FROM storage.chunk_maintenance WHERE chunk = $1", chunk)
+
+
+async def _archive(conn: asyncpg.Connection, chunk: str, range_start: datetime,
+                   range_end: datetime, directory: Path) -> ArchivedChunk:
+    """``archive_chunk``, imported here: pyarrow (~30 MB of a worker's memory) is loaded
+    only where ARCHIVE_DIR is set."""
+    from sinks.cold_archive import Chunk, archive_chunk
+    return await archive_chunk(conn, Chunk(chunk, range_start, range_end), directory)
+
+
+def _count_archived(report: MaintenanceReport, archived: ArchivedChunk) -> None:
+    report.archived_chunks += 1
+    report.archived_rows += archived.rows
+    report.archived_bytes += archived.bytes
+
+
+def _archive_failed(report: MaintenanceReport, chunk: str, exc: Exception) -> None:
+    log.error("archive of raw chunk %s failed, the chunk is kept: %s: %s", chunk,
+              type(exc).__name__, exc)
+    report.archive_failures[chunk] = f"{type(exc).__name__}: {exc}"
+
+
+# Exactly the chunks ``drop_chunks(older_than => $1)`` drops.
+_RAW_CHUNKS_TO_DROP = """
+SELECT format('%I.%I', c.chunk_schema, c.chunk_name) AS chunk, c.range_start, c.range_end
+FROM show_chunks('storage.readings'::regclass, older_than => $1::timestamptz) AS s(chunk)
+JOIN timescaledb_information.chunks c
+  ON s.chunk = format('%I.%I', c.chunk_schema, c.chunk_name)::regclass
+ORDER BY c.range_start
+"""
+
+
+async def _archive_and_drop(conn: asyncpg.Connection, older_than: datetime, archive: Path,
+                            report: MaintenanceReport) -> int:
+    """Step 1 with ARCHIVE_DIR: each chunk archived and dropped in one transaction; a chunk
+    whose archive fails stays. Returns the chunks dropped."""
+    async with conn.transaction():
+        rows = await conn.fetch(_RAW_CHUNKS_TO_DROP, older_than)
+    dropped = 0
+    for chunk, range_start, range_end in rows:
+        try:
+            async with conn.transaction():
+                archived = await _archive(conn, chunk, range_start, range_end, archive)
+                await _drop_raw_chunk(conn, chunk, range_start, range_end)
+        except Exception as exc:  # noqa: BLE001 - that chunk stays; the others go on
+            _archive_failed(report, chunk, exc)
+            continue
+        _count_archived(report, archived)
+        dropped += 1
+    return dropped
+
+
 _CHUNKS_TO_TRIM = """
 SELECT format('%I.%I', c.chunk_schema, c.chunk_name) AS chunk, c.is_compressed,
        c.range_start, c.range_end
@@ -348,13 +446,17 @@ WHERE d.retention_days > $1
 
 
 async def _trim_chunk(conn: asyncpg.Connection, chunk: str, compressed: bool,
-                      range_start: datetime, range_end: datetime,
-                      default_days: int) -> tuple[int, bool]:
+                      range_start: datetime, range_end: datetime, default_days: int,
+                      archive: Path | None) -> tuple[int, bool, ArchivedChunk | None]:
     """Keep only the rows of devices with a retention longer than the default.
 
-    Returns (rows kept, chunk dropped because nothing was kept).
+    With ``archive``, the whole chunk is archived first, in the same transaction. Returns
+    (rows kept, chunk dropped because nothing was kept, the archive).
     """
     async with conn.transaction():
+        # Archived before anything is removed; the chunk stays locked against writes.
+        archived = (await _archive(conn, chunk, range_start, range_end, archive)
+                    if archive else None)
         if compressed:
             # Filtered on the segment-by column: whole compressed batches go.
             keep = [r["series_id"] for r in await conn.fetch(_LONG_SERIES, default_days)]
@@ -377,15 +479,12 @@ async def _trim_chunk(conn: asyncpg.Connection, chunk: str, compressed: bool,
                 await conn.execute(
                     f"INSERT INTO {chunk} SELECT * FROM trim_keep ORDER BY series_id, time")
         if kept == 0:
-            await conn.execute(
-                "SELECT drop_chunks($1::regclass, older_than => $2::timestamptz, "
-                "newer_than => $3::timestamptz)", RAW, range_end, range_start)
-            await conn.execute("DELETE FROM storage.chunk_maintenance WHERE chunk = $1", chunk)
-            return 0, True
+            await _drop_raw_chunk(conn, chunk, range_start, range_end)
+            return 0, True, archived
         await conn.execute(
             "INSERT INTO storage.chunk_maintenance (chunk, trimmed_at) VALUES ($1, now()) "
             "ON CONFLICT (chunk) DO UPDATE SET trimmed_at = now()", chunk)
-        return kept, False
+        return kept, False, archived
 
 
 async def _delete_for_override(conn: asyncpg.Connection, days: int, cutoff: datetime) -> int:
@@ -543,11 +642,16 @@ async def run_maintenance(conn: asyncpg.Connection, retention: RetentionSettings
 
     plan = await retention_plan(conn, retention.raw_days)
     report.horizon_days = plan.horizon_days
+    archive = Path(retention.archive_dir) if retention.archive_dir else None
+    report.archive_dir = retention.archive_dir or None
     if tsl:
-        changed = await ensure_retention_policy(conn, RAW, plan.horizon_days)
+        # A policy would drop raw chunks without archiving them.
+        changed = (await remove_retention_policy(conn, RAW) if archive
+                   else await ensure_retention_policy(conn, RAW, plan.horizon_days))
         report.policies += [changed] if changed else []
-    report.dropped_chunks[RAW] = await _drop_chunks(
-        conn, RAW, now - timedelta(days=plan.horizon_days))
+    horizon = now - timedelta(days=plan.horizon_days)
+    report.dropped_chunks[RAW] = (await _archive_and_drop(conn, horizon, archive, report)
+                                  if archive else await _drop_chunks(conn, RAW, horizon))
     await step("raw retention", t)
 
     t = time.perf_counter()
@@ -565,9 +669,17 @@ async def run_maintenance(conn: asyncpg.Connection, retention: RetentionSettings
             chunks = await conn.fetch(
                 _CHUNKS_TO_TRIM, now - timedelta(days=retention.raw_days))
         for row in chunks:
-            kept, dropped = await _trim_chunk(
-                conn, row["chunk"], row["is_compressed"], row["range_start"], row["range_end"],
-                retention.raw_days)
+            try:
+                kept, dropped, archived = await _trim_chunk(
+                    conn, row["chunk"], row["is_compressed"], row["range_start"],
+                    row["range_end"], retention.raw_days, archive)
+            except Exception as exc:  # noqa: BLE001 - with an archive: that chunk stays
+                if archive is None:
+                    raise
+                _archive_failed(report, row["chunk"], exc)
+                continue
+            if archived is not None:
+                _count_archived(report, archived)
             report.trimmed_chunks += 1
             report.trimmed_rows_kept += kept
             report.emptied_chunks_dropped += dropped

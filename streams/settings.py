@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass, fields
 from typing import Mapping
 
@@ -86,6 +87,20 @@ def _token(env: Mapping[str, str], name: str) -> str:
     return value
 
 
+def _writable_dir(env: Mapping[str, str], name: str) -> str:
+    """A directory the process can write, created when missing; empty (unset) stays empty."""
+    path = env.get(name) or ""
+    if path:
+        try:
+            os.makedirs(path, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{name} must be a directory this process can write: {path!r} "
+                              f"({exc.strerror or exc})") from None
+    return path
+
+
 def _is_secret(name: str) -> bool:
     return "password" in name or "token" in name
 
@@ -144,6 +159,7 @@ class Settings:
     aggregate_1m_retention_days: int = 365
     aggregate_1h_retention_days: int = 1825
     maintenance_interval: int = 3600
+    archive_dir: str = ""  # empty: raw chunks are dropped without a Parquet archive
     read_db_host: str = ""
     read_db_port: int = 0
     read_db_pool_size: int = 4
@@ -243,6 +259,7 @@ class Settings:
             maintenance_interval=_int(
                 env, "MAINTENANCE_INTERVAL", cls.maintenance_interval, minimum=0
             ),
+            archive_dir=_writable_dir(env, "ARCHIVE_DIR"),
             read_db_host=_str(env, "READ_DB_HOST", cls.read_db_host),
             read_db_port=_int(env, "READ_DB_PORT", cls.read_db_port, minimum=0),
             read_db_pool_size=_int(env, "READ_DB_POOL_SIZE", cls.read_db_pool_size, minimum=1),

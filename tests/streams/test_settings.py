@@ -1,6 +1,8 @@
 """Settings: defaults fit the local stack; bad values fail at start-up, naming the variable."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from streams.settings import ConfigError, Settings
@@ -40,3 +42,17 @@ def test_the_watched_disks_default_to_the_data_directory() -> None:
 def test_redacted_settings_hide_the_password() -> None:
     shown = Settings.from_env({"DB_PASSWORD": "s3cret"}).redacted()
     assert "s3cret" not in repr(shown)
+
+
+def test_archive_dir_is_off_by_default_and_created_when_set(tmp_path: Path) -> None:
+    assert Settings.from_env({}).archive_dir == ""
+    wanted = tmp_path / "archive" / "raw"
+    assert Settings.from_env({"ARCHIVE_DIR": str(wanted)}).archive_dir == str(wanted)
+    assert wanted.is_dir()
+
+
+def test_an_archive_dir_that_cannot_be_created_fails_at_start_up(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="ARCHIVE_DIR must be a directory this process can write"):
+        Settings.from_env({"ARCHIVE_DIR": str(blocker / "archive")})
