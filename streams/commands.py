@@ -1,7 +1,8 @@
-"""Command-line entry points: ``faust -A streams.app migrate | simulate``."""
+"""Command-line entry points: ``faust -A streams.app migrate | simulate | replay``."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 
 import click
 from faust.cli import AppCommand, option
@@ -11,6 +12,8 @@ from producers.simulator import FleetConfig, Progress, run_fleet
 from schema.migrate import migrate as apply_migrations
 from sinks.postgres import connect
 from streams.app import app, settings
+from streams.replay import ReplayError, parse_since
+from streams.replay import replay as replay_offsets
 from streams.settings import COMPRESSIONS, TOPIC_MODES
 
 
@@ -86,3 +89,29 @@ async def simulate(
              f"({layout}, {config.compression or 'no'} compression)")
     async with DeviceProducer(run_settings, config) as producer:
         await run_fleet(producer, fleet, report)
+
+
+def _since(ctx: click.Context, param: click.Parameter, value: str) -> datetime:
+    """``--since`` checked before anything runs: a bad one is a usage error (exit 2)."""
+    try:
+        return parse_since(value)
+    except ReplayError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@app.command(
+    option("--since", required=True, callback=_since,
+           help="RFC 3339 date-time with a zone (e.g. 2026-12-04T10:00:00Z): replay every "
+                "device-topic record at or after it."),
+    option("--dry-run", is_flag=True, default=False,
+           help="Print the per-partition plan; commit nothing."),
+)
+async def replay(self: AppCommand, since: datetime, dry_run: bool) -> None:
+    """Rewind the workers' committed offsets to --since (after a database restore)."""
+    from web.views import followed_topics  # the workers' topic rules (imported by the app)
+
+    try:
+        await replay_offsets(settings, app.conf.id, followed_topics(settings), since,
+                             apply=not dry_run, say=self.say)
+    except ReplayError as exc:
+        raise click.ClickException(str(exc)) from None

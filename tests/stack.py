@@ -21,6 +21,7 @@ import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from sinks.postgres import connect_kwargs
 from streams.settings import Settings
@@ -58,8 +59,9 @@ def require_stack() -> None:
                 raise RuntimeError(f"{name} is not listening on 127.0.0.1:{port}: run `make stack-up`")
 
 
-async def db_connect() -> asyncpg.Connection:
-    return await asyncpg.connect(**connect_kwargs(SETTINGS))
+async def db_connect(settings: Settings = SETTINGS) -> asyncpg.Connection:
+    """A connection to the stack's database, or to the one ``settings`` names (a restore's)."""
+    return await asyncpg.connect(**connect_kwargs(settings))
 
 
 async def create_topics(names: list[str], partitions: int | None = None) -> None:
@@ -161,6 +163,38 @@ class PrivateBroker:
 
     def worker_env(self) -> dict[str, str]:
         return {"KAFKA_BROKERS": self.address}
+
+
+def run_replay(since: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``faust -A streams.app replay --since SINCE ARGS...`` with ``env`` added (APP_ID...)."""
+    return subprocess.run(
+        [sys.executable, "-m", "faust", "-A", "streams.app", "replay", "--since", since, *args],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "WEB_PORT": str(free_port()), **env})
+
+
+async def committed_offsets(address: str, group: str,
+                            tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+    """The offsets ``group`` committed on ``tps`` (None where it committed none)."""
+    from web.kafka_offsets import BrokerOffsets
+
+    offsets = BrokerOffsets([address])
+    try:
+        return await offsets.committed(group, tps)
+    finally:
+        await offsets.close()
+
+
+async def commit_offsets(address: str, group: str, offsets: dict[TopicPartition, int]) -> None:
+    """Commit ``offsets`` for ``group`` as a stopped worker leaves them (no member stays)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=address, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+    finally:
+        await consumer.stop()
 
 
 async def read_dead_letters(topics: set[str], timeout: float = 5.0) -> list[dict[str, Any]]:
@@ -284,9 +318,10 @@ WHERE e.bucket IS NULL OR a.bucket IS NULL OR e.count <> a.count OR e.min <> a.m
 """
 
 
-async def aggregate_mismatches(devices: list[str]) -> list[dict[str, Any]]:
+async def aggregate_mismatches(devices: list[str],
+                               settings: Settings = SETTINGS) -> list[dict[str, Any]]:
     """Rows of readings_1m / readings_1h that differ from SQL over ``readings`` (sum to 1e-9)."""
-    conn = await db_connect()
+    conn = await db_connect(settings)
     try:
         found = []
         for table, width in (("readings_1m", "1 minute"), ("readings_1h", "1 hour")):
@@ -298,15 +333,16 @@ async def aggregate_mismatches(devices: list[str]) -> list[dict[str, Any]]:
 
 
 async def publish_readings(devices: list[str], per_device: int, metrics: int = 2,
-                           step_ms: int = 250) -> int:
+                           step_ms: int = 250, start_ms: int | None = None) -> int:
     """Publish ``per_device`` readings per device through DeviceProducer; return the points.
 
-    Times start two hours ago and step by ``step_ms``, interleaved across devices, so the
-    readings span many 1-minute buckets and at least two 1-hour buckets.
+    Times start at ``start_ms`` (default two hours ago) and step by ``step_ms``, interleaved
+    across devices, so the readings span many 1-minute buckets and at least two 1-hour buckets.
     """
     from producers.device_producer import DeviceProducer, ProducerConfig
 
-    start_ms = int(time.time() * 1000) - 2 * 3600 * 1000
+    if start_ms is None:
+        start_ms = int(time.time() * 1000) - 2 * 3600 * 1000
     async with DeviceProducer(SETTINGS, ProducerConfig(max_batch_readings=50)) as producer:
         for i in range(per_device):
             await producer.send_many(
@@ -317,8 +353,8 @@ async def publish_readings(devices: list[str], per_device: int, metrics: int = 2
     return len(devices) * per_device * metrics
 
 
-async def count_rows(devices: list[str]) -> int:
-    conn = await db_connect()
+async def count_rows(devices: list[str], settings: Settings = SETTINGS) -> int:
+    conn = await db_connect(settings)
     try:
         return await conn.fetchval(
             "SELECT count(*) FROM readings WHERE device_id = ANY($1)", devices)
@@ -326,9 +362,10 @@ async def count_rows(devices: list[str]) -> int:
         await conn.close()
 
 
-async def rows_at_least(devices: list[str], expected: int) -> bool:
+async def rows_at_least(devices: list[str], expected: int,
+                        settings: Settings = SETTINGS) -> bool:
     """Whether ``readings`` holds at least ``expected`` rows of ``devices`` (for ``wait_for``)."""
-    return await count_rows(devices) >= expected
+    return await count_rows(devices, settings) >= expected
 
 
 async def duplicate_rows(devices: list[str]) -> int:
@@ -342,9 +379,10 @@ async def duplicate_rows(devices: list[str]) -> int:
         await conn.close()
 
 
-async def stored_points(devices: list[str]) -> Counter[tuple[str, str, int, float]]:
+async def stored_points(devices: list[str],
+                        settings: Settings = SETTINGS) -> Counter[tuple[str, str, int, float]]:
     """The stored points of ``devices`` as a multiset of (device, metric, epoch ms, value)."""
-    conn = await db_connect()
+    conn = await db_connect(settings)
     try:
         rows = await conn.fetch(
             "SELECT device_id, metric, (extract(epoch FROM time) * 1000)::bigint AS ms, value "
