@@ -6,7 +6,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STACK := stack
 
-.PHONY: setup stack-up stack-down migrate run test bench
+.PHONY: setup stack-up stack-down migrate run test bench backup restore restore-stop
 
 # Install everything (Debian packages, TimescaleDB, venv, broker); idempotent.
 setup:
@@ -37,3 +37,17 @@ test: migrate
 # End-to-end benchmark against the baseline; writes bench/results/latest.json and a report.
 bench: migrate
 	$(PY) -m bench.pipeline $(BENCH_ARGS)
+
+# Hot backup of the local cluster into the pgBackRest repository (TYPE=incr|diff|full;
+# the first one is full); prints its label, size and seconds.
+backup:
+	bash $(STACK)/backup.sh
+
+# Point-in-time restore into a new cluster on 127.0.0.1:PORT, the running stack untouched:
+# make restore TIME='2026-12-04T10:00:00Z' PORT=55440
+restore:
+	bash $(STACK)/restore.sh '$(TIME)' '$(PORT)'
+
+# Stop and remove the cluster that make restore started on PORT.
+restore-stop:
+	bash $(STACK)/restore-stop.sh '$(PORT)'

@@ -35,6 +35,18 @@ PGBOUNCER_BIN=/usr/sbin/pgbouncer
 TANSU_PIDFILE="$STACK_DIR/tansu.pid"
 TANSU_LOG="$LOG_DIR/tansu.log"
 
+# Backups (pgBackRest): the repository stands for the design's second disk; it
+# defaults to backup/ next to the PostgreSQL data (see backup_repo). Full backups
+# kept, and days of WAL (point-in-time recovery window) kept at least; 0 days
+# keeps by count only.
+STANZA=devicestream
+BACKUP_RETENTION_FULL="${BACKUP_RETENTION_FULL:-7}"
+WAL_ARCHIVE_DAYS="${WAL_ARCHIVE_DAYS:-14}"
+[[ $BACKUP_RETENTION_FULL =~ ^[1-9][0-9]*$ ]] ||
+    { echo "BACKUP_RETENTION_FULL must be an integer >= 1, got '$BACKUP_RETENTION_FULL'" >&2; exit 1; }
+[[ $WAL_ARCHIVE_DAYS =~ ^[0-9]+$ ]] ||
+    { echo "WAL_ARCHIVE_DAYS must be an integer >= 0, got '$WAL_ARCHIVE_DAYS'" >&2; exit 1; }
+
 # Seconds up.sh waits for each service before giving up.
 READY_TIMEOUT="${STACK_READY_TIMEOUT:-60}"
 # Seconds down.sh waits after SIGTERM before SIGKILL (Tansu needs ~6.5 s with clients).
@@ -216,6 +228,28 @@ pg_stop_cluster() {  # MAJOR
         pg_ctl_cluster "$major" "$PG_CLUSTER" stop -m immediate ||
             die "could not stop PostgreSQL cluster $major/$PG_CLUSTER"
     fi
+}
+
+# ---------------------------------------------------------------- pgBackRest
+
+# The backup repository: $BACKUP_REPO, else backup/ in the PostgreSQL state folder.
+backup_repo() {  # PGSTATE
+    if [[ -n ${BACKUP_REPO:-} ]]; then
+        [[ $BACKUP_REPO == /* ]] || die "BACKUP_REPO must be an absolute path, got '$BACKUP_REPO'"
+        printf '%s' "${BACKUP_REPO%/}"
+    else
+        printf '%s/backup' "$1"
+    fi
+}
+
+# pgBackRest's configuration, written by up.sh; the archive_command names it.
+pgbackrest_conf() { printf '%s/pgbackrest/pgbackrest.conf' "$1"; }  # PGSTATE
+
+# pgbackrest PGSTATE ARGS...: pgBackRest as the postgres user with the stack's config.
+pgbackrest_run() {
+    local state=$1
+    shift
+    as_postgres pgbackrest --config="$(pgbackrest_conf "$state")" --stanza="$STANZA" "$@"
 }
 
 # ---------------------------------------------------------------- pgBouncer

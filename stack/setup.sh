@@ -3,7 +3,8 @@
 # (`make setup`). Idempotent and non-interactive; a fast no-op when all is there.
 #
 #   1. Debian packages: PostgreSQL (the release's major: 15 on Debian 12, 17 on
-#      Debian 13) with contrib, pgBouncer, chromium + chromium-driver (browser tests).
+#      Debian 13) with contrib, pgBouncer, pgBackRest (backups, WAL archive),
+#      chromium + chromium-driver (browser tests).
 #      `apt-get update` runs once, only when something is missing.
 #   2. TimescaleDB for that major: Debian's postgresql-MAJOR-timescaledb package
 #      where the release has one (Debian 13); otherwise (Debian 12) built from
@@ -26,7 +27,7 @@ require_root
 acquire_lock
 T0=$SECONDS
 
-BASE_PACKAGES=(postgresql postgresql-contrib pgbouncer chromium chromium-driver
+BASE_PACKAGES=(postgresql postgresql-contrib pgbouncer pgbackrest chromium chromium-driver
                iproute2 xz-utils ca-certificates)
 
 pkg_installed() {

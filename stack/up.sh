@@ -8,7 +8,10 @@
 #
 # Idempotent: a service that already runs with the current settings is left alone.
 # Creates role and database devicestream (password devicestream) with the
-# timescaledb and pg_stat_statements extensions. PostgreSQL settings come from
+# timescaledb and pg_stat_statements extensions. WAL is archived continuously
+# (at most archive_timeout = 60 s late) into the pgBackRest repository
+# (BACKUP_REPO, default backup/ next to the data), whose stanza devicestream is
+# created here; `make backup` and `make restore` use it. PostgreSQL settings come from
 # stack/pg_tuning.py (computed from this host). Logs: .stack/log/.
 # If the cluster name devicestream is registered to another clone's data dir,
 # that cluster is stopped and unregistered (its data is kept; that clone's next
@@ -69,6 +72,7 @@ PGDATA="$PGSTATE/pgdata"
 PGCONF_SNAPSHOT="$PGSTATE/pgconf"   # copy of the cluster's /etc config, to re-register the data dir
 ETC_DIR="/etc/postgresql/$MAJOR/$PG_CLUSTER"
 PG_LOG="$LOG_DIR/postgresql.log"
+PGBR_CONF=$(pgbackrest_conf "$PGSTATE")
 
 pg_register_cluster() {
     local v dd pid
@@ -128,6 +132,11 @@ ssl = off
 synchronous_commit = on
 fsync = on
 full_page_writes = on
+# WAL archiving into the pgBackRest repository: point-in-time recovery (make restore)
+wal_level = replica
+archive_mode = on
+archive_command = 'pgbackrest --config=$PGBR_CONF --stanza=$STANZA archive-push %p'
+archive_timeout = 60
 $tuning"
     mkdir -p "$ETC_DIR/conf.d"
     grep -Eq "^[[:space:]]*include_dir[[:space:]]*=[[:space:]]*'conf\.d'" "$ETC_DIR/postgresql.conf" ||
@@ -203,6 +212,56 @@ ensure_postgres() {
     cp -a "$ETC_DIR" "$PGCONF_SNAPSHOT.tmp"
     rm -rf "$PGCONF_SNAPSHOT"
     mv "$PGCONF_SNAPSHOT.tmp" "$PGCONF_SNAPSHOT"
+}
+
+# ---------------------------------------------------------------- pgBackRest
+
+# Writes pgBackRest's config and creates the stanza in the repository. A repository
+# that holds another database's backups (the data dir was made anew) is moved aside,
+# never deleted.
+ensure_backup_repo() {
+    local repo dir out
+    repo=$(backup_repo "$PGSTATE")
+    dir=$(dirname "$PGBR_CONF")
+    mkdir -p "$dir/log" "$repo"
+    chown "$PG_OS_USER:$PG_OS_USER" "$dir" "$dir/log" "$repo"
+    chmod 750 "$dir" "$repo"
+    as_postgres test -w "$repo" -a -x "$repo" || die "the $PG_OS_USER user cannot write BACKUP_REPO $repo"
+    ln -sfn "$dir/log" "$LOG_DIR/pgbackrest"
+    write_file "$PGBR_CONF" 640 "# Written by stack/up.sh: edit stack/up.sh, not this file.
+[global]
+repo1-path=$repo
+repo1-retention-full=$BACKUP_RETENTION_FULL
+# make backup expires itself (stack/backup.sh: full-backup count and WAL days)
+expire-auto=n
+compress-type=lz4
+start-fast=y
+log-path=$dir/log
+lock-path=$dir/lock
+spool-path=$dir/spool
+log-level-console=warn
+log-level-file=info
+
+[$STANZA]
+pg1-path=$PGDATA
+pg1-port=$PG_PORT
+pg1-socket-path=/var/run/postgresql" || true
+    if ! out=$(pgbackrest_run "$PGSTATE" stanza-create 2>&1); then
+        if grep -q 'do not match the database' <<<"$out"; then
+            local aside
+            aside="$repo.orphan-$(date +%Y%m%d-%H%M%S)"
+            log "backup repository $repo holds another database's backups: moved to $aside"
+            mv "$repo" "$aside"
+            mkdir -p "$repo"
+            chown "$PG_OS_USER:$PG_OS_USER" "$repo"
+            chmod 750 "$repo"
+            out=$(pgbackrest_run "$PGSTATE" stanza-create 2>&1) ||
+                { printf '%s\n' "$out" | sed 's/^/  | /' >&2; die "pgbackrest stanza-create failed"; }
+        else
+            printf '%s\n' "$out" | sed 's/^/  | /' >&2
+            die "pgbackrest stanza-create failed"
+        fi
+    fi
 }
 
 # ---------------------------------------------------------------- pgBouncer
@@ -321,6 +380,7 @@ EOF
 
 ensure_tansu            # first: it starts in milliseconds, no need to wait for it
 ensure_postgres
+ensure_backup_repo
 ensure_pgbouncer
 wait_until "pgBouncer on $HOST:$PGB_PORT" "$PGB_LOG" pgbouncer_query
 wait_until "Tansu on $HOST:$KAFKA_PORT" "$TANSU_LOG" tansu_listening
@@ -332,5 +392,7 @@ printf 'postgres   %s:%s  PostgreSQL %s + TimescaleDB %s, cluster %s/%s, data %s
     "$HOST" "$PG_PORT" "$MAJOR" "$TSDB" "$MAJOR" "$PG_CLUSTER" "$PGDATA"
 printf 'pgbouncer  %s:%s   pgBouncer %s, pool_mode=transaction, database %s, user %s\n' \
     "$HOST" "$PGB_PORT" "$(pgbouncer_version)" "$DB_NAME" "$DB_USER"
+printf 'backups    %s   pgBackRest stanza %s, WAL archived continuously\n' \
+    "$(backup_repo "$PGSTATE")" "$STANZA"
 printf 'kafka      %s:%s   Tansu broker, memory storage (topics are lost when it stops)\n' \
     "$HOST" "$KAFKA_PORT"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import configparser
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -298,9 +299,12 @@ def test_pgbouncer_server_connections_fit_under_max_connections(pgbouncer_ini, p
 
 def test_timescaledb_uses_the_full_tsl_image_and_mounted_config(services, postgresql_conf):
     db = services["timescaledb"]
-    image, _, tag = db["image"].partition(":")
+    assert db["build"]["context"] == "./deploy/timescaledb"
+    image, _, tag = db["build"]["args"]["TIMESCALEDB_IMAGE"].partition(":")
     assert image == "timescale/timescaledb"  # not -ha, not an Apache-only build
-    assert tag.endswith("pg17") and "oss" not in tag
+    assert tag.endswith("pg17") and "oss" not in tag and "latest" not in tag  # pinned
+    froms = (ROOT / "deploy/timescaledb/Dockerfile").read_text().split("FROM ")[1:]
+    assert [f.split()[0] for f in froms] == ["${TIMESCALEDB_IMAGE}"]
     assert command(db) == ["postgres", "-c", "config_file=/etc/postgresql/postgresql.conf"]
     mounts = bind_mounts(db)
     assert mounts["/etc/postgresql/postgresql.conf"] == "./deploy/postgresql.conf"
@@ -500,3 +504,41 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context():
     for entry in (".venv", ".stack", ".git", "test-output"):
         assert entry in ignored, entry
     assert "__pycache__" in ignored or "**/__pycache__" in ignored
+
+
+# --- backups ---------------------------------------------------------------------------------
+
+def test_postgres_archives_its_wal_with_pgbackrest(postgresql_conf):
+    assert postgresql_conf["archive_mode"] == "on"
+    assert postgresql_conf["wal_level"] in ("replica", "logical")
+    assert "pgbackrest --stanza=devicestream archive-push %p" in postgresql_conf["archive_command"]
+    assert 0 < int(postgresql_conf["archive_timeout"]) <= 300
+
+
+def test_the_backup_service_shares_the_repository_data_and_socket_with_the_database(
+        compose, services):
+    db, backup = services["timescaledb"], services["backup"]
+    assert backup["image"] == db["image"]  # the image with pgBackRest
+    assert "pgbackrest" in (ROOT / "deploy/timescaledb/Dockerfile").read_text()
+    named = {v.split(":")[1]: v.split(":")[0] for v in db["volumes"] if not v.startswith(".")}
+    for path in ("/var/lib/pgbackrest", "/var/run/postgresql", "/var/lib/postgresql/data"):
+        assert path in named
+        assert f"{named[path]}:{path}" in backup["volumes"], path
+    assert "pgbackrest-repo" in compose["volumes"]
+    for service in (db, backup):
+        assert bind_mounts(service)["/etc/pgbackrest/pgbackrest.conf"] == \
+            "./deploy/pgbackrest/pgbackrest.conf"
+    for source in bind_mounts(backup):
+        assert (ROOT / bind_mounts(backup)[source]).is_file(), source
+    assert environment(backup)["BACKUP_FULL_HOURS"] == "24"  # daily
+    assert backup["entrypoint"][-1] == "/usr/local/lib/devicestream/backup-daily.sh"
+    subprocess.run(["sh", "-n", str(ROOT / "deploy/pgbackrest/backup-daily.sh")], check=True)
+
+
+def test_pgbackrest_conf_points_at_the_mounted_repository_and_data():
+    conf = dict(line.split("=", 1) for line in
+                (ROOT / "deploy/pgbackrest/pgbackrest.conf").read_text().splitlines()
+                if "=" in line and not line.startswith("#"))
+    assert conf["repo1-path"] == "/var/lib/pgbackrest"
+    assert conf["pg1-path"] == "/var/lib/postgresql/data"
+    assert conf["pg1-socket-path"] == "/var/run/postgresql"
