@@ -6,7 +6,11 @@
 #      Debian 13) with contrib, pgBouncer, pgBackRest (backups, WAL archive),
 #      chromium + chromium-driver (browser tests).
 #      `apt-get update` runs once, only when something is missing.
-#   2. TimescaleDB for that major: Debian's postgresql-MAJOR-timescaledb package
+#   2. TimescaleDB for that major. With the upstream source at hand (TIMESCALEDB_SOURCE,
+#      or ../shared/vendor/timescaledb-*.tar.gz next to the clone, as on the developers'
+#      machines and CI) the full edition is built from it: the Timescale-licensed
+#      compression and policies of the production image. Otherwise the Apache edition:
+#      Debian's postgresql-MAJOR-timescaledb package
 #      where the release has one (Debian 13); otherwise (Debian 12) built from
 #      Debian trixie's `timescaledb` source package, fetched with apt through a
 #      temporary source list (the mirror is read from this machine's own apt
@@ -150,10 +154,44 @@ debian_archive_uri() {
     printf '%s' "${uri%/}"
 }
 
-build_timescaledb() {  # MAJOR
-    local major=$1 pgc work uri src orig
-    pgc="$(pg_bindir "$major")/pg_config"
+# The upstream source with its Timescale-licensed part (compression, policies: the
+# production image's edition): TIMESCALEDB_SOURCE, else the developers' and CI's
+# ../shared/vendor/timescaledb-*.tar.gz next to the clone. Empty when there is none
+# (a user's machine): then the Apache edition from Debian is used.
+vendored_timescaledb() {
+    local path=${TIMESCALEDB_SOURCE:-}
+    if [[ -z $path ]]; then
+        path=$(compgen -G "$REPO_ROOT/../shared/vendor/timescaledb-*.tar.gz" | sort -V | tail -n1 || true)
+    fi
+    [[ -z $path || -f $path ]] || die "TIMESCALEDB_SOURCE $path does not exist"
+    printf '%s' "$path"
+}
+
+timescaledb_tsl_present() {  # MAJOR
+    local lib
+    lib=$("$(pg_bindir "$1")/pg_config" --pkglibdir)
+    compgen -G "$lib/timescaledb-tsl-*.so" >/dev/null
+}
+
+# compile_timescaledb MAJOR SOURCE_DIR [CMAKE_OPTION...]: build and install for MAJOR.
+compile_timescaledb() {
+    local major=$1 src=$2 blog="$LOG_DIR/timescaledb-build.log"
+    shift 2
     apt_install "postgresql-server-dev-$major" cmake build-essential libssl-dev xz-utils
+    [[ -x $src/bootstrap ]] || die "no bootstrap script in $src"
+    log "building $(basename "$src") ${*:+($*) }for PostgreSQL $major (log: $blog)"
+    (
+        cd "$src"
+        ./bootstrap -DPG_CONFIG="$(pg_bindir "$major")/pg_config" "$@" -DREGRESS_CHECKS=OFF \
+            -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF -DCMAKE_BUILD_TYPE=Release
+        make -C build -j"$(nproc)" install
+    ) >>"$blog" 2>&1 || { show_log "$blog" 40; die "TimescaleDB build failed"; }
+}
+
+# The Apache edition from Debian trixie's timescaledb source package (Debian 12 has none).
+build_debian_timescaledb() {  # MAJOR
+    local major=$1 work uri src orig
+    apt_install xz-utils
     uri=$(debian_archive_uri)
     work="$BUILD_DIR/timescaledb"
     rm -rf "$work"
@@ -174,25 +212,39 @@ build_timescaledb() {  # MAJOR
     [[ -n $orig ]] || { show_log "$blog"; die "no timescaledb_*.orig.tar.* downloaded"; }
     tar -xf "$orig" -C "$work/src"
     src=$(dirname "$(compgen -G "$work/src/*/bootstrap" | head -n1)")
-    [[ -x $src/bootstrap ]] || die "no bootstrap script in the unpacked $orig"
-    log "building $(basename "$src") for PostgreSQL $major (log: $blog)"
-    (
-        cd "$src"
-        ./bootstrap -DPG_CONFIG="$pgc" -DAPACHE_ONLY=1 -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF \
-            -DWARNINGS_AS_ERRORS=OFF -DCMAKE_BUILD_TYPE=Release
-        make -C build -j"$(nproc)" install
-    ) >>"$blog" 2>&1 || { show_log "$blog" 40; die "TimescaleDB build failed"; }
+    compile_timescaledb "$major" "$src" -DAPACHE_ONLY=1
     rm -rf "$work/lists" "$src"
 }
 
+# The full edition from the vendored upstream source. It installs over an Apache build
+# (same file names, plus the tsl library); a running server picks it up at its restart.
+build_vendored_timescaledb() {  # MAJOR TARBALL
+    local major=$1 tarball=$2 work="$BUILD_DIR/timescaledb-vendor" src
+    rm -rf "$work"
+    mkdir -p "$work"
+    : >"$LOG_DIR/timescaledb-build.log"
+    tar -xzf "$tarball" -C "$work"
+    src=$(dirname "$(compgen -G "$work/*/bootstrap" | head -n1)")
+    compile_timescaledb "$major" "$src"
+    rm -rf "$work"
+}
+
 ensure_timescaledb() {  # MAJOR
-    local major=$1
+    local major=$1 vendored
+    vendored=$(vendored_timescaledb)
+    if [[ -n $vendored ]]; then
+        timescaledb_present "$major" && timescaledb_tsl_present "$major" && return 0
+        build_vendored_timescaledb "$major" "$vendored"
+        timescaledb_tsl_present "$major" || die "the Timescale-licensed library is still missing"
+        log "TimescaleDB (Timescale license, from $vendored) installed for PostgreSQL $major"
+        return 0
+    fi
     timescaledb_present "$major" && return 0
     apt_update_once
     if [[ -n $(apt_candidate "postgresql-$major-timescaledb") ]]; then
         apt_install "postgresql-$major-timescaledb"
     else
-        build_timescaledb "$major"
+        build_debian_timescaledb "$major"
     fi
     timescaledb_present "$major" || die "TimescaleDB is still missing for PostgreSQL $major"
     log "TimescaleDB installed for PostgreSQL $major"

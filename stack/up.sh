@@ -117,7 +117,10 @@ pg_register_cluster() {
 }
 
 pg_configure() {  # returns 0 when a setting changed (a running server must restart)
-    local changed=1 conf tuning
+    local changed=1 conf tuning license=apache
+    # the Timescale-licensed library (stack/setup.sh builds it where its source is at hand)
+    compgen -G "$("$(pg_bindir "$MAJOR")/pg_config" --pkglibdir)/timescaledb-tsl-*.so" >/dev/null &&
+        license=timescale
     tuning=$("$VENV_PY" "$STACK_SCRIPTS_DIR/pg_tuning.py" --max-connections 200 --ts-background-workers 8) ||
         die "stack/pg_tuning.py failed"
     conf="# Written by stack/up.sh on every start: edit stack/up.sh or stack/pg_tuning.py, not this file.
@@ -126,6 +129,7 @@ port = $PG_PORT
 max_connections = 200
 shared_preload_libraries = 'timescaledb,pg_stat_statements'
 timescaledb.telemetry_level = off
+timescaledb.license = '$license'
 password_encryption = 'scram-sha-256'
 ssl = off
 # durability: commits are flushed (the pipeline promises exactly-once storage)

@@ -4,7 +4,7 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from tests.stack import PrivateBroker, Worker, require_stack
+from tests.stack import PrivateBroker, Worker, db_connect, require_stack
 
 
 @pytest.fixture
@@ -39,3 +39,20 @@ async def private_broker(request: pytest.FixtureRequest) -> AsyncIterator[Privat
     broker = await PrivateBroker(request.node.name[:60]).start()
     yield broker
     broker.kill()
+
+
+@pytest.fixture
+async def timescale_license(stack: None) -> None:
+    """Skips the test unless TimescaleDB here has the Timescale license (compression and
+    policies): the production image's edition, which stack/setup.sh builds where its
+    source is at hand."""
+    conn = await db_connect()
+    try:
+        license_ = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
+    finally:
+        await conn.close()
+    if license_ != "timescale":
+        pytest.skip(
+            f"TimescaleDB here is the {license_!r} build (SHOW timescaledb.license): "
+            "compression and retention policies need the Timescale license, which the "
+            "production image timescale/timescaledb has")

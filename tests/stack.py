@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
@@ -62,6 +63,20 @@ def require_stack() -> None:
 async def db_connect(settings: Settings = SETTINGS) -> asyncpg.Connection:
     """A connection to the stack's database, or to the one ``settings`` names (a restore's)."""
     return await asyncpg.connect(**connect_kwargs(settings))
+
+
+async def compress_chunks_holding(moment: datetime, settings: Settings = SETTINGS) -> int:
+    """Compress every chunk of the storage hypertables whose range holds ``moment``
+    (Timescale license); how many chunks that was."""
+    conn = await db_connect(settings)
+    try:
+        return len(await conn.fetch(
+            "SELECT compress_chunk(format('%I.%I', chunk_schema, chunk_name)::regclass, "
+            "if_not_compressed => true) FROM timescaledb_information.chunks "
+            "WHERE hypertable_schema = 'storage' AND range_start <= $1 AND range_end > $1",
+            moment))
+    finally:
+        await conn.close()
 
 
 async def create_topics(names: list[str], partitions: int | None = None) -> None:

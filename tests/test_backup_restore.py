@@ -16,6 +16,9 @@ from typing import Any, Iterator
 import pytest
 from aiokafka.structs import TopicPartition
 
+from sinks.maintenance import maintain
+from sinks.postgres import create_pool
+from sinks.timescale import TimescaleSink
 from streams.settings import Settings
 from streams.topics import device_topic
 from tests.stack import (
@@ -26,6 +29,7 @@ from tests.stack import (
     assert_exactly_once,
     commit_offsets,
     committed_offsets,
+    compress_chunks_holding,
     count_rows,
     db_connect,
     fleet,
@@ -254,3 +258,35 @@ async def test_retention_expires_old_full_backups_and_their_wal() -> None:
     assert info["archive"][-1]["min"] >= kept_from
     assert all(p.name[:24] >= kept_from for p in archived_segments())
     assert first not in labels
+
+
+async def test_compressed_chunks_come_back_compressed_with_exactly_their_rows(
+        timescale_license) -> None:
+    devices, _ = fleet("pitr-compressed-", 3)
+    old = datetime.now(timezone.utc) - timedelta(days=12)
+    points = [(int(old.timestamp() * 1e6) + i * 1_000_000, d, f"m{i % 3}", float(i))
+              for d in devices for i in range(400)]
+    pool = await create_pool(SETTINGS)
+    try:
+        assert (await TimescaleSink(pool).write(points)).inserted == len(points)
+    finally:
+        await pool.close()
+    await maintain(SETTINGS, unique("pitr-compressed-"), wait=120)  # compression enabled
+    assert await compress_chunks_holding(old) >= 1
+    stored = await stored_points(devices)
+    assert sum(stored.values()) == len(points)
+    await asyncio.to_thread(backup)
+    moment = await database_now()
+
+    with restored(moment) as restore:
+        conn = await db_connect(restore)
+        try:
+            compressed = await conn.fetchval(
+                "SELECT bool_and(is_compressed) FROM timescaledb_information.chunks "
+                "WHERE hypertable_schema = 'storage' AND hypertable_name = 'readings' "
+                "AND range_start <= $1 AND range_end > $1", old)
+        finally:
+            await conn.close()
+        assert compressed is True
+        assert await stored_points(devices, restore) == stored
+        assert await aggregate_mismatches(devices, restore) == []

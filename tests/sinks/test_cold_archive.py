@@ -24,7 +24,6 @@ from sinks.cold_archive import SCHEMA, ArchiveError, Chunk, archive_chunk, archi
 from sinks.maintenance import MaintenanceReport, maintain, retention_plan
 from sinks.postgres import create_pool
 from sinks.timescale import TimescaleSink
-from tests.sinks import test_maintenance_tsl
 from tests.stack import REPO, SETTINGS, db_connect, fleet, unique
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -37,7 +36,6 @@ SERIES = [{"series_id": 3, "device_id": "dev-a", "metric": "temp"},
 NAMES = {s["series_id"]: (s["device_id"], s["metric"]) for s in SERIES}
 
 # Skips a test where TimescaleDB is the Apache build (no policies).
-timescale_license = test_maintenance_tsl.timescale_license
 
 Row = tuple[str, str, int, float]  # device_id, metric, microseconds since the epoch, value
 
