@@ -4,7 +4,8 @@ One round reads:
 - pgBouncer's pools and traffic from its admin console (``SHOW POOLS`` / ``SHOW STATS``);
 - the worker's own connection pools (those registered on ``PipelineStats``);
 - from PostgreSQL, in one read-only transaction of a one-connection pool of our own:
-  database size, cache hit ratio, WAL position and directory size, checkpoint counts,
+  database size, cache hit ratio, WAL position and directory size, WAL archiving
+  (``pg_stat_archiver``: segments archived and failed, when last), checkpoint counts,
   each hypertable's size, row estimate, chunk count, largest and newest chunk (the
   newest should fit in memory with its indexes), the compression state (or
   "unavailable: apache build" on TimescaleDB's Apache edition) and the top statements of
@@ -56,6 +57,13 @@ WAL_DIRECTORY = STATS_TAG + """
 SELECT coalesce(sum(size), 0)::bigint AS bytes, count(*) AS files FROM pg_ls_waldir()
 """
 
+ARCHIVER = STATS_TAG + """
+SELECT current_setting('archive_mode') <> 'off' AS enabled,
+       archived_count, failed_count, last_archived_wal, last_failed_wal,
+       extract(epoch FROM last_archived_time)::float8 AS last_archived_at,
+       extract(epoch FROM last_failed_time)::float8 AS last_failed_at
+FROM pg_stat_archiver
+"""
 CHECKPOINTS_BEFORE_17 = STATS_TAG + """
 SELECT checkpoints_timed AS timed, checkpoints_req AS requested FROM pg_stat_bgwriter
 """
@@ -248,6 +256,8 @@ async def postgres_state(conn: asyncpg.Connection, compress_after_days: int) -> 
                 wal["directory_error"] = directory["error"]
         else:
             wal["directory_error"] = "unavailable: needs the pg_monitor role"
+        archiver = await _optional(lambda: rows(ARCHIVER))
+        wal["archive"] = archiver[0] if isinstance(archiver, list) else archiver
         state["wal"] = wal
         checkpoints = await _optional(lambda: rows(
             CHECKPOINTS if server["version_num"] >= PG_STAT_CHECKPOINTER_SINCE

@@ -141,6 +141,25 @@ def _pgbouncer_metrics(bouncer: dict[str, Any]) -> Iterator[Metric]:
         yield family
 
 
+def _archiver_metrics(archive: dict[str, Any]) -> Iterator[Metric]:
+    """WAL archiving (pg_stat_archiver): the backups' point-in-time recovery depends on it."""
+    if "error" in archive or not archive:
+        return
+    yield from _gauge("devicestream_db_wal_archiving", "1 when archive_mode is on",
+                      int(bool(archive["enabled"])))
+    for name, key, doc in (
+            ("archived_segments", "archived_count", "WAL segments archived"),
+            ("archive_failures", "failed_count", "Failed attempts to archive a WAL segment")):
+        family = CounterMetricFamily(f"devicestream_db_wal_{name}", doc)
+        family.add_metric([], archive[key] or 0)
+        yield family
+    for name, key, doc in (
+            ("last_archived", "last_archived_at", "When a WAL segment was last archived"),
+            ("last_archive_failure", "last_failed_at", "When archiving a segment last failed")):
+        yield from _gauge(f"devicestream_db_wal_{name}_timestamp_seconds", f"{doc} (0: never)",
+                          archive[key] or 0)
+
+
 def _hypertable_metrics(tables: list[dict[str, Any]]) -> Iterator[Metric]:
     size = GaugeMetricFamily("devicestream_hypertable_bytes", "Hypertable size on disk",
                              labels=["hypertable", "kind"])
@@ -212,6 +231,7 @@ def database_metrics(sample: PeriodicSample[dict[str, Any]]) -> Iterator[Metric]
         yield family
     yield from _gauge("devicestream_db_wal_directory_bytes", "Size of the WAL directory",
                       wal.get("directory_bytes"))
+    yield from _archiver_metrics(wal.get("archive") or {})
     checkpoints = postgres.get("checkpoints") or {}
     if "error" not in checkpoints and checkpoints:
         family = CounterMetricFamily("devicestream_db_checkpoints", "Checkpoints",

@@ -27,7 +27,12 @@ DB_STATE = {
     },
     "postgres": {"database_bytes": 123456, "connections": 7, "cache_hit_ratio": 0.99,
                  "blocks_hit_total": 990, "blocks_read_total": 10,
-                 "wal": {"position_bytes": 5_000_000, "directory_bytes": 16_777_216},
+                 "wal": {"position_bytes": 5_000_000, "directory_bytes": 16_777_216,
+                         "archive": {"enabled": True, "archived_count": 41, "failed_count": 2,
+                                     "last_archived_wal": "000000010000000000000029",
+                                     "last_failed_wal": "000000010000000000000027",
+                                     "last_archived_at": 1_700_000_100.5,
+                                     "last_failed_at": 1_700_000_000.0}},
                  "checkpoints": {"timed": 4, "requested": 1}},
     "hypertables": [{"schema": "public", "name": "readings", "table_bytes": 1000,
                      "index_bytes": 500, "toast_bytes": 8, "total_bytes": 1508,
@@ -90,6 +95,12 @@ def test_every_figure_is_exported_with_prometheus_names_and_units() -> None:
     assert _value(families, "devicestream_db_cache_hit_ratio") == pytest.approx(0.99)
     assert _value(families, "devicestream_db_wal_bytes_total") == 5_000_000
     assert _value(families, "devicestream_db_wal_directory_bytes") == 16_777_216
+    assert _value(families, "devicestream_db_wal_archiving") == 1
+    assert _value(families, "devicestream_db_wal_archived_segments_total") == 41
+    assert _value(families, "devicestream_db_wal_archive_failures_total") == 2
+    assert _value(families, "devicestream_db_wal_last_archived_timestamp_seconds") == 1_700_000_100.5
+    assert _value(families, "devicestream_db_wal_last_archive_failure_timestamp_seconds") == \
+        1_700_000_000.0
     assert _value(families, "devicestream_db_checkpoints_total", kind="requested") == 1
     assert _value(families, "devicestream_hypertable_bytes",
                   hypertable="public.readings", kind="index") == 500
