@@ -71,12 +71,13 @@ TARGETS_MS = {"latest": 2.0, "readings_1h_range": 5.0, "aggregates_1m_day": 10.0
 TARGET_BYTES_PER_POINT = 100.0
 
 
-def _psql_super(sql: str, database: str = "postgres", attempts: int = 30) -> None:
+def _psql_super(sql: str, database: str = "postgres", attempts: int = 30,
+                socket_dir: str = "/var/run/postgresql", port: int = PG_PORT) -> None:
     """Run ``sql`` as the postgres superuser; retried while the server is (re)starting."""
     for attempt in range(attempts):
         done = subprocess.run(
-            ["runuser", "-u", "postgres", "--", "psql", "-h", "/var/run/postgresql",
-             "-p", str(PG_PORT), "-d", database, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
+            ["runuser", "-u", "postgres", "--", "psql", "-h", socket_dir,
+             "-p", str(port), "-d", database, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
             capture_output=True, text=True)
         if done.returncode == 0:
             return
@@ -124,6 +125,15 @@ def generate(points: int, devices: int, metrics: int, days: int,
             t = base + d * (period_us // devices)
             for m in metric_names:
                 yield (t, name, m, round(rng.uniform(-50, 150), 3))
+
+
+def add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    """The dataset's options, which ``load`` reads: 10M points by default."""
+    parser.add_argument("--points", type=int, default=10_000_000)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--metrics", type=int, default=5)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=20_000, help="points per sink write")
 
 
 async def load(settings: Settings, args: argparse.Namespace, end: datetime) -> dict[str, Any]:
@@ -553,13 +563,18 @@ def report(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def save_results(results: dict[str, Any], output: Path, lines: list[str]) -> None:
+    """Stamp, write as JSON and print a benchmark's results (bench.queries, bench.backup)."""
+    results["finished_at"] = _iso(datetime.now(timezone.utc).replace(microsecond=0))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    print("\n".join(lines))
+    print(f"written to {output}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--points", type=int, default=10_000_000)
-    parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--metrics", type=int, default=5)
-    parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=20_000, help="points per sink write")
+    add_dataset_options(parser)
     parser.add_argument("--calls", type=int, default=300, help="timed calls per route")
     parser.add_argument("--warmup", type=int, default=30, help="untimed calls per route")
     parser.add_argument("--agg-runs", type=int, default=10)
@@ -575,11 +590,7 @@ def main() -> None:
     finally:
         if not args.keep:
             drop_database()
-    results["finished_at"] = _iso(datetime.now(timezone.utc).replace(microsecond=0))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    print("\n".join(report(results)))
-    print(f"written to {args.output}")
+    save_results(results, args.output, report(results))
 
 
 if __name__ == "__main__":
