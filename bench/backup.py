@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,12 +51,13 @@ from dataclasses import replace
 from functools import partial
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import asyncpg
 import orjson
 
 from bench.archive import _CHUNKS_IN, export
+from bench.private_broker import free_port
 from bench.queries import (REPO, RESULTS, _psql_super, add_dataset_options,
                            bench_settings, connect, load, save_results)
 from schema.migrate import migrate
@@ -102,13 +103,6 @@ def pg_bindir() -> Path:
     if not majors:
         raise RuntimeError("no PostgreSQL under /usr/lib/postgresql: run 'make setup'")
     return Path(f"/usr/lib/postgresql/{max(majors)}/bin")
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing is bound to now (the kernel's pick)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stack_tuning() -> dict[str, str]:
@@ -267,7 +261,55 @@ pg1-socket-path={self.source.socket_dir}
         return orjson.loads(self.run("info", "--output=json"))[0]["backup"][-1]
 
 
+@contextlib.contextmanager
+def run_folder(prefix: str, keep: bool) -> Iterator[tuple[Path, list[Server]]]:
+    """A new folder ``/var/tmp/{prefix}*`` owned by postgres, and a list for the servers
+    created in it: when the block ends, however (SIGTERM unwinds like Ctrl-C), each is
+    stopped and the folder removed (unless ``keep``)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    shutil.chown(root, PG_USER, PG_USER)
+    servers: list[Server] = []
+    try:
+        yield root, servers
+    finally:
+        for server in servers:
+            server.stop()
+        if keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------ steps
+
+def start_cluster(server: Server, settings: dict[str, str]) -> None:
+    """``initdb`` a new cluster for ``server``, configure it with ``settings`` and start it."""
+    server.socket_dir.mkdir()
+    shutil.chown(server.socket_dir, PG_USER, PG_USER)
+    as_postgres("initdb", server.bindir / "initdb", "-D", server.data, "-E", "UTF8",
+                "--locale=C.UTF-8", "--auth-local=peer", "--auth-host=scram-sha-256")
+    server.configure(settings)
+    server.start()
+
+
+async def create_database(server: Server) -> Settings:
+    """The ``devicestream`` role and the bench database with TimescaleDB and the schema
+    migrated, on ``server``; settings that connect to it."""
+    settings = bench_settings(db_port=server.port)
+    password = settings.db_password.replace("'", "''")
+    for sql, database in (
+            (f"CREATE ROLE {settings.db_user} LOGIN PASSWORD '{password}'", "postgres"),
+            (f"CREATE DATABASE {settings.db_name} OWNER {settings.db_user}", "postgres"),
+            ("CREATE EXTENSION timescaledb", settings.db_name)):
+        _psql_super(sql, database, socket_dir=str(server.socket_dir), port=server.port)
+    conn = await connect(settings)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return settings
+
 
 async def create_source(root: Path, bindir: Path, servers: list[Server],
                         tuning: dict[str, str]) -> tuple[Server, Repository, Settings]:
@@ -275,28 +317,11 @@ async def create_source(root: Path, bindir: Path, servers: list[Server],
     source = Server("source", root, bindir)
     servers.append(source)  # before it starts: whatever happens, it is stopped
     repo = Repository(root, source)
-    source.socket_dir.mkdir()
-    shutil.chown(source.socket_dir, PG_USER, PG_USER)
-    as_postgres("initdb", bindir / "initdb", "-D", source.data, "-E", "UTF8",
-                "--locale=C.UTF-8", "--auth-local=peer", "--auth-host=scram-sha-256")
     repo.create()
-    source.configure(tuning | {"wal_level": "replica", "archive_mode": "on",
-                               "archive_command": repo.archive_command()})
-    source.start()
+    start_cluster(source, tuning | {"wal_level": "replica", "archive_mode": "on",
+                                    "archive_command": repo.archive_command()})
     repo.run("stanza-create")
-    settings = bench_settings(db_port=source.port)
-    password = settings.db_password.replace("'", "''")
-    for sql, database in (
-            (f"CREATE ROLE {settings.db_user} LOGIN PASSWORD '{password}'", "postgres"),
-            (f"CREATE DATABASE {settings.db_name} OWNER {settings.db_user}", "postgres"),
-            ("CREATE EXTENSION timescaledb", settings.db_name)):
-        _psql_super(sql, database, socket_dir=str(source.socket_dir), port=source.port)
-    conn = await connect(settings)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return source, repo, settings
+    return source, repo, await create_database(source)
 
 
 async def load_and_archive(settings: Settings, source: Server, repo: Repository,
@@ -515,20 +540,8 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("run as root: the servers run as the postgres user (runuser)")
-    # SIGTERM unwinds like Ctrl-C, through the cleanup below.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    root = Path(tempfile.mkdtemp(prefix="bench-backup-", dir="/var/tmp"))
-    shutil.chown(root, PG_USER, PG_USER)
-    servers: list[Server] = []
-    try:
+    with run_folder("bench-backup-", args.keep_dir) as (root, servers):
         results = asyncio.run(run(args, root, servers))
-    finally:
-        for server in servers:
-            server.stop()
-        if args.keep_dir:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
     save_results(results, args.output, report(results))
 
 

@@ -19,10 +19,13 @@ error). A soak at half load reports the worker's RSS at its start and end. Each 
 reports the CPU used by the database (PostgreSQL and pgBouncer) and the broker, and checks
 the stored row count.
 
+Each run has a Tansu broker of its own (``bench.private_broker``, a free port, killed by
+its pid when the run ends), so its figures do not depend on the topics that ``make run``,
+the tests or an earlier run left on the stack's broker (:9092), which it never touches.
+The database is the stack's (through pgBouncer): its size at the start is reported.
+
 Writes ``bench/results/latest.json``, ``bench/results/report.md`` and
-``bench/results/throughput.png``. Each run deletes the topics it made. Run it on a fresh
-broker (``make stack-down stack-up``): every worker lists all topics of the broker, and
-the local broker keeps every topic the test suite made until it stops.
+``bench/results/throughput.png``.
 """
 from __future__ import annotations
 
@@ -32,7 +35,9 @@ import gc
 import multiprocessing
 import os
 import platform
+import signal
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,16 +46,20 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
+import psutil
 from tqdm import tqdm
 
-from streams.topics import device_topic
-from tests.stack import SETTINGS, Worker, create_topics, db_connect, delete_topics, fleet
+from bench.private_broker import PrivateBroker, running_broker
+from sinks.postgres import connect_kwargs
+from streams.settings import Settings
+from streams.topics import TopicProvisioner, device_topic
+from tests.stack import Worker, fleet
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROBES = 10  # devices whose readings measure latency
 PROBE_INTERVAL = 0.05  # seconds between two readings of one probe device
 DATABASE = ("postgres", "pgbouncer")  # process names whose CPU the report adds up
-BROKER = "tansu"
+STACK_DB = Settings.from_env({})  # the stack's database, through pgBouncer, as the workers'
 
 
 @dataclass(frozen=True)
@@ -98,8 +107,8 @@ def _messages(data: list[dict], devices: int, per_message: int) -> list[list[dic
             for d in range(devices) if (group := data[start + d:start + block:devices])]
 
 
-def _publish_process(workload: Workload, devices: list[str], readings: int, rate: float,
-                     go: Any, results: Any) -> None:
+def _publish_process(settings: Settings, workload: Workload, devices: list[str], readings: int,
+                     rate: float, go: Any, results: Any) -> None:
     """Publish ``readings`` readings of ``devices``; ``rate`` readings/s (0 = max).
 
     At a set rate each message is sent whole when due (``per_message`` readings of one
@@ -113,7 +122,7 @@ def _publish_process(workload: Workload, devices: list[str], readings: int, rate
         start_ms = int(time.time() * 1000) - 3 * 3600 * 1000
         data = _readings(workload, devices, readings, start_ms)  # pre-generated
         gc.disable()  # see the module docstring: a load generator's collector passes
-        async with DeviceProducer(SETTINGS, config) as producer:
+        async with DeviceProducer(settings, config) as producer:
             await producer.prepare(devices)  # else a steady rate waits on each first send
             results.put(("ready", len(data)))
             go.wait()
@@ -134,13 +143,14 @@ def _publish_process(workload: Workload, devices: list[str], readings: int, rate
     asyncio.run(run())
 
 
-def _probe_process(probes: list[str], seconds: float, go: Any, results: Any) -> None:
+def _probe_process(settings: Settings, probes: list[str], seconds: float, go: Any,
+                   results: Any) -> None:
     """Readings stamped with the wall clock at publish time, for the latency probes."""
     from producers.device_producer import DeviceProducer, ProducerConfig
 
     async def run() -> None:
         config = ProducerConfig(max_batch_readings=1, linger=0.001)
-        async with DeviceProducer(SETTINGS, config) as p:
+        async with DeviceProducer(settings, config) as p:
             await p.prepare(probes)
             results.put(("ready", 0))
             go.wait()
@@ -174,6 +184,22 @@ def _stat(path: Path) -> tuple[str, list[str]]:
 def _cpu_seconds(pid: int) -> float:
     _, fields = _stat(Path(f"/proc/{pid}/stat"))
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _db_connect() -> asyncpg.Connection:
+    return await asyncpg.connect(**connect_kwargs(STACK_DB))
+
+
+async def _create_topics(broker: PrivateBroker, names: list[str], partitions: int) -> None:
+    async with TopicProvisioner(broker.settings()) as topics:
+        await topics.ensure(names, partitions=partitions)
+
+
+def _broker_cpu(broker: PrivateBroker) -> float:
+    """CPU seconds the broker process has used so far."""
+    assert broker.pid is not None, "the private broker has gone"
+    times = psutil.Process(broker.pid).cpu_times()
+    return times.user + times.system
 
 
 def _cpu_of(*commands: str) -> float:
@@ -226,7 +252,7 @@ class Target:
 
     async def rows(self) -> int:
         """The exact count of stored rows (slow: for the check after a run)."""
-        conn = await db_connect()
+        conn = await _db_connect()
         try:
             return await conn.fetchval(
                 f"SELECT count(*) FROM {self.table} WHERE device_id = ANY($1)", self.devices)
@@ -237,7 +263,7 @@ class Target:
 async def _wait_rows(target: Target, expected: int, label: str, timeout: float) -> float:
     """Wait until ``expected`` points are stored; return when that was first seen (epoch s)."""
     deadline = time.monotonic() + timeout
-    conn = await db_connect()  # one session: a new one per poll costs PostgreSQL a fork
+    conn = await _db_connect()  # one session: a new one per poll costs PostgreSQL a fork
     try:
         with tqdm(total=expected, desc=label, unit="pt", unit_scale=True, leave=False) as bar:
             async with aiohttp.ClientSession() as http:
@@ -274,32 +300,35 @@ class Bench:
         self.args = args
         self.ctx = multiprocessing.get_context("spawn")
 
-    async def _worker(self, impl: str, name: str, devices: list[str],
+    async def _worker(self, broker: PrivateBroker, impl: str, name: str, devices: list[str],
                       only: str) -> tuple[Worker, Target]:
-        """Start our worker or the baseline's; return it and where its rows go."""
+        """Start our worker or the baseline's on ``broker``; return it and where its rows go."""
         if impl == "ours":
             # The default discovery interval, not the tests' 1 s: each round lists every topic.
-            worker = Worker(name, DEVICE_FILTER=only, TOPIC_DISCOVERY_INTERVAL="5").start()
+            worker = Worker(name, DEVICE_FILTER=only, TOPIC_DISCOVERY_INTERVAL="5",
+                            **broker.worker_env()).start()
             return worker, Target("readings", devices, worker.web_port, "")
         from bench.baseline import TABLE
 
-        conn = await db_connect()
+        conn = await _db_connect()
         try:
             await conn.execute(TABLE)
         finally:
             await conn.close()
         topics = ",".join(device_topic(d) for d in devices)
-        worker = Worker(name, app="bench.baseline", BENCH_TOPICS=topics, BENCH_RUN=only).start()
+        worker = Worker(name, app="bench.baseline", BENCH_TOPICS=topics, BENCH_RUN=only,
+                        **broker.worker_env()).start()
         # The fleet's filter is new for each run: a fitting key for its progress rows.
         return worker, Target("bench_baseline_readings", devices, None, only)
 
-    async def _warm_up(self, workload: Workload, target: Target) -> None:
+    async def _warm_up(self, broker: PrivateBroker, workload: Workload, target: Target) -> None:
         """One reading per device, so the worker has joined and subscribed everything."""
         devices = target.devices
         go, results = self.ctx.Event(), self.ctx.Queue()
         go.set()
         tiny = Workload(workload.name, len(devices), 1, 1, len(devices), 1, workload.partitions)
-        process = _start(self.ctx, _publish_process, tiny, devices, len(devices), 0, go, results)
+        process = _start(self.ctx, _publish_process, broker.settings(), tiny, devices,
+                         len(devices), 0, go, results)
         await asyncio.get_running_loop().run_in_executor(None, process.join)
         await _wait_rows(target, len(devices), "warm-up", 180)
 
@@ -319,70 +348,74 @@ class Bench:
 
     async def throughput(self, impl: str, workload: Workload, run: int) -> Run:
         devices, only = fleet(f"bench-{workload.name}-", workload.devices)
-        await create_topics([device_topic(d) for d in devices], workload.partitions)
-        worker, target = await self._worker(impl, f"bench-{impl}-{workload.name}-{run}", devices,
-                                            only)
-        try:
-            await self._warm_up(workload, target)
-            go, results = self.ctx.Event(), self.ctx.Queue()
-            total = workload.messages * workload.per_message
-            shards = [devices[i::workload.publishers] for i in range(workload.publishers)]
-            processes = [
-                _start(self.ctx, _publish_process, workload, shard,
-                       total // workload.publishers, 0, go, results)
-                for shard in shards
-            ]
-            await self._ready(results, len(processes))
-            cpu_before = _cpu_seconds(worker.process.pid)
-            db_before, broker_before = _cpu_of(*DATABASE), _cpu_of(BROKER)
-            go.set()
-            expected = len(devices) + workload.points
-            done = await _wait_rows(target, expected, f"{impl} {workload.name} run {run}", 600)
-            cpu = _cpu_seconds(worker.process.pid) - cpu_before
-            db_cpu = _cpu_of(*DATABASE) - db_before
-            broker_cpu = _cpu_of(BROKER) - broker_before
-            stored = await target.rows()
-            if stored != expected:
-                raise RuntimeError(f"{impl} {workload.name} run {run}: {stored} rows stored, "
-                                   f"{expected} expected")
-            first, last, publish_cpu = await self._published(results, len(processes))
-            for process in processes:
-                process.join()
-            seconds = done - first
-            return Run(impl, workload.name, workload.points, seconds, last - first,
-                       workload.points / seconds,
-                       cpu / workload.points * 1e6, db_cpu / workload.points * 1e6,
-                       broker_cpu / workload.points * 1e6, publish_cpu / workload.points * 1e6,
-                       _rss_mb(worker.process.pid, "VmHWM"))
-        finally:
-            worker.stop(timeout=30)
-            await delete_topics([device_topic(d) for d in devices])
+        name = f"bench-{impl}-{workload.name}-{run}"
+        async with running_broker(name) as broker:
+            await _create_topics(broker, [device_topic(d) for d in devices], workload.partitions)
+            worker, target = await self._worker(broker, impl, name, devices, only)
+            try:
+                await self._warm_up(broker, workload, target)
+                go, results = self.ctx.Event(), self.ctx.Queue()
+                total = workload.messages * workload.per_message
+                shards = [devices[i::workload.publishers] for i in range(workload.publishers)]
+                processes = [
+                    _start(self.ctx, _publish_process, broker.settings(), workload, shard,
+                           total // workload.publishers, 0, go, results)
+                    for shard in shards
+                ]
+                await self._ready(results, len(processes))
+                cpu_before = _cpu_seconds(worker.process.pid)
+                db_before, broker_before = _cpu_of(*DATABASE), _broker_cpu(broker)
+                go.set()
+                expected = len(devices) + workload.points
+                done = await _wait_rows(target, expected, f"{impl} {workload.name} run {run}",
+                                        600)
+                cpu = _cpu_seconds(worker.process.pid) - cpu_before
+                db_cpu = _cpu_of(*DATABASE) - db_before
+                broker_cpu = _broker_cpu(broker) - broker_before
+                stored = await target.rows()
+                if stored != expected:
+                    raise RuntimeError(f"{impl} {workload.name} run {run}: {stored} rows "
+                                       f"stored, {expected} expected")
+                first, last, publish_cpu = await self._published(results, len(processes))
+                for process in processes:
+                    process.join()
+                seconds = done - first
+                return Run(impl, workload.name, workload.points, seconds, last - first,
+                           workload.points / seconds,
+                           cpu / workload.points * 1e6, db_cpu / workload.points * 1e6,
+                           broker_cpu / workload.points * 1e6,
+                           publish_cpu / workload.points * 1e6,
+                           _rss_mb(worker.process.pid, "VmHWM"))
+            finally:
+                worker.stop(timeout=30)
 
     async def latency(self, workload: Workload, rate_points: float, seconds: float,
                       soak: bool = False) -> dict[str, Any]:
         """Publish at ``rate_points`` points/s plus probes; probe latencies (and RSS)."""
         devices, only = fleet(f"lat-{workload.name}-", workload.devices + PROBES)
         devices, probes = devices[:workload.devices], devices[workload.devices:]
-        await create_topics([device_topic(d) for d in devices + probes], workload.partitions)
-        worker, target = await self._worker("ours", f"bench-latency-{workload.name}",
-                                            devices + probes, only)
-        try:
-            await self._warm_up(workload, target)
-            go, results = self.ctx.Event(), self.ctx.Queue()
-            rate = rate_points / workload.metrics  # readings per second
-            readings = int(rate * seconds)
-            load = _start(self.ctx, _publish_process, workload, devices, readings, rate, go,
-                          results)
-            probe = _start(self.ctx, _probe_process, probes, seconds, go, results)
-            await self._ready(results, 2)
-            go.set()
-            latencies, rss = await self._poll_probes(probes, seconds, worker.process.pid)
-            await self._published(results, 2)
-            for process in (load, probe):
-                process.join()
-        finally:
-            worker.stop(timeout=30)
-            await delete_topics([device_topic(d) for d in devices + probes])
+        name = f"bench-latency-{workload.name}"
+        async with running_broker(name) as broker:
+            await _create_topics(broker, [device_topic(d) for d in devices + probes],
+                                 workload.partitions)
+            worker, target = await self._worker(broker, "ours", name, devices + probes, only)
+            try:
+                await self._warm_up(broker, workload, target)
+                go, results = self.ctx.Event(), self.ctx.Queue()
+                rate = rate_points / workload.metrics  # readings per second
+                readings = int(rate * seconds)
+                load = _start(self.ctx, _publish_process, broker.settings(), workload, devices,
+                              readings, rate, go, results)
+                probe = _start(self.ctx, _probe_process, broker.settings(), probes, seconds, go,
+                               results)
+                await self._ready(results, 2)
+                go.set()
+                latencies, rss = await self._poll_probes(probes, seconds, worker.process.pid)
+                await self._published(results, 2)
+                for process in (load, probe):
+                    process.join()
+            finally:
+                worker.stop(timeout=30)
         latencies.sort()
         result = {
             "rate_points_per_s": rate_points,
@@ -396,7 +429,7 @@ class Bench:
 
     async def _poll_probes(self, probes: list[str], seconds: float,
                            pid: int) -> tuple[list[float], list[tuple[float, float]]]:
-        conn = await db_connect()
+        conn = await _db_connect()
         latencies: list[float] = []
         rss: list[tuple[float, float]] = []
         seen: set[tuple[str, Any]] = set()
@@ -437,6 +470,17 @@ def _median(runs: list[Run], impl: str, workload: str, field: str) -> float:
                              if r.impl == impl and r.workload == workload)
 
 
+async def _database_state() -> dict[str, int]:
+    """The stack database's size and device count: what a worker's start-up may grow with."""
+    conn = await _db_connect()
+    try:
+        return dict(await conn.fetchrow(
+            "SELECT pg_database_size(current_database()) AS database_bytes, "
+            "(SELECT count(*) FROM devices) AS devices"))
+    finally:
+        await conn.close()
+
+
 def _plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -465,8 +509,11 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
 
 
 def _report(summary: dict[str, Any], runs: list[Run]) -> str:
+    db = summary["database_at_start"]
     lines = ["# devicestream pipeline benchmark", "",
              f"{summary['machine']}, {summary['date']}; medians of {summary['runs']} runs.", "",
+             f"The stack database at the start: {db['database_bytes'] / 1e6:,.0f} MB, "
+             f"{db['devices']:,} devices.", "",
              "| workload | ours points/s | baseline points/s | ratio | p50 latency s | "
              "p99 latency s | CPU s / M points | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|"]
@@ -504,7 +551,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[Run] = []
     summary: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{platform.node()} {os.cpu_count()} cores", "runs": args.runs}
+        "machine": f"{platform.node()} {os.cpu_count()} cores", "runs": args.runs,
+        "database_at_start": await _database_state()}
     for name in args.workloads:
         workload = WORKLOADS[name]
         if args.scale != 1:
@@ -547,12 +595,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         summary["soak"] = {"seconds": args.soak, **soak}
         print(f"soak: RSS {soak['rss_mb_start']} MB -> {soak['rss_mb_end']} MB")
     summary["run_details"] = [asdict(r) for r in runs]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-    (RESULTS / "report.md").write_text(_report(summary, runs))
+    out = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    (out / "report.md").write_text(_report(summary, runs))
     if all(f"points_per_s_{n}" in summary for n in WORKLOADS):
-        _plot(summary, RESULTS / "throughput.png")
-    print(f"wrote {RESULTS / 'latest.json'} and {RESULTS / 'report.md'}")
+        _plot(summary, out / "throughput.png")
+    print(f"wrote {out / 'latest.json'} and {out / 'report.md'}")
     return summary
 
 
@@ -564,8 +613,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--soak", type=float, default=600.0,
                         help="seconds of soak at half load (0 = none)")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS,
+                        help="where latest.json, report.md and throughput.png go")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C: workers stopped, private brokers killed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     asyncio.run(main(parse_args()))

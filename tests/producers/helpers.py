@@ -5,7 +5,7 @@
 when (and how) each one is acknowledged.
 
 A test that kills or pauses a real broker uses the ``private_broker`` fixture
-(``tests.stack.PrivateBroker``), never the shared local stack's.
+(``bench.private_broker.PrivateBroker``), never the shared local stack's.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ messages to exact partitions of a fresh device topic on a private broker.
 
 A worker reads every device topic of its broker. On the shared local broker other tests
 (and other people's runs) keep adding topics and messages, so exact counts and a group lag
-of zero need a broker of the test's own (``tests.stack.PrivateBroker``, the
+of zero need a broker of the test's own (``bench.private_broker.PrivateBroker``, the
 ``private_broker`` fixture). The database and pgBouncer stay the shared local stack's.
 """
 from __future__ import annotations
