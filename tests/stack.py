@@ -246,33 +246,50 @@ class Worker:
         return self.log_path.read_text(errors="replace")
 
 
+# The helpers below read storage.* by series id, never the ``readings`` view by device:
+# on a hypertable with compressed chunks (Timescale license) the planner cannot push a
+# join's series ids into the chunk scans, and a device filter without a time range scans
+# every raw chunk (seconds on a large test database); ``series_id = ANY(ids)`` uses each
+# chunk's (series_id, time) index, or the compressed chunks' segment-by index.
+_SERIES = "SELECT series_id, device_id, metric FROM storage.series WHERE device_id = ANY($1)"
+
 _AGGREGATE_MISMATCHES = """
 WITH expected AS (
-    SELECT time_bucket($2::text::interval, time) AS bucket, device_id, metric, count(*) AS count,
+    SELECT time_bucket($2::text::interval, time) AS bucket, series_id, count(*) AS count,
            sum(value) AS sum, min(value) AS min, max(value) AS max
-    FROM readings WHERE device_id = ANY($1) GROUP BY 1, 2, 3
+    FROM storage.readings WHERE series_id = ANY($1::int[]) GROUP BY 1, 2
 ), actual AS (
-    SELECT * FROM {table} WHERE device_id = ANY($1)
+    SELECT bucket, series_id, count, sum, min, max
+    FROM storage.{table} WHERE series_id = ANY($1::int[])
 )
-SELECT e.device_id, e.metric, e.bucket, e.count, e.sum, e.min, e.max,
-       a.device_id AS a_device_id, a.metric AS a_metric, a.bucket AS a_bucket,
+SELECT e.series_id, e.bucket, e.count, e.sum, e.min, e.max,
+       a.series_id AS a_series_id, a.bucket AS a_bucket,
        a.count AS a_count, a.sum AS a_sum, a.min AS a_min, a.max AS a_max
 FROM expected e
-FULL JOIN actual a ON (a.bucket, a.device_id, a.metric) = (e.bucket, e.device_id, e.metric)
+FULL JOIN actual a ON (a.bucket, a.series_id) = (e.bucket, e.series_id)
 WHERE e.bucket IS NULL OR a.bucket IS NULL OR e.count <> a.count OR e.min <> a.min
    OR e.max <> a.max OR abs(e.sum - a.sum) > 1e-9 * greatest(1, abs(e.sum))
 """
 
 
+async def _series_of(conn: asyncpg.Connection, devices: list[str]) -> dict[int, tuple[str, str]]:
+    """series id -> (device, metric) of ``devices``."""
+    return {r["series_id"]: (r["device_id"], r["metric"])
+            for r in await conn.fetch(_SERIES, devices)}
+
+
 async def aggregate_mismatches(devices: list[str],
                                settings: Settings = SETTINGS) -> list[dict[str, Any]]:
-    """Rows of readings_1m / readings_1h that differ from SQL over ``readings`` (sum to 1e-9)."""
+    """Rows of readings_1m / readings_1h that differ from SQL over the raw rows (sum to 1e-9)."""
     conn = await db_connect(settings)
     try:
+        series = await _series_of(conn, devices)
         found = []
         for table, width in (("readings_1m", "1 minute"), ("readings_1h", "1 hour")):
-            rows = await conn.fetch(_AGGREGATE_MISMATCHES.format(table=table), devices, width)
-            found += [{"table": table, **dict(r)} for r in rows]
+            rows = await conn.fetch(_AGGREGATE_MISMATCHES.format(table=table), list(series),
+                                    width)
+            found += [{"table": table, "series": series.get(r["series_id"] or r["a_series_id"]),
+                       **dict(r)} for r in rows]
         return found
     finally:
         await conn.close()
@@ -302,8 +319,9 @@ async def publish_readings(devices: list[str], per_device: int, metrics: int = 2
 async def count_rows(devices: list[str], settings: Settings = SETTINGS) -> int:
     conn = await db_connect(settings)
     try:
+        series = await _series_of(conn, devices)
         return await conn.fetchval(
-            "SELECT count(*) FROM readings WHERE device_id = ANY($1)", devices)
+            "SELECT count(*) FROM storage.readings WHERE series_id = ANY($1::int[])", list(series))
     finally:
         await conn.close()
 
@@ -318,9 +336,10 @@ async def duplicate_rows(devices: list[str]) -> int:
     """Keys stored more than once (must always be 0: the unique index forbids it)."""
     conn = await db_connect()
     try:
+        series = await _series_of(conn, devices)
         return await conn.fetchval(
-            "SELECT count(*) FROM (SELECT 1 FROM readings WHERE device_id = ANY($1) "
-            "GROUP BY device_id, metric, time HAVING count(*) > 1) d", devices)
+            "SELECT count(*) FROM (SELECT 1 FROM storage.readings WHERE series_id = ANY($1::int[]) "
+            "GROUP BY series_id, time HAVING count(*) > 1) d", list(series))
     finally:
         await conn.close()
 
@@ -330,12 +349,13 @@ async def stored_points(devices: list[str],
     """The stored points of ``devices`` as a multiset of (device, metric, epoch ms, value)."""
     conn = await db_connect(settings)
     try:
+        series = await _series_of(conn, devices)
         rows = await conn.fetch(
-            "SELECT device_id, metric, (extract(epoch FROM time) * 1000)::bigint AS ms, value "
-            "FROM readings WHERE device_id = ANY($1)", devices)
+            "SELECT series_id, (extract(epoch FROM time) * 1000)::bigint AS ms, value "
+            "FROM storage.readings WHERE series_id = ANY($1::int[])", list(series))
     finally:
         await conn.close()
-    return Counter((r["device_id"], r["metric"], r["ms"], r["value"]) for r in rows)
+    return Counter((*series[r["series_id"]], r["ms"], r["value"]) for r in rows)
 
 
 # How far back, in readings of the same device, the conflicting duplicates reach: the same

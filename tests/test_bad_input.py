@@ -8,7 +8,7 @@ import pytest
 
 from schema.validation import MAX_VALUE_BYTES
 from streams.topics import device_topic
-from tests.schema.bad_messages import BAD_MESSAGES, DEVICE_ID, MIXED_ARRAYS
+from tests.schema.bad_messages import DEVICE_ID, make_bad_messages, make_mixed_arrays
 from tests.stack import (
     RawProducer,
     count_rows,
@@ -30,13 +30,14 @@ async def test_every_kind_of_bad_message_is_dead_lettered_and_the_worker_goes_on
     worker = start_worker("bad-input", DEVICE_FILTER=only)
     expected: dict[tuple[int, int | None], str] = {}
     valid_in_arrays = 0
+    now = datetime.now(timezone.utc)  # made now: some messages are bad only relative to it
     async with RawProducer() as producer:
-        for name, value, _ in BAD_MESSAGES:
+        for name, value, _ in make_bad_messages(now):
             _, offset = await producer.send(topic, key, value.replace(DEVICE_ID.encode(), key))
             # One-element arrays are dead-lettered as element 0, the rest as a whole.
             whole = not name.startswith("array_of_") or len(value) > MAX_VALUE_BYTES
             expected[(offset, None if whole else 0)] = name
-        for name, value, valid, errors in MIXED_ARRAYS:
+        for name, value, valid, errors in make_mixed_arrays(now):
             _, offset = await producer.send(topic, key, value.replace(DEVICE_ID.encode(), key))
             expected.update({(offset, index): name for index in errors})
             valid_in_arrays += valid
