@@ -163,6 +163,7 @@ class Settings:
     read_db_host: str = ""
     read_db_port: int = 0
     read_db_pool_size: int = 4
+    read_max_lag_seconds: float = 5.0
     query_raw_max_range: int = 24
     query_max_rows: int = 10_000
     query_timeout: float = 10.0
@@ -263,6 +264,7 @@ class Settings:
             read_db_host=_str(env, "READ_DB_HOST", cls.read_db_host),
             read_db_port=_int(env, "READ_DB_PORT", cls.read_db_port, minimum=0),
             read_db_pool_size=_int(env, "READ_DB_POOL_SIZE", cls.read_db_pool_size, minimum=1),
+            read_max_lag_seconds=_float(env, "READ_MAX_LAG_SECONDS", cls.read_max_lag_seconds),
             query_raw_max_range=_int(
                 env, "QUERY_RAW_MAX_RANGE", cls.query_raw_max_range, minimum=1
             ),

@@ -5,7 +5,8 @@ One round reads:
 - the worker's own connection pools (those registered on ``PipelineStats``);
 - from PostgreSQL, in one read-only transaction of a one-connection pool of our own:
   database size, cache hit ratio, WAL position and directory size, WAL archiving
-  (``pg_stat_archiver``: segments archived and failed, when last), checkpoint counts,
+  (``pg_stat_archiver``: segments archived and failed, when last), its streaming replicas
+  and their replay lag (``pg_stat_replication``: bytes, seconds), checkpoint counts,
   each hypertable's size, row estimate, chunk count, largest and newest chunk (the
   newest should fit in memory with its indexes), the compression state (or
   "unavailable: apache build" on TimescaleDB's Apache edition) and the top statements of
@@ -63,6 +64,13 @@ SELECT current_setting('archive_mode') <> 'off' AS enabled,
        extract(epoch FROM last_archived_time)::float8 AS last_archived_at,
        extract(epoch FROM last_failed_time)::float8 AS last_failed_at
 FROM pg_stat_archiver
+"""
+REPLICAS = STATS_TAG + """
+SELECT application_name, client_addr::text AS client_addr, state, sync_state,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS replay_lag_bytes,
+       coalesce(extract(epoch FROM replay_lag), 0)::float8 AS replay_lag_seconds
+FROM pg_stat_replication
+ORDER BY application_name, client_addr
 """
 CHECKPOINTS_BEFORE_17 = STATS_TAG + """
 SELECT checkpoints_timed AS timed, checkpoints_req AS requested FROM pg_stat_bgwriter
@@ -256,6 +264,8 @@ async def postgres_state(conn: asyncpg.Connection, compress_after_days: int) -> 
                 wal["directory_error"] = directory["error"]
         else:
             wal["directory_error"] = "unavailable: needs the pg_monitor role"
+        # streaming replicas of this server (none on a replica itself)
+        state["replicas"] = await _optional(lambda: rows(REPLICAS))
         archiver = await _optional(lambda: rows(ARCHIVER))
         wal["archive"] = archiver[0] if isinstance(archiver, list) else archiver
         state["wal"] = wal
@@ -346,8 +356,9 @@ class DatabaseSampler:
             "pgbouncer": bouncer,
             "postgres": None if error else {
                 k: v for k, v in postgres.items()
-                if k not in ("hypertables", "compression", "top_statements")
+                if k not in ("hypertables", "compression", "top_statements", "replicas")
             },
+            "replicas": None if error else postgres["replicas"],
             "hypertables": None if error else postgres["hypertables"],
             "compression": None if error else postgres["compression"],
             "top_statements": None if error else postgres["top_statements"],

@@ -232,6 +232,8 @@ def database_metrics(sample: PeriodicSample[dict[str, Any]]) -> Iterator[Metric]
     yield from _gauge("devicestream_db_wal_directory_bytes", "Size of the WAL directory",
                       wal.get("directory_bytes"))
     yield from _archiver_metrics(wal.get("archive") or {})
+    if isinstance(state.get("replicas"), list):
+        yield from _replica_metrics(state["replicas"])
     checkpoints = postgres.get("checkpoints") or {}
     if "error" not in checkpoints and checkpoints:
         family = CounterMetricFamily("devicestream_db_checkpoints", "Checkpoints",
@@ -260,6 +262,52 @@ def database_metrics(sample: PeriodicSample[dict[str, Any]]) -> Iterator[Metric]
             calls.add_metric([str(row["queryid"])], row["calls"])
             seconds.add_metric([str(row["queryid"])], row["total_seconds"])
         yield from (calls, seconds)
+
+
+def _replica_metrics(replicas: list[dict[str, Any]]) -> Iterator[Metric]:
+    """The primary's streaming replicas (pg_stat_replication)."""
+    for name, key, doc in (
+            ("seconds", "replay_lag_seconds", "How far a streaming replica's replay is behind"),
+            ("bytes", "replay_lag_bytes", "WAL a streaming replica has yet to replay")):
+        family = GaugeMetricFamily(f"devicestream_db_replica_lag_{name}", doc,
+                                   labels=["replica"])
+        for row in replicas:
+            family.add_metric([row["application_name"] or row["client_addr"] or "?"],
+                              row[key] or 0)
+        yield family
+
+
+def read_metrics(reads: dict[str, Any]) -> Iterator[Metric]:
+    """Where the query routes read (``web.read_route.ReadRoute.state``)."""
+    family = CounterMetricFamily("devicestream_reads", "Reads of the query routes",
+                                 labels=["target"])
+    for target, count in reads["reads"].items():
+        family.add_metric([target], count)
+    yield family
+    family = CounterMetricFamily(
+        "devicestream_read_fallbacks", "Reads sent to the primary instead of the replica",
+        labels=["reason"])
+    for reason, count in reads["fallbacks"].items():
+        family.add_metric([reason], count)
+    yield family
+    replica = reads.get("replica")
+    if replica is not None:
+        yield from _gauge("devicestream_read_replica_up",
+                          "1 when the read replica answered its last lag sample",
+                          int(replica["error"] is None and "standby" in replica))
+        yield from _gauge("devicestream_read_replica_lag_seconds",
+                          "The read replica's replay lag, measured on it",
+                          replica.get("lag_seconds"))
+
+
+class ReadsCollector(Collector):
+    """Collects ``read_metrics`` from a callable giving the read route's state."""
+
+    def __init__(self, state: Callable[[], dict[str, Any]]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        yield from read_metrics(self._state())
 
 
 class PipelineCollector(Collector):

@@ -22,9 +22,10 @@ answers carry UTC times ending in ``Z``. A bad parameter gets 400, an unknown de
 a database that is down or too slow 503, always as JSON ``{"error": ...}``: never a stack
 trace. Every answer carries ``Server-Timing: db;dur=..., app;dur=...`` (milliseconds the
 worker spent on it, and the part of that spent waiting for the database). Queries go to
-a pool of their own, on ``READ_DB_HOST`` (a read replica) when set, else on the database
-the workers write to; it has no statement cache, so every query is planned with its time
-bounds and touches only the chunks in range.
+pools of their own: on ``READ_DB_HOST`` (a read replica) when set, falling back to the
+database the workers write to while the replica is down or lags (``web.read_route``),
+else on that database; they have no statement cache, so every query is planned with its
+time bounds and touches only the chunks in range.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ from sinks.postgres import connect_kwargs, is_transient
 from streams.app import app, pipeline_stats, settings
 from streams.settings import Settings
 from web.pg_wire import read_values
+from web.read_route import ReadRoute
 
 log = logging.getLogger(__name__)
 
@@ -298,11 +300,11 @@ def _args(metric: str | None, *args: Any) -> tuple[Any, ...]:
 
 # ------------------------------------------------------------------------------ the pool
 
-def read_connect_kwargs(settings: Settings) -> dict[str, Any]:
-    """Connection arguments of the read pool: READ_DB_HOST/PORT when set, no statement
-    cache (so each query is planned with its own time bounds), QUERY_TIMEOUT."""
-    kwargs = connect_kwargs(settings, host=settings.read_db_host or None)
-    kwargs["port"] = settings.read_db_port or settings.db_port
+def read_connect_kwargs(settings: Settings, host: str, port: int) -> dict[str, Any]:
+    """Connection arguments of a read pool: no statement cache (so each query is planned
+    with its own time bounds), QUERY_TIMEOUT."""
+    kwargs = connect_kwargs(settings, host=host)
+    kwargs["port"] = port
     kwargs["statement_cache_size"] = 0
     kwargs["command_timeout"] = settings.query_timeout
     kwargs["server_settings"] = {"application_name": "devicestream-queries"}
@@ -310,34 +312,28 @@ def read_connect_kwargs(settings: Settings) -> dict[str, Any]:
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Nothing to reset: the read pool only runs read-only transactions (no session
+    """Nothing to reset: the read pools only run read-only transactions (no session
     state), and asyncpg's default reset costs a round trip on every release."""
 
 
-class ReadPool:
-    """The worker's read pool, opened on first use and shown in the stats as ``read``."""
+def read_route(settings: Settings) -> ReadRoute:
+    """The read pools: the replica's (READ_DB_HOST/READ_DB_PORT, when either is set) and the
+    primary's, opened on first use and shown in the stats as ``read`` (the one reads go
+    to normally) and ``read-primary`` (the fallback)."""
+    replica = (read_connect_kwargs(settings, settings.read_db_host or settings.db_host,
+                                   settings.read_db_port or settings.db_port)
+               if settings.read_db_host or settings.read_db_port else None)
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._pool: asyncpg.Pool | None = None
-        self._lock = asyncio.Lock()
+    async def open_pool(target: str, kwargs: Mapping[str, Any]) -> asyncpg.Pool:
+        pool = await asyncpg.create_pool(
+            min_size=0, max_size=settings.read_db_pool_size,
+            max_inactive_connection_lifetime=60, reset=_keep_session, **kwargs)
+        pipeline_stats.register_pool(
+            "read-primary" if replica is not None and target == "primary" else "read", pool)
+        return pool
 
-    async def get(self) -> asyncpg.Pool:
-        if self._pool is None:
-            async with self._lock:
-                if self._pool is None:
-                    self._pool = await asyncpg.create_pool(
-                        min_size=0, max_size=self._settings.read_db_pool_size,
-                        max_inactive_connection_lifetime=60, reset=_keep_session,
-                        **read_connect_kwargs(self._settings))
-                    pipeline_stats.register_pool("read", self._pool)
-        return self._pool
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            pipeline_stats.unregister_pool("read")
-            await pool.close()
+    return ReadRoute(settings, open_pool, replica,
+                     read_connect_kwargs(settings, settings.db_host, settings.db_port))
 
 
 # ------------------------------------------------------------------------------ queries
@@ -359,8 +355,8 @@ def _in_database() -> Iterator[None]:
 class DeviceQueries:
     """The three queries, on a pool; raise BadRequest for 400/404."""
 
-    def __init__(self, pool: ReadPool, limits: Limits) -> None:
-        self._pool = pool
+    def __init__(self, route: ReadRoute, limits: Limits) -> None:
+        self._route = route
         self.limits = limits
 
     async def latest(self, device_id: str, now: datetime) -> dict[str, Any]:
@@ -371,9 +367,8 @@ class DeviceQueries:
         async def collect(chunk: bytes) -> None:
             chunks.append(chunk)
 
-        pool = await self._pool.get()
         with _in_database():
-            async with pool.acquire() as conn:
+            async with self._route.acquire() as conn:
                 await conn.copy_from_query(LATEST_COPY.format(device=device_id, since=since),
                                            output=collect)
                 values: dict[str, tuple[datetime, float]] = {}
@@ -407,9 +402,8 @@ class DeviceQueries:
                                  self.limits.raw_max_range, "raw readings")
         limit = check_limit(params, DEFAULT_LIMIT, self.limits.max_rows)
         sql = _with_metric(READINGS, metric)
-        pool = await self._pool.get()
         with _in_database():
-            async with pool.acquire() as conn, conn.transaction(readonly=True):
+            async with self._route.acquire() as conn, conn.transaction(readonly=True):
                 rows = await conn.fetch(sql, *_args(metric, device_id, start, end, limit + 1))
                 if not rows and not await conn.fetchval(KNOWN_DEVICE, device_id):
                     raise BadRequest(f"unknown device {device_id!r}", 404)
@@ -432,9 +426,8 @@ class DeviceQueries:
                                  "raw resolution")
         resolution = resolution or pick_resolution(start, end, self.limits.raw_max_range)
         limit = check_limit(params, self.limits.max_rows, self.limits.max_rows)
-        pool = await self._pool.get()
         with _in_database():
-            async with pool.acquire() as conn:
+            async with self._route.acquire() as conn:
                 if resolution == "raw":
                     rows = await conn.fetch(_with_metric(RAW_AGGREGATES, metric),
                                             *_args(metric, device_id, start, end, limit + 1))
@@ -574,17 +567,24 @@ def _in_bucket_order(columns: list[list[Any]]) -> list[list[Any]]:
 
 # ------------------------------------------------------------------------------ routes
 
-read_pool = ReadPool(settings)
-queries = DeviceQueries(read_pool, Limits.from_settings(settings))
+reads = read_route(settings)
+queries = DeviceQueries(reads, Limits.from_settings(settings))
 
 
 def encode(body: Any) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_UTC_Z)
 
 
+@app.task
+async def measure_read_replica() -> None:
+    """Keep the read replica's lag sample fresh (until the worker stops)."""
+    if reads.replica is not None:
+        await reads.replica.run()
+
+
 @app.on_before_shutdown.connect
-async def _close_read_pool(app: Any, **kwargs: Any) -> None:
-    await read_pool.close()
+async def _close_read_pools(app: Any, **kwargs: Any) -> None:
+    await reads.close()
 
 
 class DeviceView(View):

@@ -28,7 +28,10 @@ from web.host_metrics import HostCollector
 from web.kafka_offsets import BrokerOffsets
 from web.lag import Assignment, LagSample, LagSampler, lag_report, lag_summary
 from web.periodic import PeriodicSample, describe_error
-from web.prometheus import CONTENT_TYPE, PipelineCollector, exposition, metrics_registry
+from web.prometheus import (
+    CONTENT_TYPE, PipelineCollector, ReadsCollector, exposition, metrics_registry,
+)
+from web.queries import reads
 from web.throughput import throughput_report
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,7 @@ database_sample: PeriodicSample[dict[str, Any]] = PeriodicSample(
     "database state", database_sampler.measure, DB_INTERVAL_SECONDS)
 registry = metrics_registry(PipelineCollector(pipeline_stats, lag_sample, database_sample))
 registry.register(HostCollector(settings.watched_disks()))
+registry.register(ReadsCollector(reads.state))
 
 
 @app.on_partitions_assigned.connect
@@ -183,7 +187,8 @@ class PipelineDatabase(JsonView):
         if state is None:
             return self.error(503, "database state not measured yet",
                               headers={"Retry-After": "5"})
-        return self.json({**state, "sample_age_seconds": database_sample.age})
+        return self.json({**state, "sample_age_seconds": database_sample.age,
+                          "reads": reads.state()})
 
 
 @app.page("/metrics")
@@ -218,7 +223,8 @@ class DashboardData(JsonView):
             "throughput": throughput_report(pipeline_stats),
             "lag": lag_summary(lag_sample.value),
             "db": None if database is None else {**database,
-                                                 "sample_age_seconds": database_sample.age},
+                                                 "sample_age_seconds": database_sample.age,
+                                                 "reads": reads.state()},
         })
 
 

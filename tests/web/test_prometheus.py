@@ -11,7 +11,7 @@ from streams.stats import PipelineStats
 from tests.stack import fake_sample
 from web.lag import LagSample, PartitionLag
 from web.host_metrics import HostCollector
-from web.prometheus import PipelineCollector, exposition, metrics_registry
+from web.prometheus import PipelineCollector, ReadsCollector, exposition, metrics_registry
 
 
 DB_STATE = {
@@ -41,6 +41,9 @@ DB_STATE = {
                      "newest_chunk": {"name": "c3", "range_start": None, "range_end": None,
                                       "total_bytes": 300}}],
     "compression": {"state": "unavailable: apache build"},
+    "replicas": [{"application_name": "replica-1", "client_addr": "10.0.0.9",
+                  "state": "streaming", "sync_state": "async", "replay_lag_bytes": 4096,
+                  "replay_lag_seconds": 0.25}],
     "top_statements": [{"queryid": -12, "calls": 9, "total_seconds": 0.5, "mean_seconds": 0.05,
                         "rows": 1, "query": "SELECT 1"}],
 }
@@ -180,3 +183,22 @@ def test_host_figures_come_from_the_machine() -> None:
     with pytest.raises(KeyError):  # a path that does not exist has no figure, not a zero
         _value(families, "devicestream_host_disk_size_bytes", path="/no/such/path")
     assert _value(families, "devicestream_host_network_bytes_total", direction="received") >= 0
+
+
+def test_replica_lag_and_read_fallbacks_are_exported() -> None:
+    families = _scrape(PipelineStats(), None, DB_STATE)
+    assert _value(families, "devicestream_db_replica_lag_seconds", replica="replica-1") == 0.25
+    assert _value(families, "devicestream_db_replica_lag_bytes", replica="replica-1") == 4096
+
+    reads = {"target": "primary", "fallback_reason": "replica_lagging",
+             "reads": {"replica": 7, "primary": 3}, "fallbacks": {"replica_lagging": 3},
+             "max_lag_seconds": 5.0,
+             "replica": {"standby": True, "lag_seconds": 6.5, "lag_bytes": 100, "error": None,
+                         "sample_age_seconds": 0.4}}
+    registry = metrics_registry(ReadsCollector(lambda: reads), process=None)
+    families = {f.name: f for f in text_string_to_metric_families(exposition(registry).decode())}
+    assert _value(families, "devicestream_reads_total", target="replica") == 7
+    assert _value(families, "devicestream_reads_total", target="primary") == 3
+    assert _value(families, "devicestream_read_fallbacks_total", reason="replica_lagging") == 3
+    assert _value(families, "devicestream_read_replica_up") == 1
+    assert _value(families, "devicestream_read_replica_lag_seconds") == 6.5

@@ -102,13 +102,11 @@ def test_resolution_follows_the_range_raw_then_1m_then_1h() -> None:
     assert pick_resolution(NOW - 2 * HOUR, NOW, raw_max_range=HOUR) == "1m"
 
 
-def test_read_pool_goes_to_read_db_host_when_set_without_statement_cache() -> None:
-    same = read_connect_kwargs(Settings.from_env({"DB_STATEMENT_CACHE": "true"}))
-    assert (same["host"], same["port"], same["statement_cache_size"]) == ("127.0.0.1", 6432, 0)
-    replica = read_connect_kwargs(Settings.from_env(
-        {"READ_DB_HOST": "replica.internal", "READ_DB_PORT": "5433", "QUERY_TIMEOUT": "3"}))
-    assert (replica["host"], replica["port"], replica["command_timeout"]) == (
-        "replica.internal", 5433, 3.0)
+def test_read_pools_have_no_statement_cache_and_the_query_timeout() -> None:
+    settings = Settings.from_env({"DB_STATEMENT_CACHE": "true", "QUERY_TIMEOUT": "3"})
+    replica = read_connect_kwargs(settings, "replica.internal", 5433)
+    assert (replica["host"], replica["port"], replica["statement_cache_size"],
+            replica["command_timeout"]) == ("replica.internal", 5433, 0, 3.0)
     assert replica["database"] == "devicestream"
 
 

@@ -73,11 +73,11 @@ def _routes() -> aiohttp_web.Application:
 
 
 async def _client(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> TestClient:
-    pool = q.ReadPool(settings)
-    monkeypatch.setattr(q, "queries", q.DeviceQueries(pool, q.Limits.from_settings(settings)))
+    route = q.read_route(settings)
+    monkeypatch.setattr(q, "queries", q.DeviceQueries(route, q.Limits.from_settings(settings)))
     client = TestClient(TestServer(_routes()))
     await client.start_server()
-    client.read_pool = pool  # type: ignore[attr-defined]
+    client.read_pool = route  # type: ignore[attr-defined]
     return client
 
 
@@ -246,7 +246,8 @@ async def test_bad_parameters_get_400_and_unknown_devices_404_as_json(
 
 async def test_a_database_that_cannot_be_reached_gives_503_json(
         monkeypatch: pytest.MonkeyPatch, stack: None) -> None:
-    down = replace(SETTINGS, read_db_host="127.0.0.1", read_db_port=free_port())
+    down = replace(SETTINGS, db_port=free_port(), read_db_host="127.0.0.1",
+                   read_db_port=free_port())  # the replica and its fallback
     client = await _client(monkeypatch, down)
     try:
         status, body = await _get(client, "/devices/any-device/latest")

@@ -161,6 +161,14 @@
     });
     var compression = db && db.compression ? db.compression.state : null;
     document.getElementById("compression").textContent = "compression: " + (compression || "–");
+    var reads = db && db.reads;
+    var replicas = (db && Array.isArray(db.replicas) ? db.replicas : []).map(function (r) {
+      return (r.application_name || r.client_addr) + " " + r.state + ", replay lag " +
+        seconds(r.replay_lag_seconds) + " / " + bytes(r.replay_lag_bytes);
+    });
+    document.getElementById("replicas").textContent = "reads from: " +
+      (reads ? reads.target + (reads.fallback_reason ? " (" + reads.fallback_reason + ")" : "") : "–") +
+      "; streaming replicas: " + (replicas.length ? replicas.join(", ") : "none");
     body = document.querySelector("#pgbouncer tbody");
     body.innerHTML = "";
     row(body, ["database", "clients active", "waiting", "servers active", "idle"], true);
