@@ -24,6 +24,9 @@ VENV_PY="$VENV_DIR/bin/python"
 
 HOST=127.0.0.1
 PG_PORT=55432
+REPLICA_PORT=55433  # make stack-up REPLICA=1: a streaming replica (hot standby)
+REPLICATION_USER=replicator
+REPLICATION_PASSWORD=replicator
 PGB_PORT=6432
 KAFKA_PORT=9092
 PG_CLUSTER=devicestream
@@ -228,6 +231,48 @@ pg_stop_cluster() {  # MAJOR
         pg_ctl_cluster "$major" "$PG_CLUSTER" stop -m immediate ||
             die "could not stop PostgreSQL cluster $major/$PG_CLUSTER"
     fi
+}
+
+# "timescale" when the Timescale-licensed library is installed for MAJOR (stack/setup.sh
+# builds it where its source is at hand), else "apache".
+timescaledb_license() {  # MAJOR
+    if compgen -G "$("$(pg_bindir "$1")/pg_config" --pkglibdir)/timescaledb-tsl-*.so" >/dev/null; then
+        echo timescale
+    else
+        echo apache
+    fi
+}
+
+# write_cluster_conf MAJOR DATADIR PORT SOCKET_DIR EXTRA_SETTINGS: the configuration of a
+# cluster run with pg_ctl from its data dir (a restore, the replica). Debian keeps a
+# cluster's configuration in /etc, so a copied data dir has none. Recovery and hot standby
+# refuse values below the source's for the settings pg_controldata records: those come
+# from it.
+write_cluster_conf() {
+    local major=$1 dir=$2 port=$3 socket=$4 extra=$5 control
+    control=$(as_postgres "$(pg_bindir "$major")/pg_controldata" "$dir")
+    setting() { sed -n "s/^$1 setting: *//p" <<<"$control"; }
+    as_postgres tee "$dir/postgresql.conf" >/dev/null <<CONF
+# Written by the stack scripts (stack/common.sh write_cluster_conf).
+listen_addresses = '$HOST'
+port = $port
+unix_socket_directories = '$socket'
+max_connections = $(setting max_connections)
+max_worker_processes = $(setting max_worker_processes)
+max_wal_senders = $(setting max_wal_senders)
+max_prepared_transactions = $(setting max_prepared_xacts)
+max_locks_per_transaction = $(setting max_locks_per_xact)
+shared_preload_libraries = 'timescaledb,pg_stat_statements'
+timescaledb.telemetry_level = off
+timescaledb.license = '$(timescaledb_license "$major")'
+password_encryption = 'scram-sha-256'
+$extra
+CONF
+    as_postgres tee "$dir/pg_hba.conf" >/dev/null <<HBA
+local   all   all                  peer
+host    all   all   127.0.0.1/32   scram-sha-256
+HBA
+    as_postgres touch "$dir/pg_ident.conf"
 }
 
 # ---------------------------------------------------------------- pgBackRest

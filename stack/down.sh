@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# stack/down.sh -- stops the local stack (`make stack-down`): Tansu, pgBouncer and
-# the PostgreSQL cluster MAJOR/devicestream, waiting until ports 9092, 6432 and
+# stack/down.sh -- stops the local stack (`make stack-down`): Tansu, pgBouncer, the read
+# replica if one runs, and the PostgreSQL cluster MAJOR/devicestream, waiting until ports 9092, 6432 and
 # 55432 are closed. Idempotent (nothing running is fine). Data is kept: the
 # database survives a stack-down/stack-up; the broker's memory storage does not.
 # Also stops a Tansu or pgBouncer left on those ports by another clone of the repo.
@@ -19,6 +19,15 @@ tansu_job=$!
 if [[ -x $PGBOUNCER_BIN ]]; then
     pgb_pidfile="$(pg_state_dir)/pgbouncer/pgbouncer.pid"
     stop_service pgbouncer "$pgb_pidfile" "$PGB_PORT" pgbouncer "$(pgbouncer_stop_signal)"
+fi
+
+# the read replica (make stack-up REPLICA=1) first: it follows the cluster
+replica_data="$(pg_state_dir)/replica/pgdata"
+replica_pid=$(head -n1 "$replica_data/postmaster.pid" 2>/dev/null | tr -dc '0-9' || true)
+if pid_alive "$replica_pid"; then
+    log "stopping the read replica (pid $replica_pid)"
+    as_postgres "$(pg_bindir "$(pg_major)")/pg_ctl" -D "$replica_data" stop -m fast >/dev/null ||
+        die "could not stop the read replica (pid $replica_pid)"
 fi
 
 while read -r major _; do

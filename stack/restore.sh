@@ -82,32 +82,7 @@ pgbackrest_run "$PGSTATE" restore --pg1-path="$DIR/pgdata" --set="$LABEL" --type
     --target="$TARGET" --target-action=promote --archive-mode=off --log-level-console=warn ||
     die "pgbackrest restore failed (log: $LOG_DIR/pgbackrest/)"
 
-# The backup holds the data dir only; Debian keeps the configuration in /etc. Recovery
-# refuses settings below the source's for these, which pg_controldata recorded.
-control_setting() {
-    as_postgres "$BIN/pg_controldata" "$DIR/pgdata" | sed -n "s/^$1 setting: *//p"
-}
-as_postgres tee "$DIR/pgdata/postgresql.conf" >/dev/null <<CONF
-# Written by stack/restore.sh for the cluster restored to $TARGET.
-listen_addresses = '$HOST'
-port = $PORT
-unix_socket_directories = '$DIR/socket'
-max_connections = $(control_setting max_connections)
-max_worker_processes = $(control_setting max_worker_processes)
-max_wal_senders = $(control_setting max_wal_senders)
-max_prepared_transactions = $(control_setting max_prepared_xacts)
-max_locks_per_transaction = $(control_setting max_locks_per_xact)
-shared_preload_libraries = 'timescaledb,pg_stat_statements'
-timescaledb.telemetry_level = off
-password_encryption = 'scram-sha-256'
-archive_mode = off
-include_if_exists = 'postgresql.auto.conf'
-CONF
-as_postgres tee "$DIR/pgdata/pg_hba.conf" >/dev/null <<HBA
-local   all   all                  peer
-host    all   all   127.0.0.1/32   scram-sha-256
-HBA
-as_postgres touch "$DIR/pgdata/pg_ident.conf"
+write_cluster_conf "$MAJOR" "$DIR/pgdata" "$PORT" "$DIR/socket" "archive_mode = off"
 
 as_postgres "$BIN/pg_ctl" -D "$DIR/pgdata" -l "$DIR/postgresql.log" --no-wait start >/dev/null ||
     die "the restored cluster did not start: see $DIR/postgresql.log"

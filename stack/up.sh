@@ -11,7 +11,8 @@
 # timescaledb and pg_stat_statements extensions. WAL is archived continuously
 # (at most archive_timeout = 60 s late) into the pgBackRest repository
 # (BACKUP_REPO, default backup/ next to the data), whose stanza devicestream is
-# created here; `make backup` and `make restore` use it. PostgreSQL settings come from
+# created here; `make backup` and `make restore` use it. With REPLICA=1 (`make stack-up
+# REPLICA=1`) a streaming replica runs on 127.0.0.1:55433 too (ensure_replica). PostgreSQL settings come from
 # stack/pg_tuning.py (computed from this host). Logs: .stack/log/.
 # If the cluster name devicestream is registered to another clone's data dir,
 # that cluster is stopped and unregistered (its data is kept; that clone's next
@@ -117,10 +118,7 @@ pg_register_cluster() {
 }
 
 pg_configure() {  # returns 0 when a setting changed (a running server must restart)
-    local changed=1 conf tuning license=apache
-    # the Timescale-licensed library (stack/setup.sh builds it where its source is at hand)
-    compgen -G "$("$(pg_bindir "$MAJOR")/pg_config" --pkglibdir)/timescaledb-tsl-*.so" >/dev/null &&
-        license=timescale
+    local changed=1 conf tuning
     tuning=$("$VENV_PY" "$STACK_SCRIPTS_DIR/pg_tuning.py" --max-connections 200 --ts-background-workers 8) ||
         die "stack/pg_tuning.py failed"
     conf="# Written by stack/up.sh on every start: edit stack/up.sh or stack/pg_tuning.py, not this file.
@@ -129,7 +127,7 @@ port = $PG_PORT
 max_connections = 200
 shared_preload_libraries = 'timescaledb,pg_stat_statements'
 timescaledb.telemetry_level = off
-timescaledb.license = '$license'
+timescaledb.license = '$(timescaledb_license "$MAJOR")'
 password_encryption = 'scram-sha-256'
 ssl = off
 # durability: commits are flushed (the pipeline promises exactly-once storage)
@@ -151,7 +149,8 @@ $tuning"
 local   all       postgres                 peer
 local   all       all                      peer
 host    all       all       127.0.0.1/32   scram-sha-256
-host    all       all       ::1/128        scram-sha-256" && changed=0
+host    all       all       ::1/128        scram-sha-256
+host    replication $REPLICATION_USER 127.0.0.1/32 scram-sha-256" && changed=0
     write_file "$ETC_DIR/start.conf" 644 "manual" || true
     return $changed
 }
@@ -266,6 +265,66 @@ pg1-socket-path=/var/run/postgresql" || true
             die "pgbackrest stanza-create failed"
         fi
     fi
+}
+
+# ---------------------------------------------------------------- read replica
+
+REPLICA_DIR="$PGSTATE/replica"
+REPLICA_DATA="$REPLICA_DIR/pgdata"
+
+# REPLICA=1: a streaming replica of the cluster on $REPLICA_PORT, made with pg_basebackup -R
+# (hot standby), run with pg_ctl from $REPLICA_DIR. It fetches WAL it missed while down
+# from the archive (restore_command), so no replication slot holds WAL on the primary.
+# A replica of an older data dir (another system identifier) is made anew.
+ensure_replica() {
+    local bin pid
+    bin=$(pg_bindir "$MAJOR")
+    psql_super -d postgres <<SQL
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$REPLICATION_USER') THEN
+    CREATE ROLE $REPLICATION_USER REPLICATION LOGIN;
+  END IF;
+END \$\$;
+SET password_encryption = 'scram-sha-256';
+ALTER ROLE $REPLICATION_USER PASSWORD '$REPLICATION_PASSWORD';
+SQL
+    pid=$(head -n1 "$REPLICA_DATA/postmaster.pid" 2>/dev/null | tr -dc '0-9' || true)
+    pid_alive "$pid" && return 0
+    if [[ -f $REPLICA_DATA/PG_VERSION ]]; then
+        local ours theirs
+        ours=$(as_postgres "$bin/pg_controldata" "$PGDATA" | sed -n 's/^Database system identifier: *//p')
+        theirs=$(as_postgres "$bin/pg_controldata" "$REPLICA_DATA" | sed -n 's/^Database system identifier: *//p')
+        if [[ $ours != "$theirs" ]]; then
+            log "the replica in $REPLICA_DIR follows another database: making it anew"
+            rm -rf "$REPLICA_DIR"
+        fi
+    fi
+    local holder
+    holder=$(listener_pid "$REPLICA_PORT")
+    [[ -z $holder ]] || die "port $REPLICA_PORT is held by '$(pid_comm "$holder")' (pid $holder), not by the replica"
+    if [[ ! -f $REPLICA_DATA/PG_VERSION ]]; then
+        mkdir -p "$REPLICA_DIR/socket"
+        chown -R "$PG_OS_USER:$PG_OS_USER" "$REPLICA_DIR"
+        chmod 700 "$REPLICA_DIR"
+        log "making the read replica with pg_basebackup -R (from $HOST:$PG_PORT)"
+        PGPASSWORD=$REPLICATION_PASSWORD as_postgres "$bin/pg_basebackup" -h "$HOST" -p "$PG_PORT" \
+            -U "$REPLICATION_USER" -w -D "$REPLICA_DATA" -R -X stream -c fast \
+            >"$LOG_DIR/pg_basebackup.log" 2>&1 ||
+            { show_log "$LOG_DIR/pg_basebackup.log"; rm -rf "$REPLICA_DIR"; die "pg_basebackup failed"; }
+    fi
+    write_cluster_conf "$MAJOR" "$REPLICA_DATA" "$REPLICA_PORT" "$REPLICA_DIR/socket" "hot_standby = on
+hot_standby_feedback = on
+restore_command = 'pgbackrest --config=$PGBR_CONF --stanza=$STANZA archive-get %f \"%p\"'"
+    ln -sfn "$REPLICA_DIR/postgresql.log" "$LOG_DIR/replica.log"
+    log "starting the read replica on $HOST:$REPLICA_PORT"
+    as_postgres "$bin/pg_ctl" -D "$REPLICA_DATA" -l "$REPLICA_DIR/postgresql.log" -w \
+        -t "$READY_TIMEOUT" start >/dev/null ||
+        { show_log "$REPLICA_DIR/postgresql.log"; die "the read replica did not start"; }
+}
+
+replica_streaming() {
+    [[ $(as_postgres psql -X -qtA -h "$REPLICA_DIR/socket" -p "$REPLICA_PORT" -d postgres \
+        -c "SELECT pg_is_in_recovery() AND status = 'streaming' FROM pg_stat_wal_receiver") == t ]]
 }
 
 # ---------------------------------------------------------------- pgBouncer
@@ -385,10 +444,16 @@ EOF
 ensure_tansu            # first: it starts in milliseconds, no need to wait for it
 ensure_postgres
 ensure_backup_repo
+if [[ ${REPLICA:-0} == 1 ]]; then
+    ensure_replica
+fi
 ensure_pgbouncer
 wait_until "pgBouncer on $HOST:$PGB_PORT" "$PGB_LOG" pgbouncer_query
 wait_until "Tansu on $HOST:$KAFKA_PORT" "$TANSU_LOG" tansu_listening
 wait_until "Kafka metadata from $HOST:$KAFKA_PORT" "$TANSU_LOG" kafka_metadata
+if [[ ${REPLICA:-0} == 1 ]]; then
+    wait_until "the read replica streaming" "$LOG_DIR/replica.log" replica_streaming
+fi
 
 TSDB=$(psql_super -d "$DB_NAME" -tAc "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
 log "stack up in $((SECONDS - T0)) s"
@@ -396,6 +461,10 @@ printf 'postgres   %s:%s  PostgreSQL %s + TimescaleDB %s, cluster %s/%s, data %s
     "$HOST" "$PG_PORT" "$MAJOR" "$TSDB" "$MAJOR" "$PG_CLUSTER" "$PGDATA"
 printf 'pgbouncer  %s:%s   pgBouncer %s, pool_mode=transaction, database %s, user %s\n' \
     "$HOST" "$PGB_PORT" "$(pgbouncer_version)" "$DB_NAME" "$DB_USER"
+if [[ ${REPLICA:-0} == 1 ]]; then
+    printf 'replica    %s:%s  streaming replica (hot standby) of %s, data %s\n' \
+        "$HOST" "$REPLICA_PORT" "$PG_PORT" "$REPLICA_DATA"
+fi
 printf 'backups    %s   pgBackRest stanza %s, WAL archived continuously\n' \
     "$(backup_repo "$PGSTATE")" "$STANZA"
 printf 'kafka      %s:%s   Tansu broker, memory storage (topics are lost when it stops)\n' \
