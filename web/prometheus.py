@@ -12,18 +12,19 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from streams.stats import PipelineStats
 from web.lag import LagSample, max_lag_seconds, total_lag
 from web.periodic import PeriodicSample
+from web.read_route import FALLBACK_REASONS, TARGETS
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # our names are all legacy-valid: same text
 
@@ -279,16 +280,18 @@ def _replica_metrics(replicas: list[dict[str, Any]]) -> Iterator[Metric]:
 
 def read_metrics(reads: dict[str, Any]) -> Iterator[Metric]:
     """Where the query routes read (``web.read_route.ReadRoute.state``)."""
+    # Every label value from the start (0 until it happens), so that rates and alerts
+    # have a series to work on.
     family = CounterMetricFamily("devicestream_reads", "Reads of the query routes",
                                  labels=["target"])
-    for target, count in reads["reads"].items():
-        family.add_metric([target], count)
+    for target in TARGETS:
+        family.add_metric([target], reads["reads"].get(target, 0))
     yield family
     family = CounterMetricFamily(
         "devicestream_read_fallbacks", "Reads sent to the primary instead of the replica",
         labels=["reason"])
-    for reason, count in reads["fallbacks"].items():
-        family.add_metric([reason], count)
+    for reason in FALLBACK_REASONS:
+        family.add_metric([reason], reads["fallbacks"].get(reason, 0))
     yield family
     replica = reads.get("replica")
     if replica is not None:

@@ -37,6 +37,8 @@ SELECT pg_is_in_recovery() AS standby,
        coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint
            AS lag_bytes
 """
+TARGETS = ("replica", "primary")
+FALLBACK_REASONS = ("replica_down", "replica_lagging", "replica_promoted")
 # A connection to the replica that cannot be made: the read goes to the primary.
 UNREACHABLE = (OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
                asyncpg.TooManyConnectionsError)

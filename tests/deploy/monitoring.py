@@ -61,6 +61,7 @@ KNOWN_METRICS = frozenset({
     "devicestream_db_wal_directory_bytes",
     "devicestream_db_chunks_due_for_compression",
     "devicestream_db_wal_last_archived_timestamp_seconds",
+    "devicestream_read_fallbacks_total",
     "devicestream_db_wal_last_archive_failure_timestamp_seconds",
     "devicestream_hypertable_bytes",
     "devicestream_hypertable_chunks",
