@@ -73,6 +73,31 @@ async def compress_chunks_holding(moment: datetime, settings: Settings = SETTING
         await conn.close()
 
 
+_RETENTION_JOBS = """
+SELECT j.job_id, s.job_status FROM timescaledb_information.jobs j
+JOIN timescaledb_information.job_stats s USING (job_id)
+WHERE j.proc_name = 'policy_retention' AND j.hypertable_schema = 'storage'
+"""
+
+
+async def hold_retention_jobs(timeout: float = 60) -> None:
+    """Timescale license: unschedule the retention policy jobs of the storage hypertables and
+    wait for any run in progress. A job an earlier maintenance run left (horizon 90 days)
+    starts on its own and would drop the old chunks a test has just written before the
+    test's own maintenance run raises the horizon. The next maintenance run that changes a
+    horizon installs its policy anew, scheduled. No-op without such jobs (Apache build)."""
+    conn = await db_connect()
+    try:
+        for row in await conn.fetch(_RETENTION_JOBS):
+            await conn.execute("SELECT alter_job($1, scheduled => false)", row["job_id"])
+        deadline = time.monotonic() + timeout
+        while any(r["job_status"] == "Running" for r in await conn.fetch(_RETENTION_JOBS)):
+            assert time.monotonic() < deadline, "a retention policy job is still running"
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+
+
 async def create_topics(names: list[str], partitions: int | None = None) -> None:
     async with TopicProvisioner(SETTINGS) as topics:
         await topics.ensure(names, partitions=partitions)

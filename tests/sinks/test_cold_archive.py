@@ -24,7 +24,7 @@ from sinks.cold_archive import SCHEMA, ArchiveError, Chunk, archive_chunk, archi
 from sinks.maintenance import MaintenanceReport, maintain, retention_plan
 from sinks.postgres import create_pool
 from sinks.timescale import TimescaleSink
-from tests.stack import REPO, SETTINGS, db_connect, fleet, unique
+from tests.stack import REPO, SETTINGS, db_connect, fleet, hold_retention_jobs, unique
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 PG_EPOCH_US = 946_684_800_000_000
@@ -199,6 +199,7 @@ def test_the_report_says_what_was_archived_and_what_was_kept() -> None:
 
 async def _seed(devices: list[str], moments: list[datetime]) -> None:
     """Two metrics of each device at each moment, with millisecond times, via the sink."""
+    await hold_retention_jobs()
     points = [(_us(moment + timedelta(milliseconds=17 * d)), device, metric,
                round(d * 1.5 + m * 0.25 + k * 0.01, 2))
               for k, moment in enumerate(moments) for d, device in enumerate(devices)

@@ -25,7 +25,15 @@ from sinks.maintenance import (
 )
 from sinks.postgres import create_pool
 from sinks.timescale import TimescaleSink
-from tests.stack import REPO, SETTINGS, Worker, db_connect, fleet, unique, wait_for
+from tests.stack import (
+    REPO,
+    SETTINGS,
+    db_connect,
+    fleet,
+    hold_retention_jobs,
+    unique,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +52,7 @@ def test_plan_horizon_is_the_longest_retention_in_force() -> None:
 
 
 async def _write(devices: dict[str, int | None], now: datetime) -> None:
+    await hold_retention_jobs()
     points = [(int((now - age).timestamp() * 1_000_000), device, "m", float(i))
               for device in devices for i, age in enumerate(AGES.values())]
     pool = await create_pool(SETTINGS)
