@@ -445,6 +445,12 @@ WHERE d.retention_days > $1
 """
 
 
+_CHUNK_COMPRESSED = """
+SELECT is_compressed FROM timescaledb_information.chunks
+WHERE format('%I.%I', chunk_schema, chunk_name) = $1
+"""
+
+
 async def _trim_chunk(conn: asyncpg.Connection, chunk: str, compressed: bool,
                       range_start: datetime, range_end: datetime, default_days: int,
                       archive: Path | None) -> tuple[int, bool, ArchivedChunk | None]:
@@ -457,6 +463,13 @@ async def _trim_chunk(conn: asyncpg.Connection, chunk: str, compressed: bool,
         # Archived before anything is removed; the chunk stays locked against writes.
         archived = (await _archive(conn, chunk, range_start, range_end, archive)
                     if archive else None)
+        if not compressed:
+            # Locked first: the copy below then sees every committed row, and nothing is
+            # written to the chunk until the rewrite commits. The compression policy may
+            # have compressed the chunk since it was listed: its rows are then no longer in
+            # the chunk's own table, and copying from that would keep nothing.
+            await conn.execute(f"LOCK TABLE {chunk} IN ACCESS EXCLUSIVE MODE")
+            compressed = bool(await conn.fetchval(_CHUNK_COMPRESSED, chunk))
         if compressed:
             # Filtered on the segment-by column: whole compressed batches go.
             keep = [r["series_id"] for r in await conn.fetch(_LONG_SERIES, default_days)]
@@ -467,9 +480,6 @@ async def _trim_chunk(conn: asyncpg.Connection, chunk: str, compressed: bool,
                 f"SELECT count(*) FROM {RAW} WHERE time >= $1 AND time < $2",
                 range_start, range_end)
         else:
-            # Locked first: the copy below then sees every committed row, and nothing
-            # is written to the chunk until the rewrite commits.
-            await conn.execute(f"LOCK TABLE {chunk} IN ACCESS EXCLUSIVE MODE")
             await conn.execute(f"CREATE TEMP TABLE trim_keep (LIKE {RAW}) ON COMMIT DROP")
             kept = int((await conn.execute(
                 f"INSERT INTO trim_keep SELECT * FROM {chunk} "
