@@ -233,10 +233,12 @@ pg_stop_cluster() {  # MAJOR
     fi
 }
 
-# "timescale" when the Timescale-licensed library is installed for MAJOR (stack/setup.sh
-# builds it where its source is at hand), else "apache".
+# "timescale" when TIMESCALEDB_LICENSE=timescale asks for it and the Timescale-licensed
+# library is installed for MAJOR (stack/setup.sh builds it where its source is at hand),
+# else "apache" (the default: the edition a user's machine has).
 timescaledb_license() {  # MAJOR
-    if compgen -G "$("$(pg_bindir "$1")/pg_config" --pkglibdir)/timescaledb-tsl-*.so" >/dev/null; then
+    if [[ ${TIMESCALEDB_LICENSE:-apache} == timescale ]] &&
+        compgen -G "$("$(pg_bindir "$1")/pg_config" --pkglibdir)/timescaledb-tsl-*.so" >/dev/null; then
         echo timescale
     else
         echo apache

@@ -2,7 +2,7 @@
 series_id = (device_id, metric), order by time DESC) with a policy at COMPRESS_AFTER_DAYS,
 retention policies at the horizons, and exact writes and per-device retention on
 compressed chunks. This is the production path (docker-compose runs the
-timescale/timescaledb image), which the local stack runs where stack/setup.sh found the
+timescale/timescaledb image), which the local stack runs with TIMESCALEDB_LICENSE=timescale where stack/setup.sh built the
 vendored source; with Debian's Apache build the tests skip, saying why.
 """
 from __future__ import annotations
