@@ -101,6 +101,19 @@ async def hold_retention_jobs(timeout: float = 60) -> None:
         await conn.close()
 
 
+async def forget_devices(devices: list[str]) -> None:
+    """Remove test devices and their raw rows, so that their retention overrides stop
+    counting for the maintenance horizon."""
+    conn = await db_connect()
+    try:
+        await conn.execute(
+            "DELETE FROM storage.readings WHERE series_id IN "
+            "(SELECT series_id FROM storage.series WHERE device_id = ANY($1))", devices)
+        await conn.execute("DELETE FROM devices WHERE device_id = ANY($1)", devices)
+    finally:
+        await conn.close()
+
+
 async def create_topics(names: list[str], partitions: int | None = None) -> None:
     async with TopicProvisioner(SETTINGS) as topics:
         await topics.ensure(names, partitions=partitions)

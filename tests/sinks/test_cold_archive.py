@@ -24,7 +24,15 @@ from sinks.cold_archive import SCHEMA, ArchiveError, Chunk, archive_chunk, archi
 from sinks.maintenance import MaintenanceReport, maintain, retention_plan
 from sinks.postgres import create_pool
 from sinks.timescale import TimescaleSink
-from tests.stack import REPO, SETTINGS, db_connect, fleet, hold_retention_jobs, unique
+from tests.stack import (
+    REPO,
+    SETTINGS,
+    db_connect,
+    fleet,
+    forget_devices,
+    hold_retention_jobs,
+    unique,
+)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 PG_EPOCH_US = 946_684_800_000_000
@@ -378,13 +386,9 @@ async def test_a_trimmed_chunk_is_archived_whole_and_its_file_kept_when_dropped(
         rows = await _rows_of(chunk)
         trimmed = await _maintain(tmp_path)
         left = await _rows_of(chunk)
-        # The keeper's retention stops counting; the chunk is past the horizon again.
-        await conn.execute(
-            "DELETE FROM storage.readings WHERE series_id IN "
-            "(SELECT series_id FROM storage.series WHERE device_id = $1)", keeper)
-        await conn.execute("DELETE FROM devices WHERE device_id = $1", keeper)
     finally:
         await conn.close()
+    await forget_devices([keeper])  # the chunk is past the horizon again
     path = archive_path(tmp_path, chunk)
     assert trimmed.archive_failures == {} and trimmed.trimmed_chunks >= 1
     assert _read_back(path) == rows, "archived whole, before the trim"

@@ -30,6 +30,7 @@ from tests.stack import (
     SETTINGS,
     db_connect,
     fleet,
+    forget_devices,
     hold_retention_jobs,
     unique,
     wait_for,
@@ -94,18 +95,6 @@ async def _ages_left(devices: list[str], now: datetime) -> dict[str, list[str]]:
     return {d: sorted(v, key=list(AGES).index) for d, v in left.items()}
 
 
-async def _forget(devices: list[str]) -> None:
-    """Remove the test's devices so their overrides stop counting for the horizon."""
-    conn = await db_connect()
-    try:
-        await conn.execute(
-            "DELETE FROM storage.readings WHERE series_id IN "
-            "(SELECT series_id FROM storage.series WHERE device_id = ANY($1))", devices)
-        await conn.execute("DELETE FROM devices WHERE device_id = ANY($1)", devices)
-    finally:
-        await conn.close()
-
-
 async def test_retention_per_device_shorter_and_longer_than_the_default(stack) -> None:
     ids, _ = fleet("retention-", 3)
     short, default, long_ = ids
@@ -157,7 +146,7 @@ async def test_retention_per_device_shorter_and_longer_than_the_default(stack) -
         assert again is not None
         assert await _ages_left(ids, now) == left  # a second run changes nothing
     finally:
-        await _forget(ids)
+        await forget_devices(ids)
 
 
 async def test_only_one_run_at_a_time_and_the_timer_waits_for_its_interval(stack) -> None:
