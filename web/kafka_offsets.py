@@ -23,6 +23,8 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.offset import OffsetRequest
 from aiokafka.structs import TopicPartition
 
+from web.kafka_log_dirs import DescribeLogDirsRequest, sizes_of_log_dirs
+
 log = logging.getLogger(__name__)
 
 # A broker waits this long for data before answering a fetch; 0 makes Tansu answer with
@@ -105,6 +107,7 @@ class BrokerOffsets:
         self._metadata_invalid = False
         self._found: tuple[ClusterMetadata, list[TopicPartition]] | None = None
         self._coordinators: dict[str, int] = {}
+        self._log_dirs_supported = True  # until a broker lacks DescribeLogDirs
 
     async def start(self) -> AIOKafkaClient:
         if self._client is None:
@@ -171,6 +174,38 @@ class BrokerOffsets:
         # Only what this round measured: partitions of deleted topics are forgotten.
         self._next_fetch = {tp: marks.end for tp, marks in result.items()}
         return result
+
+    async def log_sizes(self, metadata: ClusterMetadata, partitions: Iterable[TopicPartition],
+                        ) -> dict[TopicPartition, int] | None:
+        """Bytes on disk of each partition, as its leader reports them (DescribeLogDirs).
+
+        None when the brokers do not implement DescribeLogDirs (then it is not asked
+        again); partitions whose leader failed to answer are left out.
+        """
+        if not self._log_dirs_supported:
+            return None
+        by_leader: dict[int, list[TopicPartition]] = {}
+        for tp in partitions:
+            leader = metadata.leader_for_partition(tp)
+            if leader is not None and leader >= 0:
+                by_leader.setdefault(leader, []).append(tp)
+        client = await self.start()
+        sizes: dict[TopicPartition, int] = {}
+        for leader, tps in by_leader.items():
+            for chunk in _chunks(tps, PARTITIONS_PER_REQUEST):
+                request = DescribeLogDirsRequest(group_by_topic(chunk))
+                try:
+                    response = await client.send(leader, request)
+                except kafka_errors.IncompatibleBrokerVersion:
+                    log.info("the broker does not implement DescribeLogDirs: "
+                             "topic sizes in bytes are not reported")
+                    self._log_dirs_supported = False
+                    return None
+                except (kafka_errors.KafkaError, OSError) as exc:
+                    log.debug("DescribeLogDirs of broker %s failed: %s", leader, exc)
+                    continue
+                sizes.update(sizes_of_log_dirs(response, chunk))
+        return sizes
 
     async def _fetch_watermarks(self, node: int,
                                 tps: list[TopicPartition]) -> dict[TopicPartition, Watermarks]:

@@ -45,6 +45,34 @@ class PartitionLag:
 
 
 @dataclass(frozen=True)
+class TopicSize:
+    """What one device topic retains, over all its partitions; None where not measured
+    (a partition's log start unknown; a broker without DescribeLogDirs for bytes)."""
+
+    messages: int | None
+    bytes: int | None
+
+    def as_json(self, topic: str) -> dict[str, Any]:
+        return {"topic": topic, "messages": self.messages, "bytes": self.bytes}
+
+
+def topic_sizes(partitions: Iterable[TopicPartition], watermarks: dict[TopicPartition, Watermarks],
+                log_sizes: dict[TopicPartition, int] | None) -> dict[str, TopicSize]:
+    """Messages (log end - log start) and bytes retained per topic of ``partitions``."""
+    by_topic: dict[str, list[TopicPartition]] = {}
+    for tp in partitions:
+        by_topic.setdefault(tp.topic, []).append(tp)
+    sizes: dict[str, TopicSize] = {}
+    for topic, tps in by_topic.items():
+        marks = [watermarks.get(tp) for tp in tps]
+        messages = (None if any(m is None or m.log_start is None for m in marks)
+                    else sum(m.end - m.log_start for m in marks))
+        known = log_sizes is not None and all(tp in log_sizes for tp in tps)
+        sizes[topic] = TopicSize(messages, sum(log_sizes[tp] for tp in tps) if known else None)
+    return sizes
+
+
+@dataclass(frozen=True)
 class LagSample:
     """One measurement of the group's device-topic partitions."""
 
@@ -52,7 +80,7 @@ class LagSample:
     assigned: frozenset[TopicPartition]  # this worker's partitions when measured
     assignment_known: bool  # False until the worker's first partition assignment
     taken_at: float = field(default_factory=time.time)
-    retained_messages: int | None = None  # in the followed topics' logs, all partitions
+    topics: dict[str, TopicSize] = field(default_factory=dict)  # the followed device topics
 
     def own(self) -> list[PartitionLag]:
         return [self.partitions.get(tp) or PartitionLag(tp.topic, tp.partition, None, None)
@@ -146,6 +174,11 @@ def lag_report(partitions: Iterable[PartitionLag]) -> dict[str, Any]:
     return {"total_lag": total, "partitions": [p.as_json() for p in rows]}
 
 
+def topics_report(topics: dict[str, TopicSize]) -> list[dict[str, Any]]:
+    """Per-topic retained messages and bytes, by topic name (``/pipeline/lag?scope=group``)."""
+    return [topics[name].as_json(name) for name in sorted(topics)]
+
+
 def total_lag(partitions: Iterable[PartitionLag]) -> int | None:
     return lag_report(partitions)["total_lag"]
 
@@ -215,13 +248,13 @@ class LagSampler:
         watermarks = await self._offsets.watermarks(metadata, everything)
         now = time.time()
         self._end_times.keep(everything)
-        retained = [m.end - m.log_start for m in watermarks.values() if m.log_start is not None]
+        log_sizes = await self._offsets.log_sizes(metadata, everything)
         return LagSample(
             partitions=partition_lags(everything, watermarks, committed, self._end_times, now),
             assigned=assigned,
             assignment_known=self._settled,
             taken_at=now,
-            retained_messages=sum(retained) if len(retained) == len(everything) else None,
+            topics=topic_sizes(everything, watermarks, log_sizes),
         )
 
     async def close(self) -> None:

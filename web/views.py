@@ -26,10 +26,21 @@ from streams.topics import SHARED_TOPIC, device_of_topic, kafka_client_kwargs
 from web.database import DatabaseSampler
 from web.host_metrics import HostCollector
 from web.kafka_offsets import BrokerOffsets
-from web.lag import Assignment, LagSample, LagSampler, lag_report, lag_summary
+from web.lag import (
+    Assignment,
+    LagSample,
+    LagSampler,
+    lag_report,
+    lag_summary,
+    topics_report,
+)
 from web.periodic import PeriodicSample, describe_error
 from web.prometheus import (
-    CONTENT_TYPE, PipelineCollector, ReadsCollector, exposition, metrics_registry,
+    CONTENT_TYPE,
+    PipelineCollector,
+    ReadsCollector,
+    exposition,
+    metrics_registry,
 )
 from web.queries import reads
 from web.throughput import throughput_report
@@ -165,7 +176,9 @@ class PipelineLag(JsonView):
             return self.error(
                 503, f"lag unavailable: {lag_sample.error} (last measured {age:.0f}s ago)",
                 headers={"Retry-After": "5"})
-        return self.json(lag_report(sample.own() if scope == "worker" else sample.group()))
+        if scope == "worker":
+            return self.json(lag_report(sample.own()))
+        return self.json({**lag_report(sample.group()), "topics": topics_report(sample.topics)})
 
 
 @app.page("/pipeline/throughput")

@@ -7,6 +7,11 @@ import pytest
 from aiokafka import errors as kafka_errors
 from aiokafka.structs import TopicPartition as TP
 
+from web.kafka_log_dirs import (
+    DescribeLogDirsRequest,
+    DescribeLogDirsResponse_v0,
+    sizes_of_log_dirs,
+)
 from web.kafka_offsets import (
     BrokerOffsets,
     Watermarks,
@@ -20,10 +25,13 @@ from web.lag import (
     LagSample,
     LagSampler,
     PartitionLag,
+    TopicSize,
     lag_report,
     lag_summary,
     max_lag_seconds,
     partition_lags,
+    topic_sizes,
+    topics_report,
 )
 
 A0, A1, B0 = TP("device-data-a", 0), TP("device-data-a", 1), TP("device-data-b", 0)
@@ -102,6 +110,9 @@ class FakeOffsets:
         self.calls.append("watermarks")
         return {tp: Watermarks(0, 10) for tp in tps}
 
+    async def log_sizes(self, metadata, tps):
+        return {tp: 1000 * (tp.partition + 1) for tp in tps}
+
 
 async def test_own_lag_is_known_only_once_an_assignment_covered_every_device_topic() -> None:
     offsets = FakeOffsets([A0, A1, B0, TP("other-topic", 0)])
@@ -122,6 +133,8 @@ async def test_own_lag_is_known_only_once_an_assignment_covered_every_device_top
     sample = await sampler.measure()
     assert sample.assignment_known and sample.assigned == {A1}
     assert lag_report(sample.own())["total_lag"] == 10
+    assert sample.topics == {"device-data-a": TopicSize(20, 3000),
+                             "device-data-b": TopicSize(10, 1000)}
 
     # a device topic created later does not make it unknown again
     offsets.topics.append(TP("device-data-c", 0))
@@ -191,6 +204,55 @@ async def test_each_probe_fetches_from_the_last_end_seen_and_recovers_from_out_o
     ends[A0] = 10  # topic recreated: the old end is past the new log's end
     assert (await offsets.watermarks(metadata, [A0]))[A0].end == 10
     assert fetched[-2:] == [{A0: 350}, {A0: 10}]
+
+
+def test_topic_sizes_sum_partitions_and_are_null_where_a_partition_is_unmeasured() -> None:
+    marks = {A0: Watermarks(2, 10), A1: Watermarks(0, 5), B0: Watermarks(None, 3)}
+    sizes = topic_sizes([A0, A1, B0], marks, {A0: 700, A1: 300})
+    assert sizes == {"device-data-a": TopicSize(13, 1000), "device-data-b": TopicSize(None, None)}
+    assert topic_sizes([A0], marks, None) == {"device-data-a": TopicSize(8, None)}
+    assert topics_report(sizes) == [
+        {"topic": "device-data-a", "messages": 13, "bytes": 1000},
+        {"topic": "device-data-b", "messages": None, "bytes": None}]
+
+
+def test_log_dir_sizes_decode_from_the_wire_and_skip_future_replicas_and_failed_dirs() -> None:
+    wire = DescribeLogDirsResponse_v0(0, [
+        (0, "/data/a", [("device-data-a", [(0, 700, 0, False), (0, 650, 0, True)]),
+                        ("device-data-b", [(0, 999, 0, False)])]),
+        (0, "/data/b", [("device-data-a", [(1, 300, 0, False)])]),
+        (57, "/data/broken", [("device-data-a", [(1, 5, 0, False)])]),
+    ]).encode()
+    response = DescribeLogDirsResponse_v0.decode(wire)
+    assert sizes_of_log_dirs(response, [A0, A1]) == {A0: 700, A1: 300}
+
+
+def test_log_dirs_request_picks_a_version_the_broker_has_and_refuses_without_one() -> None:
+    request = DescribeLogDirsRequest({"device-data-a": [0, 1]})
+    struct = request.prepare({35: (0, 4)})
+    assert struct.API_VERSION == 1 and struct.topics == [("device-data-a", [0, 1])]
+    with pytest.raises(kafka_errors.IncompatibleBrokerVersion):
+        request.prepare({1: (0, 11)})  # Tansu lists no DescribeLogDirs
+
+
+async def test_log_sizes_are_none_once_the_broker_lacks_describe_log_dirs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    offsets = BrokerOffsets(["127.0.0.1:1"])
+    sent: list[object] = []
+
+    class Client:
+        async def send(self, node, request):
+            sent.append(request)
+            request.prepare({1: (0, 11)})
+
+    async def start():
+        return Client()
+
+    monkeypatch.setattr(offsets, "start", start)
+    metadata = SimpleNamespace(leader_for_partition=lambda tp: 1)
+    assert await offsets.log_sizes(metadata, [A0, A1]) is None
+    assert await offsets.log_sizes(metadata, [A0, A1]) is None
+    assert len(sent) == 1, "not asked again"
 
 
 def test_lag_seconds_interpolate_when_the_end_passed_the_committed_offset() -> None:
