@@ -4,7 +4,8 @@
 # of a repository is always full. Then expires what retention no longer needs (see
 # stack/pgbackrest_info.py: BACKUP_RETENTION_FULL full backups, and enough of them
 # that point-in-time recovery reaches WAL_ARCHIVE_DAYS back) and prints the backup's
-# label, type, sizes and seconds.
+# label, type, sizes and seconds, and records it in storage.backups (the workers report
+# the newest one's age).
 #
 # Needs root and a stack started by `make stack-up`. Usage: TYPE=full bash stack/backup.sh
 # shellcheck source=stack/common.sh
@@ -35,6 +36,10 @@ pgbackrest_run "$PGSTATE" backup --type="$TYPE" --log-level-console=warn ||
 KEEP=$(info keep "$BACKUP_RETENTION_FULL" "$WAL_ARCHIVE_DAYS")
 pgbackrest_run "$PGSTATE" expire --repo1-retention-full="$KEEP" --log-level-console=warn ||
     die "pgbackrest expire failed (log: $LOG_DIR/pgbackrest/)"
+
+# the worker's backup age (/pipeline/db, devicestream_db_last_backup_timestamp_seconds)
+info record | as_postgres psql -X -q -v ON_ERROR_STOP=1 -p "$PG_PORT" -d "$DB_NAME" ||
+    die "recording the backup in storage.backups failed (is the schema migrated? make migrate)"
 
 info last
 printf 'retention  %s full backups kept (BACKUP_RETENTION_FULL=%s, WAL_ARCHIVE_DAYS=%s)\n' \

@@ -3,6 +3,8 @@
     pgbackrest_info.py last              the newest backup: label, type, sizes, seconds
     pgbackrest_info.py keep FULL DAYS    how many full backups retention keeps
     pgbackrest_info.py full-due HOURS    "due" when no full backup ended in the last HOURS
+    pgbackrest_info.py record            SQL that records the newest backup in
+                                         storage.backups (the worker's backup age)
     pgbackrest_info.py pick TIME         the backup a restore to TIME starts from, and TIME
                                          as PostgreSQL's recovery_target_time
 
@@ -16,6 +18,7 @@ A bad argument or an answer that cannot be used exits with status 2 and one line
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -64,6 +67,29 @@ def last(info: Any) -> str:
         f"backups    {len(done)} in the repository "
         f"({sum(b['type'] == 'full' for b in done)} full)",
     ])
+
+
+# pgBackRest's labels: 20261204-101500F, 20261204-101500F_20261205-101500I (or D)
+_LABEL = re.compile(r"[0-9]{8}-[0-9]{6}F(_[0-9]{8}-[0-9]{6}[DI])?")
+
+
+def record(info: Any) -> str:
+    """An idempotent INSERT of the newest backup into storage.backups (migration 0007)."""
+    done = backups(info)
+    if not done:
+        raise InfoError("the repository holds no backup")
+    newest = done[-1]
+    label, type_ = newest["label"], newest["type"]
+    if not _LABEL.fullmatch(label) or type_ not in ("full", "diff", "incr"):
+        raise InfoError(f"unexpected backup label or type: {label!r} {type_!r}")
+    values = ", ".join([
+        f"'{label}'", f"'{type_}'",
+        f"to_timestamp({int(newest['timestamp']['start'])})",
+        f"to_timestamp({int(newest['timestamp']['stop'])})",
+        str(int(newest["info"]["size"])), str(int(newest["info"]["repository"]["delta"])),
+    ])
+    return ("INSERT INTO storage.backups (label, type, started_at, finished_at, "
+            f"database_bytes, stored_bytes) VALUES ({values}) ON CONFLICT (label) DO NOTHING;")
 
 
 def keep(info: Any, full: int, days: int, now: float) -> int:
@@ -118,15 +144,18 @@ def pick(info: Any, target: float, now: float) -> str:
 
 def main(argv: list[str]) -> int:
     command, *args = argv or [""]
-    arity = {"last": 0, "keep": 2, "full-due": 1, "pick": 1}
+    arity = {"last": 0, "record": 0, "keep": 2, "full-due": 1, "pick": 1}
     if arity.get(command) != len(args):
-        print("usage: pgbackrest_info.py last | keep FULL DAYS | full-due HOURS | pick TIME",
+        print("usage: pgbackrest_info.py last | record | keep FULL DAYS | full-due HOURS"
+              " | pick TIME",
               file=sys.stderr)
         return 2
     try:
         info = json.load(sys.stdin)
         if command == "last":
             print(last(info))
+        elif command == "record":
+            print(record(info))
         elif command == "keep":
             print(keep(info, int(args[0]), int(args[1]), time.time()))
         elif command == "full-due":

@@ -4,7 +4,7 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from tests.stack import PrivateBroker, Worker, db_connect, require_stack
+from tests.stack import PrivateBroker, Worker, db_connect, require_stack, stack_replica
 
 
 @pytest.fixture
@@ -40,6 +40,13 @@ async def private_broker(request: pytest.FixtureRequest) -> AsyncIterator[Privat
     broker = await PrivateBroker(request.node.name[:60]).start()
     yield broker
     broker.kill()
+
+
+@pytest.fixture(scope="module")
+def replica() -> Iterator[None]:
+    """The local stack's streaming replica on 127.0.0.1:55433, for the module's tests."""
+    with stack_replica():
+        yield
 
 
 @pytest.fixture

@@ -54,6 +54,46 @@ def require_stack() -> None:
                 raise RuntimeError(f"{name} is not listening on 127.0.0.1:{port}: run `make stack-up`")
 
 
+REPLICA_PORT = 55433  # make stack-up REPLICA=1
+
+
+def _stack_state_dir() -> Path:
+    stack = REPO / ".stack"
+    return (stack / "pgstate").resolve() if (stack / "pgstate").exists() else stack
+
+
+def replica_sql(sql: str) -> str:
+    """Run ``sql`` on the stack's streaming replica as the postgres superuser."""
+    done = subprocess.run(
+        ["runuser", "-u", "postgres", "--", "psql", "-X", "-qtA", "-h",
+         str(_stack_state_dir() / "replica" / "socket"), "-p", str(REPLICA_PORT),
+         "-d", "postgres", "-c", sql], capture_output=True, text=True, timeout=30, check=True)
+    return done.stdout.strip()
+
+
+def replica_pg_ctl(*args: str) -> None:
+    """pg_ctl on the stack's streaming replica (start, stop -m fast...)."""
+    data = _stack_state_dir() / "replica" / "pgdata"
+    major = (data / "PG_VERSION").read_text().strip()
+    subprocess.run(["runuser", "-u", "postgres", "--", f"/usr/lib/postgresql/{major}/bin/pg_ctl",
+                    "-D", str(data), "-l", str(data.parent / "postgresql.log"), "-w", *args],
+                   capture_output=True, timeout=120, check=True)
+
+
+@contextlib.contextmanager
+def stack_replica() -> Iterator[None]:
+    """The stack's replica, started by ``make stack-up REPLICA=1`` and stopped afterwards
+    (``make test`` starts the stack without it)."""
+    done = subprocess.run(["make", "-s", "stack-up", "REPLICA=1"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env={**os.environ})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"127.0.0.1:{REPLICA_PORT}  streaming replica" in done.stdout
+    try:
+        yield
+    finally:
+        replica_pg_ctl("stop", "-m", "fast")
+
+
 async def db_connect(settings: Settings = SETTINGS) -> asyncpg.Connection:
     """A connection to the stack's database, or to the one ``settings`` names (a restore's)."""
     return await asyncpg.connect(**connect_kwargs(settings))

@@ -121,6 +121,14 @@ async def test_backup_while_a_worker_ingests_loses_and_duplicates_nothing(start_
     assert rows_before < rows_after < stream.points, "rows were stored during the backup"
     assert printed["type"] in ("full", "incr")
     assert printed["label"] in {b["label"] for b in repository_info()["backup"]}
+    conn = await db_connect()
+    try:  # recorded for the workers' backup age
+        recorded = await conn.fetchrow(
+            "SELECT type, finished_at FROM storage.backups WHERE label = $1", printed["label"])
+    finally:
+        await conn.close()
+    assert recorded is not None and recorded["type"] == printed["type"]
+    assert recorded["finished_at"] == datetime.fromisoformat(printed["ended"])
     await assert_exactly_once(stream)
 
 

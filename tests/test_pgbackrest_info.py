@@ -114,3 +114,18 @@ def test_bad_arguments_get_the_usage() -> None:
     for args in ((), ("keep", "7"), ("pick",), ("restore", "x")):
         done = run(info(), *args)
         assert done.returncode == 2 and "usage:" in done.stderr
+
+
+def test_record_inserts_the_newest_backup_once_and_refuses_an_unexpected_label() -> None:
+    done = run(info(backup("20261203-101500F_20261204-101500I", "incr", 1_700_000_000,
+                           1_700_000_060),
+                    backup("20261203-101500F", "full", 1_600_000_000, 1_600_000_900)),
+               "record")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "INSERT INTO storage.backups (label, type, started_at, finished_at, database_bytes, "
+        "stored_bytes) VALUES ('20261203-101500F_20261204-101500I', 'incr', "
+        "to_timestamp(1700000000), to_timestamp(1700000060), 5000000, 900000) "
+        "ON CONFLICT (label) DO NOTHING;")
+    forged = run(info(backup("x'); DROP TABLE storage.series; --", "full", 1, 2)), "record")
+    assert forged.returncode == 2 and "unexpected backup label" in forged.stderr

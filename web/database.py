@@ -5,7 +5,8 @@ One round reads:
 - the worker's own connection pools (those registered on ``PipelineStats``);
 - from PostgreSQL, in one read-only transaction of a one-connection pool of our own:
   database size, cache hit ratio, WAL position and directory size, WAL archiving
-  (``pg_stat_archiver``: segments archived and failed, when last), its streaming replicas
+  (``pg_stat_archiver``: segments archived and failed, when last), the newest backup the
+  backup tools recorded in ``storage.backups`` (null when none), its streaming replicas
   and their replay lag (``pg_stat_replication``: bytes, seconds), checkpoint counts,
   each hypertable's size, row estimate, chunk count, largest and newest chunk (the
   newest should fit in memory with its indexes), the compression state (or
@@ -71,6 +72,13 @@ SELECT application_name, client_addr::text AS client_addr, state, sync_state,
        coalesce(extract(epoch FROM replay_lag), 0)::float8 AS replay_lag_seconds
 FROM pg_stat_replication
 ORDER BY application_name, client_addr
+"""
+LAST_BACKUP = STATS_TAG + """
+SELECT label, type, extract(epoch FROM finished_at)::float8 AS finished_at,
+       database_bytes, stored_bytes, (SELECT count(*) FROM storage.backups) AS recorded
+FROM storage.backups
+ORDER BY finished_at DESC
+LIMIT 1
 """
 CHECKPOINTS_BEFORE_17 = STATS_TAG + """
 SELECT checkpoints_timed AS timed, checkpoints_req AS requested FROM pg_stat_bgwriter
@@ -269,6 +277,8 @@ async def postgres_state(conn: asyncpg.Connection, compress_after_days: int) -> 
         archiver = await _optional(lambda: rows(ARCHIVER))
         wal["archive"] = archiver[0] if isinstance(archiver, list) else archiver
         state["wal"] = wal
+        backup = await _optional(lambda: rows(LAST_BACKUP))
+        state["last_backup"] = (backup[0] if backup else None) if isinstance(backup, list) else backup
         checkpoints = await _optional(lambda: rows(
             CHECKPOINTS if server["version_num"] >= PG_STAT_CHECKPOINTER_SINCE
             else CHECKPOINTS_BEFORE_17

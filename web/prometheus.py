@@ -104,9 +104,18 @@ def lag_metrics(sample: PeriodicSample[LagSample]) -> Iterator[Metric]:
         yield from _gauge("devicestream_consumer_lag_seconds",
                           "Age of the oldest message not yet committed, over this worker's "
                           "partitions (0 when none)", max_lag_seconds(lag.own()))
-    yield from _gauge("devicestream_topic_messages",
-                      "Messages retained in the device topics the group follows",
-                      lag.retained_messages)
+    sizes = (
+        ("messages", "Messages retained in a device topic (log end - log start, all partitions)"),
+        ("bytes", "Bytes a device topic's partitions take on their leaders' disks "
+                  "(absent when the broker lacks DescribeLogDirs)"),
+    )
+    for figure, text in sizes:
+        family = GaugeMetricFamily(f"devicestream_topic_{figure}", text, labels=["topic"])
+        for topic, size in sorted(lag.topics.items()):
+            value = getattr(size, figure)
+            if value is not None:
+                family.add_metric([topic], value)
+        yield family
 
 
 def _pgbouncer_metrics(bouncer: dict[str, Any]) -> Iterator[Metric]:
@@ -140,6 +149,16 @@ def _pgbouncer_metrics(bouncer: dict[str, Any]) -> Iterator[Metric]:
             if column in row:
                 family.add_metric([row["database"]], row[column] * scale)
         yield family
+
+
+def _backup_metrics(backup: dict[str, Any] | None) -> Iterator[Metric]:
+    """The newest backup recorded in storage.backups; 0 when none was ever recorded, so
+    the BackupTooOld alert fires on a deployment that never took one."""
+    if isinstance(backup, dict) and "error" in backup:
+        return  # the table is not readable: nothing measured, no figure
+    yield from _gauge("devicestream_db_last_backup_timestamp_seconds",
+                      "When the newest recorded backup (make backup, the backup service) ended",
+                      backup["finished_at"] if backup else 0)
 
 
 def _archiver_metrics(archive: dict[str, Any]) -> Iterator[Metric]:
@@ -233,6 +252,8 @@ def database_metrics(sample: PeriodicSample[dict[str, Any]]) -> Iterator[Metric]
     yield from _gauge("devicestream_db_wal_directory_bytes", "Size of the WAL directory",
                       wal.get("directory_bytes"))
     yield from _archiver_metrics(wal.get("archive") or {})
+    if "last_backup" in postgres:
+        yield from _backup_metrics(postgres["last_backup"])
     if isinstance(state.get("replicas"), list):
         yield from _replica_metrics(state["replicas"])
     checkpoints = postgres.get("checkpoints") or {}

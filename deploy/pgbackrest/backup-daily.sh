@@ -3,7 +3,8 @@
 # stanza, then every BACKUP_CHECK_SECONDS takes a full backup when the newest one is older
 # than BACKUP_FULL_HOURS, and expires what retention no longer needs: BACKUP_RETENTION_FULL
 # full backups, and enough of them that point-in-time recovery reaches WAL_ARCHIVE_DAYS
-# back (pgbackrest_info.py keep). WAL itself is archived continuously by PostgreSQL's
+# back (pgbackrest_info.py keep), then records the backup in storage.backups, whose newest
+# row the workers report as devicestream_db_last_backup_timestamp_seconds. WAL itself is archived continuously by PostgreSQL's
 # archive_command. Logs go to stdout (docker compose logs backup).
 set -eu
 INFO=/usr/local/lib/devicestream/pgbackrest_info.py
@@ -21,6 +22,8 @@ while :; do
             python3 "$INFO" keep "$BACKUP_RETENTION_FULL" "$WAL_ARCHIVE_DAYS")
         pgbackrest --stanza=devicestream expire --repo1-retention-full="$keep"
         pgbackrest --stanza=devicestream info --output=json | python3 "$INFO" last
+        pgbackrest --stanza=devicestream info --output=json | python3 "$INFO" record |
+            psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -U postgres -d devicestream
     fi
     sleep "$BACKUP_CHECK_SECONDS"
 done

@@ -24,7 +24,15 @@ from tests.deploy.monitoring import (
     dashboard_sql,
     metric_names,
 )
-from tests.stack import OUTPUT, PrivateBroker, Worker, db_connect, free_port, postgres_stopped
+from tests.stack import (
+    OUTPUT,
+    REPLICA_PORT,
+    PrivateBroker,
+    Worker,
+    db_connect,
+    free_port,
+    postgres_stopped,
+)
 from tests.web.worker_web import new_device_topic, produce, reading, wait_for_answer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -94,14 +102,16 @@ class Prometheus:
 
 
 @pytest.fixture
-async def scraped_worker(private_broker: PrivateBroker, start_worker,
+async def scraped_worker(private_broker: PrivateBroker, replica: None, start_worker,
                          tmp_path: Path) -> AsyncIterator[tuple[Worker, Prometheus]]:
     """A worker on a private broker that has written a batch (some figures exist only
-    then), and a Prometheus scraping it that has seen it up."""
+    then) and reads from the stack's streaming replica (the replica figures exist only
+    with one), and a Prometheus scraping it that has seen it up."""
     device, topic = await new_device_topic(private_broker, "prometheus-")
     await produce(private_broker, topic, device.encode(),
                   {0: [reading(device, i) for i in range(20)]})
-    worker = start_worker("prometheus-scraped", **private_broker.worker_env())
+    worker = start_worker("prometheus-scraped", READ_DB_HOST="127.0.0.1",
+                          READ_DB_PORT=str(REPLICA_PORT), **private_broker.worker_env())
     await wait_for_answer(worker, "/pipeline/throughput",
                           lambda t: t["rows_written_total"] == 60, "the readings to be written")
     prometheus = Prometheus(tmp_path, worker.web_port)
@@ -117,11 +127,16 @@ async def scraped_worker(private_broker: PrivateBroker, start_worker,
 
 async def test_every_metric_of_the_rules_and_dashboard_is_scraped_and_every_query_runs(
         scraped_worker: tuple[Worker, Prometheus]) -> None:
-    _, prometheus = scraped_worker
+    worker, prometheus = scraped_worker
     needed = set()
     for expr in [rule["expr"] for rule in alert_rules()] + dashboard_promql():
         needed |= metric_names(expr)
     needed.discard("up")  # Prometheus' own
+    topics = (await wait_for_answer(
+        worker, "/pipeline/lag?scope=group",
+        lambda lag: any(t["messages"] for t in lag["topics"]), "topic sizes"))["topics"]
+    if all(t["bytes"] is None for t in topics):  # Tansu has no DescribeLogDirs; Kafka has
+        needed.discard("devicestream_topic_bytes")
 
     async def all_scraped() -> bool:  # the lag and database samples come a few seconds in
         names = set(await prometheus.api("/api/v1/label/__name__/values"))

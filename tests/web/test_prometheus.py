@@ -9,10 +9,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.stats import PipelineStats
 from tests.stack import fake_sample
-from web.lag import LagSample, PartitionLag
 from web.host_metrics import HostCollector
-from web.prometheus import PipelineCollector, ReadsCollector, exposition, metrics_registry
-
+from web.lag import LagSample, PartitionLag, TopicSize
+from web.prometheus import (
+    PipelineCollector,
+    ReadsCollector,
+    exposition,
+    metrics_registry,
+)
 
 DB_STATE = {
     "available": True,
@@ -33,6 +37,9 @@ DB_STATE = {
                                      "last_failed_wal": "000000010000000000000027",
                                      "last_archived_at": 1_700_000_100.5,
                                      "last_failed_at": 1_700_000_000.0}},
+                 "last_backup": {"label": "20261204-101500F", "type": "full",
+                                 "finished_at": 1_700_000_050.0, "database_bytes": 9,
+                                 "stored_bytes": 3, "recorded": 1},
                  "checkpoints": {"timed": 4, "requested": 1}},
     "hypertables": [{"schema": "public", "name": "readings", "table_bytes": 1000,
                      "index_bytes": 500, "toast_bytes": 8, "total_bytes": 1508,
@@ -104,6 +111,7 @@ def test_every_figure_is_exported_with_prometheus_names_and_units() -> None:
     assert _value(families, "devicestream_db_wal_last_archived_timestamp_seconds") == 1_700_000_100.5
     assert _value(families, "devicestream_db_wal_last_archive_failure_timestamp_seconds") == \
         1_700_000_000.0
+    assert _value(families, "devicestream_db_last_backup_timestamp_seconds") == 1_700_000_050.0
     assert _value(families, "devicestream_db_checkpoints_total", kind="requested") == 1
     assert _value(families, "devicestream_hypertable_bytes",
                   hypertable="public.readings", kind="index") == 500
@@ -146,6 +154,19 @@ def test_before_any_sample_the_scrape_still_works() -> None:
     assert "devicestream_db_up" not in families
 
 
+@pytest.mark.parametrize("recorded, exported", [
+    (None, 0.0),  # no backup ever recorded: as old as can be, BackupTooOld fires
+    ({"error": "relation \"storage.backups\" does not exist"}, None),  # not measured
+])
+def test_backup_age_without_a_recorded_backup(recorded: Any, exported: float | None) -> None:
+    state = {**DB_STATE, "postgres": {**DB_STATE["postgres"], "last_backup": recorded}}
+    families = _scrape(PipelineStats(), None, state)
+    if exported is None:
+        assert "devicestream_db_last_backup_timestamp_seconds" not in families
+    else:
+        assert _value(families, "devicestream_db_last_backup_timestamp_seconds") == exported
+
+
 def test_lag_seconds_freshness_topic_size_and_compression_backlog() -> None:
     stats = PipelineStats()
     stats.record_freshness([9_000_000, 8_000_000, 1_000_000], durable_us=10_000_000)
@@ -154,7 +175,8 @@ def test_lag_seconds_freshness_topic_size_and_compression_backlog() -> None:
                     TP("device-data-a", 1): PartitionLag("device-data-a", 1, 9, 9, 0.0),
                     TP("device-data-b", 0): PartitionLag("device-data-b", 0, 0, 4, 99.0)},
         assigned=frozenset({TP("device-data-a", 0), TP("device-data-a", 1)}),
-        assignment_known=True, retained_messages=1234)
+        assignment_known=True,
+        topics={"device-data-a": TopicSize(1234, 56_789), "device-data-b": TopicSize(4, None)})
     state = {**DB_STATE, "compression": {"state": "enabled", "chunks_due": 3}}
 
     families = _scrape(stats, lag, state)
@@ -168,7 +190,11 @@ def test_lag_seconds_freshness_topic_size_and_compression_backlog() -> None:
     assert _value(families, "devicestream_reading_freshness_seconds_sum") == 12.0
     assert _value(families, "devicestream_consumer_lag_seconds") == 12.5, \
         "the worker's own partitions only"
-    assert _value(families, "devicestream_topic_messages") == 1234
+    assert _value(families, "devicestream_topic_messages", topic="device-data-a") == 1234
+    assert _value(families, "devicestream_topic_messages", topic="device-data-b") == 4
+    assert _value(families, "devicestream_topic_bytes", topic="device-data-a") == 56_789
+    with pytest.raises(KeyError):  # not measured: absent, never a zero
+        _value(families, "devicestream_topic_bytes", topic="device-data-b")
     assert _value(families, "devicestream_db_chunks_due_for_compression") == 3
 
 

@@ -4,55 +4,25 @@ while its replay is paused past READ_MAX_LAG_SECONDS or while it is stopped, eve
 fallback counted in /pipeline/db and /metrics, and its lag shown there."""
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from tests.stack import REPO, count_rows, fleet, publish_readings, rows_at_least, wait_for
+from tests.stack import (
+    REPLICA_PORT,
+    count_rows,
+    fleet,
+    publish_readings,
+    replica_pg_ctl,
+    replica_sql,
+    rows_at_least,
+    wait_for,
+)
 from tests.web.worker_web import get
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-REPLICA_PORT = 55433
-
-
-def _state_dir() -> Path:
-    stack = REPO / ".stack"
-    return (stack / "pgstate").resolve() if (stack / "pgstate").exists() else stack
-
-
-def _replica_sql(sql: str) -> str:
-    done = subprocess.run(
-        ["runuser", "-u", "postgres", "--", "psql", "-X", "-qtA", "-h",
-         str(_state_dir() / "replica" / "socket"), "-p", str(REPLICA_PORT), "-d", "postgres",
-         "-c", sql], capture_output=True, text=True, timeout=30, check=True)
-    return done.stdout.strip()
-
-
-def _pg_ctl(*args: str) -> None:
-    data = _state_dir() / "replica" / "pgdata"
-    major = (data / "PG_VERSION").read_text().strip()
-    subprocess.run(["runuser", "-u", "postgres", "--", f"/usr/lib/postgresql/{major}/bin/pg_ctl",
-                    "-D", str(data), "-l", str(data.parent / "postgresql.log"), "-w", *args],
-                   capture_output=True, timeout=120, check=True)
-
-
-@pytest.fixture(scope="module")
-def replica() -> Iterator[None]:
-    """The stack's replica, started by ``make stack-up REPLICA=1`` and stopped afterwards
-    (it was not running before: ``make test`` starts the stack without it)."""
-    done = subprocess.run(["make", "-s", "stack-up", "REPLICA=1"], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env={**os.environ})
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"127.0.0.1:{REPLICA_PORT}  streaming replica" in done.stdout
-    yield
-    _pg_ctl("stop", "-m", "fast")
-
 
 async def _latest_value(worker: Any, device: str) -> Any:
     status, body = await get(worker, f"/devices/{device}/latest")
@@ -88,7 +58,7 @@ async def test_reads_use_the_replica_and_fall_back_to_the_primary_when_it_lags_o
 
     # Replay paused: the replica falls behind the new readings, reads go to the primary
     # and see them.
-    _replica_sql("SELECT pg_wal_replay_pause()")
+    replica_sql("SELECT pg_wal_replay_pause()")
     try:
         later = int(time.time() * 1000) - 1_800_000  # after the first ones (2 hours ago)
         total = first + await publish_readings(devices, 10, start_ms=later)
@@ -103,10 +73,10 @@ async def test_reads_use_the_replica_and_fall_back_to_the_primary_when_it_lags_o
         assert reads["fallbacks"].get("replica_lagging", 0) >= 1, reads
         assert reads["replica"]["lag_seconds"] > 1
     finally:
-        _replica_sql("SELECT pg_wal_replay_resume()")
+        replica_sql("SELECT pg_wal_replay_resume()")
 
     # Replica stopped: reads still answer, from the primary.
-    _pg_ctl("stop", "-m", "fast")
+    replica_pg_ctl("stop", "-m", "fast")
     try:
         async def served_while_down() -> bool:
             status, _ = await _latest_value(worker, devices[1])
@@ -117,5 +87,5 @@ async def test_reads_use_the_replica_and_fall_back_to_the_primary_when_it_lags_o
         assert 'devicestream_read_fallbacks_total{reason="replica_down"}' in metrics
         assert "devicestream_read_replica_up 0.0" in metrics
     finally:
-        _pg_ctl("start")
+        replica_pg_ctl("start")
     assert await count_rows(devices) == total
