@@ -200,7 +200,7 @@ def test_kafka_serves_the_compose_network_on_9092_and_keeps_data_in_a_volume(com
 
 def test_worker_gets_every_contract_environment_variable(services):
     env = environment(services["worker"])
-    assert env["KAFKA_BROKERS"] == "kafka:9092"
+    assert env["KAFKA_BROKERS"] == "${KAFKA_BROKERS:-kafka:9092}"  # all nodes in a cluster
     assert env["DB_HOST"] == "pgbouncer"
     assert env["DB_PORT"] == "6432"
     assert env["DB_NAME"] == "devicestream"
@@ -260,7 +260,7 @@ def test_simulator_only_runs_in_the_demo_profile(services):
     simulator = services["simulator"]
     assert simulator["profiles"] == ["demo"]
     assert command(simulator)[:4] == ["faust", "-A", "streams.app", "simulate"]
-    assert environment(simulator)["KAFKA_BROKERS"] == "kafka:9092"
+    assert environment(simulator)["KAFKA_BROKERS"] == "${KAFKA_BROKERS:-kafka:9092}"
     for name in ("kafka", "timescaledb", "pgbouncer", "worker", "migrate"):
         assert "profiles" not in services[name], name
 
@@ -543,3 +543,106 @@ def test_pgbackrest_conf_points_at_the_mounted_repository_and_data():
     assert conf["repo1-path"] == "/var/lib/pgbackrest"
     assert conf["pg1-path"] == "/var/lib/postgresql/data"
     assert conf["pg1-socket-path"] == "/var/run/postgresql"
+
+
+# --- the read replica ------------------------------------------------------------------------
+
+def test_the_replica_streams_from_the_primary_with_its_own_volume(compose, services):
+    db, replica = services["timescaledb"], services["timescaledb-replica"]
+    assert replica["image"] == db["image"]  # the same pinned TimescaleDB build
+    assert replica.get("restart") == "unless-stopped" and "profiles" not in replica
+    assert replica["depends_on"]["timescaledb"]["condition"] == "service_healthy"
+    assert "pg_isready" in " ".join(replica["healthcheck"]["test"])
+    named = {v.split(":")[0] for v in replica["volumes"] if not v.startswith(".")}
+    assert "timescaledb-replica-data" in named and "timescaledb-replica-data" in compose["volumes"]
+    assert not named & {v.split(":")[0] for v in db["volumes"]} - {"pgbackrest-repo"}
+    assert "pgbackrest-repo:/var/lib/pgbackrest:ro" in replica["volumes"]  # archive-get only
+    mounts = bind_mounts(replica)
+    assert mounts["/etc/postgresql/postgresql.conf"] == "./deploy/postgresql.conf"
+    script = (ROOT / mounts[replica["entrypoint"][-1]]).read_text(encoding="utf-8")
+    assert "pg_basebackup" in script and " -R " in script and "hot_standby=on" in script
+    assert "config_file=/etc/postgresql/postgresql.conf" in script
+    subprocess.run(["sh", "-n", str(ROOT / mounts[replica["entrypoint"][-1]])], check=True)
+    env = environment(replica)
+    assert (env["PRIMARY_HOST"], env["REPLICATION_USER"]) == ("timescaledb", "replicator")
+    assert SECRET_REFERENCE.match(env["REPLICATION_PASSWORD"])
+    assert not published_ports(replica)
+
+
+def test_the_primary_admits_the_replication_role_from_the_compose_network(services):
+    rules = [line.split() for line in PG_HBA_CONF.read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    assert ["host", "replication", "replicator", "samenet", "scram-sha-256"] in rules
+    init = bind_mounts(services["timescaledb"])
+    role_script = [src for target, src in init.items()
+                   if target.startswith("/docker-entrypoint-initdb.d/")]
+    assert role_script, "nothing creates the replication role"
+    text = (ROOT / role_script[0]).read_text(encoding="utf-8")
+    assert "REPLICATION LOGIN" in text and "REPLICATION_PASSWORD" in text
+    assert environment(services["timescaledb"])["REPLICATION_PASSWORD"] == environment(
+        services["timescaledb-replica"])["REPLICATION_PASSWORD"]
+
+
+def test_workers_read_through_pgbouncers_replica_entry(services, pgbouncer_ini):
+    env = environment(services["worker"])
+    assert (env["READ_DB_HOST"], env["READ_DB_PORT"]) == ("pgbouncer", "6432")
+    target = pgbouncer_ini["databases"][env["READ_DB_NAME"]]
+    assert "host=timescaledb-replica" in target and "port=5432" in target
+    assert "dbname=devicestream" in target
+    # pgBouncer starts without the replica: reads fall back to the primary meanwhile.
+    assert "timescaledb-replica" not in services["pgbouncer"].get("depends_on", {})
+
+
+# --- pinned images ---------------------------------------------------------------------------
+
+def test_every_image_is_pinned_to_a_release(services):
+    for name, service in services.items():
+        image = service.get("image")
+        assert image, f"{name} names no image"
+        tag = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", image).rpartition(":")[2]
+        assert re.match(r"^v?\d+\.\d+\.\d+", tag), f"{name}: image {image!r} is not pinned"
+    assert "latest" not in COMPOSE_FILE.read_text(encoding="utf-8")
+    version = configparser.ConfigParser()
+    version.read(ROOT / "setup.cfg")
+    assert services["worker"]["image"].endswith(
+        ":${DEVICESTREAM_TAG:-%s}" % version["metadata"]["version"])
+
+
+# --- the cluster profile ---------------------------------------------------------------------
+
+CLUSTER_ENV = {
+    "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093",
+    "KAFKA_REPLICATION_FACTOR": "3",
+    "KAFKA_MIN_INSYNC_REPLICAS": "2",
+    "KAFKA_BROKERS": "kafka:9092,kafka-2:9092,kafka-3:9092",
+}
+
+
+def test_the_cluster_profile_adds_two_kafka_nodes_sharing_the_first_ones_settings(
+        compose, services):
+    nodes = {name: services[name] for name in ("kafka", "kafka-2", "kafka-3")}
+    assert services["kafka-2"]["profiles"] == services["kafka-3"]["profiles"] == ["cluster"]
+    ids, external = set(), set()
+    for name, node in nodes.items():
+        props = kafka_properties(node)
+        assert node["image"] == services["kafka"]["image"]
+        assert node.get("healthcheck") == services["kafka"]["healthcheck"]
+        ids.add(props["node.id"])
+        assert f"PLAINTEXT://{name}:9092" in props["advertised.listeners"].split(",")
+        external |= {port.split(":")[-2] for port in published_ports(node)}
+        volume = next(v.split(":")[0] for v in node["volumes"] if v.endswith(":/var/lib/kafka/data"))
+        assert volume in compose["volumes"]
+        # One set of replication settings for every node, from the same variables.
+        assert props["default.replication.factor"] == "${KAFKA_REPLICATION_FACTOR:-1}"
+        assert props["offsets.topic.replication.factor"] == "${KAFKA_REPLICATION_FACTOR:-1}"
+        assert props["transaction.state.log.replication.factor"] == "${KAFKA_REPLICATION_FACTOR:-1}"
+        assert props["min.insync.replicas"] == "${KAFKA_MIN_INSYNC_REPLICAS:-1}"
+        assert props["transaction.state.log.min.isr"] == "${KAFKA_MIN_INSYNC_REPLICAS:-1}"
+    assert ids == {"1", "2", "3"} and len(external) == 3
+    assert len({v.split(":")[0] for node in nodes.values() for v in node["volumes"]}) == 3
+    env_example = (ROOT / "deploy" / "env.example").read_text(encoding="utf-8")
+    for key, value in CLUSTER_ENV.items():
+        assert f"# {key}={value}" in env_example, key
+    assert environment(services["worker"])["TOPIC_REPLICATION_FACTOR"] == \
+        "${KAFKA_REPLICATION_FACTOR:-1}"
+
