@@ -646,3 +646,64 @@ def test_the_cluster_profile_adds_two_kafka_nodes_sharing_the_first_ones_setting
     assert environment(services["worker"])["TOPIC_REPLICATION_FACTOR"] == \
         "${KAFKA_REPLICATION_FACTOR:-1}"
 
+
+# --- both compose dialects validate the file as written ---------------------------------------
+
+# Installed by `make setup` (stack/compose_tools.sh).
+COMPOSE_TOOLS = {
+    "docker compose v2": ROOT / ".stack" / "compose" / "v2" / "docker-compose",
+    "docker-compose 1.29": ROOT / ".stack" / "compose" / "v1" / "bin" / "docker-compose",
+}
+PROFILES = ([], ["--profile", "cluster"], ["--profile", "monitoring"], ["--profile", "demo"],
+            ["--profile", "cluster", "--profile", "monitoring", "--profile", "demo"])
+REQUIRED_ENV = {"DB_PASSWORD": "x", "INGEST_TOKEN": "y", "REPLICATION_PASSWORD": "z"}
+
+
+def compose_cli(dialect: str) -> Path:
+    tool = COMPOSE_TOOLS[dialect]
+    if not tool.exists():
+        pytest.skip(f"{dialect} is not installed at {tool.relative_to(ROOT)}: run 'make setup'")
+    return tool
+
+
+def run_compose(dialect: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([str(compose_cli(dialect)), "-f", str(COMPOSE_FILE), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT), **env})
+
+
+@pytest.mark.parametrize("dialect", COMPOSE_TOOLS)
+def test_the_tool_is_the_dialect_it_stands_for(dialect):
+    out = run_compose(dialect, "version", env={}).stdout
+    assert re.search(r"version v?2\." if "v2" in dialect else r"version 1\.29\.", out), out
+
+
+@pytest.mark.parametrize("profiles", PROFILES, ids=lambda p: "+".join(p[1::2]) or "default")
+@pytest.mark.parametrize("dialect", COMPOSE_TOOLS)
+def test_compose_config_validates(dialect, profiles):
+    result = run_compose(dialect, *profiles, "config", "-q", env=REQUIRED_ENV)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("dialect", COMPOSE_TOOLS)
+def test_compose_refuses_to_run_without_the_passwords(dialect):
+    result = run_compose(dialect, "config", "-q", env={"INGEST_TOKEN": "y"})
+    assert result.returncode != 0 and "DB_PASSWORD" in result.stderr
+
+
+@pytest.mark.parametrize("dialect", COMPOSE_TOOLS)
+def test_the_cluster_settings_reach_all_three_nodes_and_the_workers(dialect):
+    result = run_compose(dialect, "--profile", "cluster", "config",
+                         env={**REQUIRED_ENV, **CLUSTER_ENV})
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    for name in ("kafka", "kafka-2", "kafka-3"):
+        props = kafka_properties(services[name])
+        assert props["controller.quorum.voters"] == CLUSTER_ENV["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+        for key in ("default.replication.factor", "offsets.topic.replication.factor",
+                    "transaction.state.log.replication.factor"):
+            assert props[key] == "3", (name, key)
+        assert props["min.insync.replicas"] == props["transaction.state.log.min.isr"] == "2"
+    worker = environment(services["worker"])
+    assert worker["KAFKA_BROKERS"] == CLUSTER_ENV["KAFKA_BROKERS"]
+    assert worker["TOPIC_REPLICATION_FACTOR"] == "3"
