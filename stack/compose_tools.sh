@@ -42,10 +42,9 @@ ensure_compose_v2() {
 }
 
 ensure_compose_v1() {
-    local venv="$COMPOSE_DIR/v1" clog="$LOG_DIR/compose-v1.log"
-    [[ -x $venv/bin/docker-compose ]] &&
-        "$venv/bin/docker-compose" version 2>/dev/null | grep -q "version $COMPOSE_V1_VERSION" &&
-        return 0
+    local venv="$COMPOSE_DIR/v1" clog="$LOG_DIR/compose-v1.log" have=""
+    [[ -x $venv/bin/docker-compose ]] && have=$("$venv/bin/docker-compose" version 2>/dev/null || true)
+    [[ $have == *"version $COMPOSE_V1_VERSION,"* ]] && return 0
     log "installing docker-compose $COMPOSE_V1_VERSION from PyPI into $venv (log: $clog)"
     rm -rf "$venv"
     {
