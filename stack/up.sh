@@ -119,7 +119,7 @@ pg_register_cluster() {
 
 pg_configure() {  # returns 0 when a setting changed (a running server must restart)
     local changed=1 conf tuning
-    tuning=$("$VENV_PY" "$STACK_SCRIPTS_DIR/pg_tuning.py" --max-connections 200 --ts-background-workers 8) ||
+    tuning=$("$VENV_PY" "$STACK_SCRIPTS_DIR/pg_tuning.py" --active-connections 60 --ts-background-workers 8) ||
         die "stack/pg_tuning.py failed"
     conf="# Written by stack/up.sh on every start: edit stack/up.sh or stack/pg_tuning.py, not this file.
 listen_addresses = '$HOST'

@@ -162,6 +162,7 @@ class Settings:
     archive_dir: str = ""  # empty: raw chunks are dropped without a Parquet archive
     read_db_host: str = ""
     read_db_port: int = 0
+    read_db_name: str = ""  # empty: db_name
     read_db_pool_size: int = 4
     read_max_lag_seconds: float = 5.0
     query_raw_max_range: int = 24
@@ -263,6 +264,7 @@ class Settings:
             archive_dir=_writable_dir(env, "ARCHIVE_DIR"),
             read_db_host=_str(env, "READ_DB_HOST", cls.read_db_host),
             read_db_port=_int(env, "READ_DB_PORT", cls.read_db_port, minimum=0),
+            read_db_name=_str(env, "READ_DB_NAME", cls.read_db_name),
             read_db_pool_size=_int(env, "READ_DB_POOL_SIZE", cls.read_db_pool_size, minimum=1),
             read_max_lag_seconds=_float(env, "READ_MAX_LAG_SECONDS", cls.read_max_lag_seconds),
             query_raw_max_range=_int(

@@ -200,7 +200,7 @@ def test_kafka_serves_the_compose_network_on_9092_and_keeps_data_in_a_volume(com
 
 def test_worker_gets_every_contract_environment_variable(services):
     env = environment(services["worker"])
-    assert env["KAFKA_BROKERS"] == "kafka:9092"
+    assert env["KAFKA_BROKERS"] == "${KAFKA_BROKERS:-kafka:9092}"  # all nodes in a cluster
     assert env["DB_HOST"] == "pgbouncer"
     assert env["DB_PORT"] == "6432"
     assert env["DB_NAME"] == "devicestream"
@@ -260,7 +260,7 @@ def test_simulator_only_runs_in_the_demo_profile(services):
     simulator = services["simulator"]
     assert simulator["profiles"] == ["demo"]
     assert command(simulator)[:4] == ["faust", "-A", "streams.app", "simulate"]
-    assert environment(simulator)["KAFKA_BROKERS"] == "kafka:9092"
+    assert environment(simulator)["KAFKA_BROKERS"] == "${KAFKA_BROKERS:-kafka:9092}"
     for name in ("kafka", "timescaledb", "pgbouncer", "worker", "migrate"):
         assert "profiles" not in services[name], name
 
@@ -324,22 +324,23 @@ def test_timescaledb_uses_the_full_tsl_image_and_mounted_config(services, postgr
     assert "pg_isready" in check and "-h 127.0.0.1" in check
 
 
-def test_postgresql_conf_has_the_seed_settings_for_its_reference_host(postgresql_conf):
+# The design's table for its 64 GB / 20-core host (tests/test_pg_tuning.py: the tuner's too).
+DESIGN_TUNING = {
+    "shared_buffers": "16GB", "effective_cache_size": "48GB", "work_mem": "256MB",
+    "maintenance_work_mem": "2GB", "wal_level": "replica", "wal_buffers": "64MB",
+    "min_wal_size": "4GB", "max_wal_size": "16GB", "wal_compression": "on",
+    "max_parallel_workers_per_gather": "8", "max_parallel_workers": "16",
+    "max_parallel_maintenance_workers": "8", "random_page_cost": "1.1",
+    "effective_io_concurrency": "200",
+}
+
+
+def test_postgresql_conf_has_the_design_settings_for_its_reference_host(postgresql_conf):
     conf = postgresql_conf
-    for key in (
-        "shared_buffers", "effective_cache_size", "maintenance_work_mem", "work_mem",
-        "max_worker_processes", "max_parallel_workers", "max_parallel_workers_per_gather",
-        "timescaledb.max_background_workers",
-    ):
-        assert key in conf, key
+    assert {key: conf.get(key) for key in DESIGN_TUNING} == DESIGN_TUNING
     # 25 % and 75 % of the same host.
     assert size_in_bytes(conf["effective_cache_size"]) == 3 * size_in_bytes(conf["shared_buffers"])
-    assert size_in_bytes(conf["wal_buffers"]) == 16 * 1024**2
-    assert size_in_bytes(conf["min_wal_size"]) == 1024**3
-    assert size_in_bytes(conf["max_wal_size"]) == 4 * 1024**3
     assert float(conf["checkpoint_completion_target"]) == 0.9
-    assert float(conf["random_page_cost"]) == 1.1
-    assert int(conf["effective_io_concurrency"]) == 200
     # Enough worker processes for TimescaleDB's jobs plus the parallel query workers.
     assert int(conf["max_worker_processes"]) >= (
         3 + int(conf["timescaledb.max_background_workers"]) + int(conf["max_parallel_workers"])
@@ -542,3 +543,167 @@ def test_pgbackrest_conf_points_at_the_mounted_repository_and_data():
     assert conf["repo1-path"] == "/var/lib/pgbackrest"
     assert conf["pg1-path"] == "/var/lib/postgresql/data"
     assert conf["pg1-socket-path"] == "/var/run/postgresql"
+
+
+# --- the read replica ------------------------------------------------------------------------
+
+def test_the_replica_streams_from_the_primary_with_its_own_volume(compose, services):
+    db, replica = services["timescaledb"], services["timescaledb-replica"]
+    assert replica["image"] == db["image"]  # the same pinned TimescaleDB build
+    assert replica.get("restart") == "unless-stopped" and "profiles" not in replica
+    assert replica["depends_on"]["timescaledb"]["condition"] == "service_healthy"
+    assert "pg_isready" in " ".join(replica["healthcheck"]["test"])
+    named = {v.split(":")[0] for v in replica["volumes"] if not v.startswith(".")}
+    assert "timescaledb-replica-data" in named and "timescaledb-replica-data" in compose["volumes"]
+    assert not named & {v.split(":")[0] for v in db["volumes"]} - {"pgbackrest-repo"}
+    assert "pgbackrest-repo:/var/lib/pgbackrest:ro" in replica["volumes"]  # archive-get only
+    mounts = bind_mounts(replica)
+    assert mounts["/etc/postgresql/postgresql.conf"] == "./deploy/postgresql.conf"
+    script = (ROOT / mounts[replica["entrypoint"][-1]]).read_text(encoding="utf-8")
+    assert "pg_basebackup" in script and " -R " in script and "hot_standby=on" in script
+    assert "config_file=/etc/postgresql/postgresql.conf" in script
+    subprocess.run(["sh", "-n", str(ROOT / mounts[replica["entrypoint"][-1]])], check=True)
+    env = environment(replica)
+    assert (env["PRIMARY_HOST"], env["REPLICATION_USER"]) == ("timescaledb", "replicator")
+    assert SECRET_REFERENCE.match(env["REPLICATION_PASSWORD"])
+    assert not published_ports(replica)
+
+
+def test_the_primary_admits_the_replication_role_from_the_compose_network(services):
+    rules = [line.split() for line in PG_HBA_CONF.read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    assert ["host", "replication", "replicator", "samenet", "scram-sha-256"] in rules
+    init = bind_mounts(services["timescaledb"])
+    role_script = [src for target, src in init.items()
+                   if target.startswith("/docker-entrypoint-initdb.d/")]
+    assert role_script, "nothing creates the replication role"
+    text = (ROOT / role_script[0]).read_text(encoding="utf-8")
+    assert "REPLICATION LOGIN" in text and "REPLICATION_PASSWORD" in text
+    assert environment(services["timescaledb"])["REPLICATION_PASSWORD"] == environment(
+        services["timescaledb-replica"])["REPLICATION_PASSWORD"]
+
+
+def test_workers_read_through_pgbouncers_replica_entry(services, pgbouncer_ini):
+    env = environment(services["worker"])
+    assert (env["READ_DB_HOST"], env["READ_DB_PORT"]) == ("pgbouncer", "6432")
+    target = pgbouncer_ini["databases"][env["READ_DB_NAME"]]
+    assert "host=timescaledb-replica" in target and "port=5432" in target
+    assert "dbname=devicestream" in target
+    # pgBouncer starts without the replica: reads fall back to the primary meanwhile.
+    assert "timescaledb-replica" not in services["pgbouncer"].get("depends_on", {})
+
+
+# --- pinned images ---------------------------------------------------------------------------
+
+def test_every_image_is_pinned_to_a_release(services):
+    for name, service in services.items():
+        image = service.get("image")
+        assert image, f"{name} names no image"
+        tag = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", image).rpartition(":")[2]
+        assert re.match(r"^v?\d+\.\d+\.\d+", tag), f"{name}: image {image!r} is not pinned"
+    assert "latest" not in COMPOSE_FILE.read_text(encoding="utf-8")
+    version = configparser.ConfigParser()
+    version.read(ROOT / "setup.cfg")
+    assert services["worker"]["image"].endswith(
+        ":${DEVICESTREAM_TAG:-%s}" % version["metadata"]["version"])
+
+
+# --- the cluster profile ---------------------------------------------------------------------
+
+CLUSTER_ENV = {
+    "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093",
+    "KAFKA_REPLICATION_FACTOR": "3",
+    "KAFKA_MIN_INSYNC_REPLICAS": "2",
+    "KAFKA_BROKERS": "kafka:9092,kafka-2:9092,kafka-3:9092",
+}
+
+
+def test_the_cluster_profile_adds_two_kafka_nodes_sharing_the_first_ones_settings(
+        compose, services):
+    nodes = {name: services[name] for name in ("kafka", "kafka-2", "kafka-3")}
+    assert services["kafka-2"]["profiles"] == services["kafka-3"]["profiles"] == ["cluster"]
+    ids, external = set(), set()
+    for name, node in nodes.items():
+        props = kafka_properties(node)
+        assert node["image"] == services["kafka"]["image"]
+        assert node.get("healthcheck") == services["kafka"]["healthcheck"]
+        ids.add(props["node.id"])
+        assert f"PLAINTEXT://{name}:9092" in props["advertised.listeners"].split(",")
+        external |= {port.split(":")[-2] for port in published_ports(node)}
+        volume = next(v.split(":")[0] for v in node["volumes"] if v.endswith(":/var/lib/kafka/data"))
+        assert volume in compose["volumes"]
+        # One set of replication settings for every node, from the same variables.
+        assert props["default.replication.factor"] == "${KAFKA_REPLICATION_FACTOR:-1}"
+        assert props["offsets.topic.replication.factor"] == "${KAFKA_REPLICATION_FACTOR:-1}"
+        assert props["transaction.state.log.replication.factor"] == "${KAFKA_REPLICATION_FACTOR:-1}"
+        assert props["min.insync.replicas"] == "${KAFKA_MIN_INSYNC_REPLICAS:-1}"
+        assert props["transaction.state.log.min.isr"] == "${KAFKA_MIN_INSYNC_REPLICAS:-1}"
+    assert ids == {"1", "2", "3"} and len(external) == 3
+    assert len({v.split(":")[0] for node in nodes.values() for v in node["volumes"]}) == 3
+    env_example = (ROOT / "deploy" / "env.example").read_text(encoding="utf-8")
+    for key, value in CLUSTER_ENV.items():
+        assert f"# {key}={value}" in env_example, key
+    assert environment(services["worker"])["TOPIC_REPLICATION_FACTOR"] == \
+        "${KAFKA_REPLICATION_FACTOR:-1}"
+
+
+# --- both compose dialects validate the file as written ---------------------------------------
+
+# Installed by `make setup` (stack/compose_tools.sh).
+COMPOSE_TOOLS = {
+    "docker compose v2": ROOT / ".stack" / "compose" / "v2" / "docker-compose",
+    "docker-compose 1.29": ROOT / ".stack" / "compose" / "v1" / "bin" / "docker-compose",
+}
+PROFILES = ([], ["--profile", "cluster"], ["--profile", "monitoring"], ["--profile", "demo"],
+            ["--profile", "cluster", "--profile", "monitoring", "--profile", "demo"])
+REQUIRED_ENV = {"DB_PASSWORD": "x", "INGEST_TOKEN": "y", "REPLICATION_PASSWORD": "z"}
+
+
+def compose_cli(dialect: str) -> Path:
+    tool = COMPOSE_TOOLS[dialect]
+    if not tool.exists():
+        pytest.skip(f"{dialect} is not installed at {tool.relative_to(ROOT)}: run 'make setup'")
+    return tool
+
+
+def run_compose(dialect: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([str(compose_cli(dialect)), "-f", str(COMPOSE_FILE), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT), **env})
+
+
+@pytest.mark.parametrize("dialect", COMPOSE_TOOLS)
+def test_the_tool_is_the_dialect_it_stands_for(dialect):
+    out = run_compose(dialect, "version", env={}).stdout
+    assert re.search(r"version v?2\." if "v2" in dialect else r"version 1\.29\.", out), out
+
+
+@pytest.mark.parametrize("profiles", PROFILES, ids=lambda p: "+".join(p[1::2]) or "default")
+@pytest.mark.parametrize("dialect", COMPOSE_TOOLS)
+def test_compose_config_validates(dialect, profiles):
+    result = run_compose(dialect, *profiles, "config", "-q", env=REQUIRED_ENV)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("dialect", COMPOSE_TOOLS)
+def test_compose_refuses_to_run_without_the_passwords(dialect):
+    result = run_compose(dialect, "config", "-q", env={"INGEST_TOKEN": "y"})
+    assert result.returncode != 0 and "DB_PASSWORD" in result.stderr
+
+
+@pytest.mark.parametrize("dialect", COMPOSE_TOOLS)
+def test_the_cluster_settings_reach_all_three_nodes_and_the_workers(dialect):
+    result = run_compose(dialect, "--profile", "cluster", "config",
+                         env={**REQUIRED_ENV, **CLUSTER_ENV})
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    for name in ("kafka", "kafka-2", "kafka-3"):
+        props = kafka_properties(services[name])
+        assert props["controller.quorum.voters"] == CLUSTER_ENV["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+        for key in ("default.replication.factor", "offsets.topic.replication.factor",
+                    "transaction.state.log.replication.factor"):
+            assert props[key] == "3", (name, key)
+        assert props["min.insync.replicas"] == props["transaction.state.log.min.isr"] == "2"
+    worker = environment(services["worker"])
+    assert worker["KAFKA_BROKERS"] == CLUSTER_ENV["KAFKA_BROKERS"]
+    assert worker["TOPIC_REPLICATION_FACTOR"] == "3"

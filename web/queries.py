@@ -300,11 +300,13 @@ def _args(metric: str | None, *args: Any) -> tuple[Any, ...]:
 
 # ------------------------------------------------------------------------------ the pool
 
-def read_connect_kwargs(settings: Settings, host: str, port: int) -> dict[str, Any]:
+def read_connect_kwargs(settings: Settings, host: str, port: int,
+                        database: str) -> dict[str, Any]:
     """Connection arguments of a read pool: no statement cache (so each query is planned
     with its own time bounds), QUERY_TIMEOUT."""
     kwargs = connect_kwargs(settings, host=host)
     kwargs["port"] = port
+    kwargs["database"] = database
     kwargs["statement_cache_size"] = 0
     kwargs["command_timeout"] = settings.query_timeout
     kwargs["server_settings"] = {"application_name": "devicestream-queries"}
@@ -317,12 +319,15 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 def read_route(settings: Settings) -> ReadRoute:
-    """The read pools: the replica's (READ_DB_HOST/READ_DB_PORT, when either is set) and the
-    primary's, opened on first use and shown in the stats as ``read`` (the one reads go
-    to normally) and ``read-primary`` (the fallback)."""
+    """The read pools: the replica's (READ_DB_HOST/READ_DB_PORT/READ_DB_NAME, when any is
+    set; e.g. pgBouncer's read entry) and the primary's, opened on first use and shown in
+    the stats as ``read`` (the one reads go to normally) and ``read-primary`` (the
+    fallback)."""
     replica = (read_connect_kwargs(settings, settings.read_db_host or settings.db_host,
-                                   settings.read_db_port or settings.db_port)
-               if settings.read_db_host or settings.read_db_port else None)
+                                   settings.read_db_port or settings.db_port,
+                                   settings.read_db_name or settings.db_name)
+               if settings.read_db_host or settings.read_db_port or settings.read_db_name
+               else None)
 
     async def open_pool(target: str, kwargs: Mapping[str, Any]) -> asyncpg.Pool:
         pool = await asyncpg.create_pool(
@@ -333,7 +338,8 @@ def read_route(settings: Settings) -> ReadRoute:
         return pool
 
     return ReadRoute(settings, open_pool, replica,
-                     read_connect_kwargs(settings, settings.db_host, settings.db_port))
+                     read_connect_kwargs(settings, settings.db_host, settings.db_port,
+                                         settings.db_name))
 
 
 # ------------------------------------------------------------------------------ queries

@@ -56,3 +56,10 @@ def test_an_archive_dir_that_cannot_be_created_fails_at_start_up(tmp_path: Path)
     blocker.write_text("")
     with pytest.raises(ConfigError, match="ARCHIVE_DIR must be a directory this process can write"):
         Settings.from_env({"ARCHIVE_DIR": str(blocker / "archive")})
+
+
+def test_the_read_database_name_defaults_to_db_name() -> None:
+    # Empty means DB_NAME (web.queries.read_route); pgBouncer's read entry is another name.
+    assert Settings.from_env({}).read_db_name == ""
+    assert Settings.from_env({"READ_DB_NAME": "devicestream_read"}).read_db_name == (
+        "devicestream_read")

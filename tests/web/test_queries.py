@@ -26,6 +26,7 @@ from web.queries import (
     parse_time,
     pick_resolution,
     read_connect_kwargs,
+    read_route,
 )
 
 NOW = datetime(2026, 11, 28, 17, 0, tzinfo=timezone.utc)
@@ -104,10 +105,25 @@ def test_resolution_follows_the_range_raw_then_1m_then_1h() -> None:
 
 def test_read_pools_have_no_statement_cache_and_the_query_timeout() -> None:
     settings = Settings.from_env({"DB_STATEMENT_CACHE": "true", "QUERY_TIMEOUT": "3"})
-    replica = read_connect_kwargs(settings, "replica.internal", 5433)
+    replica = read_connect_kwargs(settings, "replica.internal", 5433, "devicestream")
     assert (replica["host"], replica["port"], replica["statement_cache_size"],
             replica["command_timeout"]) == ("replica.internal", 5433, 0, 3.0)
     assert replica["database"] == "devicestream"
+
+
+def test_the_replica_pool_reads_the_database_named_by_read_db_name() -> None:
+    # pgBouncer's read entry: same host and port as the writes, another database name.
+    route = read_route(Settings.from_env({"DB_HOST": "pgbouncer", "READ_DB_NAME": "ds_read"}))
+    assert route.replica is not None
+    assert {target: (kwargs["host"], kwargs["port"], kwargs["database"])
+            for target, kwargs in route._kwargs.items()} == {
+        "replica": ("pgbouncer", 6432, "ds_read"), "primary": ("pgbouncer", 6432, "devicestream")}
+
+
+def test_without_read_settings_every_read_goes_to_the_primary() -> None:
+    route = read_route(Settings.from_env({"DB_NAME": "other"}))
+    assert route.replica is None and set(route._kwargs) == {"primary"}
+    assert route._kwargs["primary"]["database"] == "other"
 
 
 def _packed(rows: list[tuple[int, int, float, float, float]]) -> bytes:
