@@ -27,12 +27,17 @@ class PeriodicSample(Generic[T]):
     """Runs ``measure`` now and then every ``interval`` seconds (or sooner when asked)."""
 
     def __init__(self, name: str, measure: Callable[[], Awaitable[T]], interval: float,
-                 *, max_busy_fraction: float = 0.05) -> None:
+                 *, max_busy_fraction: float = 0.05,
+                 reports_failure: Callable[[T], bool] | None = None) -> None:
         self.name = name
         self.interval = interval
         # A round that takes long (a broker with very many partitions) stretches the
-        # interval, so that measuring never takes more than this share of the time.
+        # interval, so that measuring never takes more than this share of the time. A
+        # round that failed, raising or with a value ``reports_failure`` accepts (the
+        # database unreachable), spent its time waiting: it does not stretch anything,
+        # so the next round soon sees the recovery.
         self.max_busy_fraction = max_busy_fraction
+        self._reports_failure = reports_failure
         self.last_duration = 0.0
         self._measure = measure
         self.value: T | None = None
@@ -76,11 +81,13 @@ class PeriodicSample(Generic[T]):
             if error != self.error:  # log each new failure once, not every round
                 log.warning("measuring %s failed: %s", self.name, error)
             self.error = error
+            self.last_duration = 0.0
         else:
             if self.error is not None:
                 log.info("measuring %s works again", self.name)
             self.value, self.measured_at, self.error = value, time.time(), None
-        self.last_duration = time.monotonic() - started
+            failed = self._reports_failure is not None and self._reports_failure(value)
+            self.last_duration = 0.0 if failed else time.monotonic() - started
         self.rounds += 1
         async with self._changed:
             self._changed.notify_all()

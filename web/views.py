@@ -108,7 +108,8 @@ database_sampler = DatabaseSampler(settings, pools=lambda: pipeline_stats.db_poo
 lag_sample: PeriodicSample[LagSample] = PeriodicSample(
     "consumer lag", lag_sampler.measure, LAG_INTERVAL_SECONDS)
 database_sample: PeriodicSample[dict[str, Any]] = PeriodicSample(
-    "database state", database_sampler.measure, DB_INTERVAL_SECONDS)
+    "database state", database_sampler.measure, DB_INTERVAL_SECONDS,
+    reports_failure=lambda state: not state["available"])
 registry = metrics_registry(PipelineCollector(pipeline_stats, lag_sample, database_sample))
 registry.register(HostCollector(settings.watched_disks()))
 registry.register(ReadsCollector(reads.state))

@@ -62,3 +62,27 @@ async def test_a_slow_measurement_stretches_the_interval() -> None:
     assert sample.next_interval == 3
     sample.last_duration = 0.5  # e.g. thousands of partitions
     assert sample.next_interval == 10
+
+
+async def test_a_slow_failed_round_does_not_stretch_the_interval() -> None:
+    # A database outage: the round waits for its timeout, then reports the database
+    # unreachable (a value, not an exception), or raises. Either way the next round must
+    # come at the interval, or readiness would stay failed for minutes after the recovery.
+    answers: list[object] = [{"available": False}, RuntimeError("down"), {"available": True}]
+
+    async def measure() -> dict[str, bool]:
+        await asyncio.sleep(0.2)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[return-value]
+
+    sample: PeriodicSample[dict[str, bool]] = PeriodicSample(
+        "test", measure, interval=1, max_busy_fraction=0.05,
+        reports_failure=lambda state: not state["available"])
+    await sample.measure_once()
+    assert sample.value == {"available": False} and sample.next_interval == 1
+    await sample.measure_once()
+    assert sample.error and sample.next_interval == 1
+    await sample.measure_once()  # a real measurement: its time counts
+    assert sample.next_interval >= 0.2 / 0.05
