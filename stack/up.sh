@@ -7,8 +7,9 @@
 #   Tansu (Kafka API)         127.0.0.1:9092   memory storage, pid in .stack/tansu.pid
 #
 # Idempotent: a service that already runs with the current settings is left alone.
-# Creates role and database devicestream (password devicestream) with the
-# timescaledb and pg_stat_statements extensions. WAL is archived continuously
+# Creates the roles devicestream_owner (owner of database devicestream, runs the
+# migrations), devicestream (the workers) and devicestream_reader (the query API), each
+# with its own name as password, and the timescaledb extension. WAL is archived continuously
 # (at most archive_timeout = 60 s late) into the pgBackRest repository
 # (BACKUP_REPO, default backup/ next to the data), whose stanza devicestream is
 # created here; `make backup` and `make restore` use it. With REPLICA=1 (`make stack-up
@@ -156,23 +157,34 @@ host    replication $REPLICATION_USER 127.0.0.1/32 scram-sha-256" && changed=0
 }
 
 pg_bootstrap_db() {
-    psql_super -d postgres <<SQL
+    # Three roles (README "Roles"): the owner runs the migrations; the workers' role and
+    # the read-only one get their privileges from `make migrate` (schema/roles.py).
+    local role password
+    for role in "$DB_OWNER:$DB_OWNER_PASSWORD" "$DB_USER:$DB_PASSWORD" "$READ_USER:$READ_PASSWORD"; do
+        password=${role#*:} role=${role%%:*}
+        psql_super -d postgres <<SQL
 DO \$\$ BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$DB_USER') THEN
-    CREATE ROLE $DB_USER LOGIN;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role') THEN
+    CREATE ROLE $role LOGIN;
   END IF;
 END \$\$;
 SET password_encryption = 'scram-sha-256';
-ALTER ROLE $DB_USER LOGIN NOSUPERUSER PASSWORD '$DB_PASSWORD';
+ALTER ROLE $role LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$password';
+SQL
+    done
+    psql_super -d postgres <<SQL
 -- read pg_stat_statements / pg_stat_activity of all sessions, pg_ls_waldir() (for /pipeline/db)
 GRANT pg_monitor TO $DB_USER;
-SELECT 'CREATE DATABASE $DB_NAME OWNER $DB_USER'
+SELECT 'CREATE DATABASE $DB_NAME OWNER $DB_OWNER'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$DB_NAME') \gexec
 SQL
-    psql_super -d "$DB_NAME" <<SQL
-CREATE EXTENSION IF NOT EXISTS timescaledb;
-CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
-SQL
+    # a database of the single-role days: the workers' role owned it and its tables
+    if [[ $(psql_super -d postgres -tAc "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '$DB_NAME'") == "$DB_USER" ]]; then
+        log "handing database $DB_NAME and its objects from $DB_USER over to $DB_OWNER"
+        psql_super -d "$DB_NAME" -c "REASSIGN OWNED BY $DB_USER TO $DB_OWNER"
+    fi
+    # not trusted: only a superuser may create it (pg_stat_statements is: migration 0009)
+    psql_super -d "$DB_NAME" -c 'CREATE EXTENSION IF NOT EXISTS timescaledb'
     # a newer TimescaleDB library than the database's extension: update (own session, first command)
     if [[ $(psql_super -d "$DB_NAME" -tAc "SELECT installed_version <> default_version FROM pg_available_extensions WHERE name = 'timescaledb'") == t ]]; then
         log "updating the timescaledb extension"
@@ -314,7 +326,7 @@ SQL
     fi
     write_cluster_conf "$MAJOR" "$REPLICA_DATA" "$REPLICA_PORT" "$REPLICA_DIR/socket" "hot_standby = on
 hot_standby_feedback = on
-restore_command = 'pgbackrest --config=$PGBR_CONF --stanza=$STANZA archive-get %f \"%p\"'"
+restore_command = 'pgbackrest --config=$PGBR_CONF --stanza=$STANZA --pg1-path=$REPLICA_DATA archive-get %f \"%p\"'"
     ln -sfn "$REPLICA_DIR/postgresql.log" "$LOG_DIR/replica.log"
     log "starting the read replica on $HOST:$REPLICA_PORT"
     as_postgres "$bin/pg_ctl" -D "$REPLICA_DATA" -l "$REPLICA_DIR/postgresql.log" -w \
@@ -343,7 +355,9 @@ ensure_pgbouncer() {
     mkdir -p "$PGB_DIR"
     chown "$PG_OS_USER:$PG_OS_USER" "$PGB_DIR"
     chmod 750 "$PGB_DIR"
-    write_file "$PGB_DIR/userlist.txt" 600 "\"$DB_USER\" \"$DB_PASSWORD\"" && changed=0
+    write_file "$PGB_DIR/userlist.txt" 600 "\"$DB_USER\" \"$DB_PASSWORD\"
+\"$DB_OWNER\" \"$DB_OWNER_PASSWORD\"
+\"$READ_USER\" \"$READ_PASSWORD\"" && changed=0
     write_file "$PGB_INI" 640 "; Written by stack/up.sh (pgBouncer $version).
 [databases]
 $DB_NAME = host=$HOST port=$PG_PORT dbname=$DB_NAME
