@@ -61,6 +61,7 @@ from bench.private_broker import free_port
 from bench.queries import (REPO, RESULTS, _psql_super, add_dataset_options,
                            bench_settings, connect, load, save_results)
 from schema.migrate import migrate
+from schema.roles import grant_privileges
 from sinks.cold_archive import Chunk
 from streams.settings import Settings
 
@@ -294,18 +295,23 @@ def start_cluster(server: Server, settings: dict[str, str]) -> None:
 
 
 async def create_database(server: Server) -> Settings:
-    """The ``devicestream`` role and the bench database with TimescaleDB and the schema
-    migrated, on ``server``; settings that connect to it."""
+    """The owner and workers' roles and the bench database with TimescaleDB and the schema
+    migrated (privileges granted as ``migrate`` does), on ``server``; settings that connect
+    to it as the workers' role."""
     settings = bench_settings(db_port=server.port)
-    password = settings.db_password.replace("'", "''")
-    for sql, database in (
-            (f"CREATE ROLE {settings.db_user} LOGIN PASSWORD '{password}'", "postgres"),
-            (f"CREATE DATABASE {settings.db_name} OWNER {settings.db_user}", "postgres"),
-            ("CREATE EXTENSION timescaledb", settings.db_name)):
+    owner = settings.as_owner()
+    statements = [(f"CREATE ROLE {user} LOGIN PASSWORD '{password.replace(chr(39), chr(39) * 2)}'",
+                   "postgres")
+                  for user, password in ((owner.db_user, owner.db_password),
+                                         (settings.db_user, settings.db_password))]
+    statements += [(f"CREATE DATABASE {settings.db_name} OWNER {owner.db_user}", "postgres"),
+                   ("CREATE EXTENSION timescaledb", settings.db_name)]
+    for sql, database in statements:
         _psql_super(sql, database, socket_dir=str(server.socket_dir), port=server.port)
-    conn = await connect(settings)
+    conn = await connect(settings)  # as the owner
     try:
         await migrate(conn)
+        await grant_privileges(conn, settings.db_user, None)
     finally:
         await conn.close()
     return settings

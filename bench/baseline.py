@@ -54,7 +54,9 @@ def _time(value: object) -> datetime:
 
 @app.agent(app.topic(*topics) if topics else app.topic("bench-baseline-idle"))
 async def store(stream: faust.StreamT) -> None:
-    pool = await asyncpg.create_pool(min_size=1, max_size=2, **connect_kwargs(settings))
+    # as the owner: the baseline's own tables are created in the public schema
+    pool = await asyncpg.create_pool(min_size=1, max_size=2,
+                                     **connect_kwargs(settings.as_owner()))
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(TABLE)
     async for values in stream.take(5000, within=0.2):

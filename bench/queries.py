@@ -102,9 +102,11 @@ def bench_settings(**changes: Any) -> Settings:
 
 
 async def connect(settings: Settings) -> asyncpg.Connection:
+    """A connection as the owner role: the benchmarks seed, VACUUM and clean up tables."""
+    owner = settings.as_owner()
     return await asyncpg.connect(
-        host=settings.db_host, port=settings.db_port, user=settings.db_user,
-        password=settings.db_password, database=settings.db_name, statement_cache_size=0,
+        host=owner.db_host, port=owner.db_port, user=owner.db_user,
+        password=owner.db_password, database=owner.db_name, statement_cache_size=0,
         command_timeout=None)
 
 

@@ -14,7 +14,7 @@ import asyncpg
 _LOCK_KEY = 0x6465766963650001  # "device" + 1: the migration lock of this schema
 
 _BOOKKEEPING = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
+CREATE TABLE schema_migrations (
     version    text        PRIMARY KEY,
     applied_at timestamptz NOT NULL DEFAULT now()
 )
@@ -42,7 +42,9 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     applied_now: list[str] = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
-        await conn.execute(_BOOKKEEPING)
+        # Only created when missing: a role without CREATE on the schema may still check.
+        if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NULL"):
+            await conn.execute(_BOOKKEEPING)
     for migration in available_migrations():
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)

@@ -34,8 +34,9 @@ One run (``run_maintenance``) does, in this order, each step in its own transact
 5. **Index compaction.** A raw chunk's unique index fills to ~55-70% while the chunk is
    written (every series appends in the middle of the key space). Once a chunk is closed
    (its end ``CLOSED_AFTER`` in the past) its index is rebuilt packed
-   (``fillfactor = 100``, ``REINDEX INDEX CONCURRENTLY``: reads and writes go on), once:
-   from ~45 to 28 bytes per point. Closed ``readings_1h`` chunks (7 days) are CLUSTERed
+   (``fillfactor = 100``, ``REINDEX INDEX``), once: from ~45 to 28 bytes per point. Not
+   ``CONCURRENTLY``, which cannot run in the SECURITY DEFINER function the workers' role
+   calls: the chunk's late writes and the queries planned on it wait for the rebuild. Closed ``readings_1h`` chunks (7 days) are CLUSTERed
    once on (series_id, bucket), so a long-range read of one device touches few pages.
 6. **ANALYZE** of the hypertables (``full``) or of the chunks changed since they were last
    analyzed, and of ``storage.series`` and ``devices``.
@@ -47,6 +48,11 @@ One run (``run_maintenance``) does, in this order, each step in its own transact
 Runs are serialised by a lease row (``storage.maintenance_lease``) and recorded in
 ``storage.maintenance_runs``; ``maintain`` wraps all that for the leader's timer and the
 ``maintenance`` command. ``compression_state`` is what ``/pipeline/db`` can show.
+
+The workers' role owns no table: every step that needs an owner's right (drop_chunks,
+policies, TRUNCATE of a trimmed chunk, REINDEX, CLUSTER, ANALYZE) calls a SECURITY DEFINER
+function of migration 0008, which refuses anything but the storage hypertables and their
+chunks. Deletes and the bookkeeping tables are plain DML, granted to the workers' role.
 """
 from __future__ import annotations
 
@@ -303,10 +309,7 @@ async def ensure_retention_policy(conn: asyncpg.Connection, table: str, days: in
         exists, current = await _policy_interval(conn, "policy_retention", "drop_after", table)
         if exists and current == want:
             return None
-        if exists:
-            await conn.execute("SELECT remove_retention_policy($1::regclass, if_exists => true)",
-                               table)
-        await conn.execute("SELECT add_retention_policy($1::regclass, drop_after => $2::interval)",
+        await conn.execute("SELECT storage.replace_retention_policy($1::regclass, $2::interval)",
                            table, want)
     return f"{table}: retention policy drop_after {days} days" + (
         f" (was {current})" if exists else "")
@@ -318,8 +321,7 @@ async def remove_retention_policy(conn: asyncpg.Connection, table: str) -> str |
         exists, current = await _policy_interval(conn, "policy_retention", "drop_after", table)
         if not exists:
             return None
-        await conn.execute("SELECT remove_retention_policy($1::regclass, if_exists => true)",
-                           table)
+        await conn.execute("SELECT storage.replace_retention_policy($1::regclass, NULL)", table)
     return (f"{table}: retention policy (drop_after {current}) removed: with ARCHIVE_DIR "
             f"set, chunks are archived before maintenance drops them")
 
@@ -334,23 +336,17 @@ async def ensure_compression(conn: asyncpg.Connection, table: str, days: int) ->
             "SELECT compression_enabled FROM timescaledb_information.hypertables "
             "WHERE hypertable_schema = $1 AND hypertable_name = $2", schema, name)
         if not enabled:
-            await conn.execute(
-                f"ALTER TABLE {table} SET (timescaledb.compress, "
-                f"timescaledb.compress_segmentby = 'series_id', "
-                f"timescaledb.compress_orderby = '{TIME_COLUMN[table]} DESC')")
             done.append(f"{table}: compression enabled (segment by series_id, "
                         f"order by {TIME_COLUMN[table]} DESC)")
         exists, current = await _policy_interval(
             conn, "policy_compression", "compress_after", table)
         if not (exists and current == want):
-            if exists:
-                await conn.execute(
-                    "SELECT remove_compression_policy($1::regclass, if_exists => true)", table)
-            await conn.execute(
-                "SELECT add_compression_policy($1::regclass, compress_after => $2::interval)",
-                table, want)
             done.append(f"{table}: compression policy compress_after {days} days"
                         + (f" (was {current})" if exists else ""))
+        if done:
+            await conn.execute(
+                "SELECT storage.replace_compression_policy($1::regclass, $2::interval)",
+                table, want)
     return done
 
 
@@ -366,16 +362,15 @@ async def retention_plan(conn: asyncpg.Connection, default_days: int) -> Retenti
 async def _drop_chunks(conn: asyncpg.Connection, table: str, older_than: datetime) -> int:
     async with conn.transaction():
         dropped = await conn.fetch(
-            "SELECT drop_chunks($1::regclass, older_than => $2::timestamptz)", table, older_than)
+            "SELECT storage.drop_chunks($1::regclass, $2::timestamptz)", table, older_than)
     return len(dropped)
 
 
 async def _drop_raw_chunk(conn: asyncpg.Connection, chunk: str, range_start: datetime,
                           range_end: datetime) -> None:
     """Drop one raw chunk and its bookkeeping, in the caller's transaction."""
-    await conn.execute(
-        "SELECT drop_chunks($1::regclass, older_than => $2::timestamptz, "
-        "newer_than => $3::timestamptz)", RAW, range_end, range_start)
+    await conn.execute("SELECT storage.drop_chunks($1::regclass, $2::timestamptz, $3::timestamptz)",
+                       RAW, range_end, range_start)
     await conn.execute("DELETE FROM storage.chunk_maintenance WHERE chunk = $1", chunk)
 
 
@@ -470,24 +465,18 @@ async def _trim_chunk(conn: asyncpg.Connection, chunk: str, compressed: bool,
             # the chunk's own table, and copying from that would keep nothing.
             await conn.execute(f"LOCK TABLE {chunk} IN ACCESS EXCLUSIVE MODE")
             compressed = bool(await conn.fetchval(_CHUNK_COMPRESSED, chunk))
+        keep = [r["series_id"] for r in await conn.fetch(_LONG_SERIES, default_days)]
         if compressed:
             # Filtered on the segment-by column: whole compressed batches go.
-            keep = [r["series_id"] for r in await conn.fetch(_LONG_SERIES, default_days)]
             await conn.execute(
                 f"DELETE FROM {RAW} WHERE time >= $1 AND time < $2 "
                 f"AND NOT (series_id = ANY($3::integer[]))", range_start, range_end, keep)
             kept = await conn.fetchval(
                 f"SELECT count(*) FROM {RAW} WHERE time >= $1 AND time < $2",
                 range_start, range_end)
-        else:
-            await conn.execute(f"CREATE TEMP TABLE trim_keep (LIKE {RAW}) ON COMMIT DROP")
-            kept = int((await conn.execute(
-                f"INSERT INTO trim_keep SELECT * FROM {chunk} "
-                f"WHERE series_id IN ({_LONG_SERIES})", default_days)).split()[-1])
-            await conn.execute(f"TRUNCATE {chunk}")
-            if kept:
-                await conn.execute(
-                    f"INSERT INTO {chunk} SELECT * FROM trim_keep ORDER BY series_id, time")
+        else:  # keepers copied aside, the chunk truncated, the keepers put back
+            kept = await conn.fetchval("SELECT storage.trim_chunk($1::regclass, $2::integer[])",
+                                       chunk, keep)
         if kept == 0:
             await _drop_raw_chunk(conn, chunk, range_start, range_end)
             return 0, True, archived
@@ -530,32 +519,13 @@ WHERE c.hypertable_schema = 'storage' AND c.hypertable_name = 'readings'
 ORDER BY c.range_start DESC
 """
 
-# A REINDEX CONCURRENTLY that failed leaves an invalid "<index>_ccnew" behind.
-_LEFTOVER_INDEXES = """
-SELECT format('%I.%I', n.nspname, ic.relname) AS index
-FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-JOIN pg_namespace n ON n.oid = ic.relnamespace
-JOIN timescaledb_information.chunks c
-  ON i.indrelid = format('%I.%I', c.chunk_schema, c.chunk_name)::regclass
-WHERE c.hypertable_schema = 'storage' AND NOT i.indisvalid AND ic.relname LIKE '%\\_ccnew%'
-"""
-
-
 async def _compact_indexes(conn: asyncpg.Connection, closed_before: datetime,
                            report: MaintenanceReport) -> None:
     async with conn.transaction():
-        leftovers = await conn.fetch(_LEFTOVER_INDEXES)
         todo = await conn.fetch(_CHUNKS_TO_COMPACT, closed_before)
-    for row in leftovers:
-        await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row['index']}")
-        report.notes.append(f"dropped {row['index']} left by an interrupted rebuild")
     for row in todo[:COMPACTIONS_PER_RUN]:
         async with conn.transaction():
-            await conn.execute(f"ALTER INDEX {row['index']} SET (fillfactor = 100)")
-        # Not in a transaction block (simple protocol, one statement): reads and writes
-        # of the chunk go on while the new index is built.
-        await conn.execute(f"REINDEX INDEX CONCURRENTLY {row['index']}")
-        async with conn.transaction():
+            await conn.execute("SELECT storage.compact_index($1::regclass)", row["index"])
             await conn.execute(
                 "INSERT INTO storage.chunk_maintenance (chunk, compacted_at) VALUES ($1, now()) "
                 "ON CONFLICT (chunk) DO UPDATE SET compacted_at = now()", row["chunk"])
@@ -565,10 +535,12 @@ async def _compact_indexes(conn: asyncpg.Connection, closed_before: datetime,
 
 # A closed readings_1h chunk not clustered yet (CLUSTER marks its index indisclustered).
 _HOURLY_TO_CLUSTER = """
-SELECT format('%I.%I', c.chunk_schema, c.chunk_name) AS chunk, quote_ident(ic.relname) AS index
+SELECT format('%I.%I', c.chunk_schema, c.chunk_name) AS chunk,
+       format('%I.%I', n.nspname, ic.relname) AS index
 FROM timescaledb_information.chunks c
 JOIN pg_index i ON i.indrelid = format('%I.%I', c.chunk_schema, c.chunk_name)::regclass
 JOIN pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = ic.relnamespace
 WHERE c.hypertable_schema = 'storage' AND c.hypertable_name = 'readings_1h'
   AND NOT c.is_compressed AND c.range_end <= $1 AND i.indisunique AND i.indisvalid
   AND NOT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = i.indrelid AND x.indisclustered)
@@ -588,8 +560,8 @@ async def _cluster_hourly(conn: asyncpg.Connection, closed_before: datetime,
         todo = await conn.fetch(_HOURLY_TO_CLUSTER, closed_before)
     for row in todo[:CLUSTERS_PER_RUN]:
         async with conn.transaction():
-            await conn.execute(f"CLUSTER {row['chunk']} USING {row['index']}")
-            await conn.execute(f"ANALYZE {row['chunk']}")
+            await conn.execute("SELECT storage.cluster_chunk($1::regclass, $2::regclass)",
+                               row["chunk"], row["index"])
         report.clustered_hourly_chunks += 1
     report.clustering_backlog = max(0, len(todo) - CLUSTERS_PER_RUN)
 
@@ -611,12 +583,12 @@ async def _analyze(conn: asyncpg.Connection, full: bool) -> list[str]:
     if full:
         targets = [*HYPERTABLES, "storage.series", "devices"]
         for target in targets:
-            await conn.execute(f"ANALYZE {target}")
+            await conn.execute("SELECT storage.analyze($1::regclass)", target)
         return targets
     async with conn.transaction():
         chunks = [r["chunk"] for r in await conn.fetch(_CHANGED_CHUNKS)]
     for target in [*chunks, "storage.series", "devices"]:
-        await conn.execute(f"ANALYZE {target}")
+        await conn.execute("SELECT storage.analyze($1::regclass)", target)
     return [f"{len(chunks)} changed chunks", "storage.series", "devices"]
 
 

@@ -10,6 +10,7 @@ from faust.cli import AppCommand, option
 from producers.device_producer import DeviceProducer, ProducerConfig
 from producers.simulator import FleetConfig, Progress, run_fleet
 from schema.migrate import migrate as apply_migrations
+from schema.roles import grant_privileges
 from sinks.postgres import connect
 from streams.app import app, settings
 from streams.replay import ReplayError, parse_since
@@ -19,16 +20,20 @@ from streams.settings import COMPRESSIONS, TOPIC_MODES
 
 @app.command()
 async def migrate(self: AppCommand) -> None:
-    """Create or upgrade the database schema (safe to run any number of times)."""
-    conn = await connect(settings)
+    """Create or upgrade the database schema as the owner role (DB_OWNER_USER), then grant
+    the workers' and the read-only role their privileges (safe to run any number of times)."""
+    conn = await connect(settings.as_owner())
     try:
         applied = await apply_migrations(conn)
+        granted = await grant_privileges(conn, settings.db_user, settings.read_db_user)
     finally:
         await conn.close()
     if applied:
         self.say(f"applied migrations: {', '.join(applied)}")
     else:
         self.say("schema is up to date")
+    if granted:
+        self.say(f"privileges granted to: {', '.join(granted)}")
 
 
 @app.command(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Mapping
 
 from schema.validation import MAX_VALUE_BYTES
@@ -141,6 +141,8 @@ class Settings:
     db_name: str = "devicestream"
     db_user: str = "devicestream"
     db_password: str = "devicestream"
+    db_owner_user: str = "devicestream_owner"  # runs the migrations (least privilege)
+    db_owner_password: str = "devicestream_owner"
     db_pool_size: int = 4
     db_statement_cache: bool = False
     db_sslmode: str = "prefer"
@@ -165,6 +167,8 @@ class Settings:
     read_db_name: str = ""  # empty: db_name
     read_db_pool_size: int = 4
     read_max_lag_seconds: float = 5.0
+    read_db_user: str = "devicestream_reader"  # the query API's read-only role
+    read_db_password: str = "devicestream_reader"
     query_raw_max_range: int = 24
     query_max_rows: int = 10_000
     query_timeout: float = 10.0
@@ -174,6 +178,10 @@ class Settings:
     event_clock_max_devices: int = 100_000
     sink_linger: float = 0.2
     sink_writers: int = 2
+
+    def as_owner(self) -> "Settings":
+        """These settings connecting as the owner role, which runs the migrations."""
+        return replace(self, db_user=self.db_owner_user, db_password=self.db_owner_password)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -231,6 +239,8 @@ class Settings:
             db_name=_str(env, "DB_NAME", cls.db_name),
             db_user=_str(env, "DB_USER", cls.db_user),
             db_password=_str(env, "DB_PASSWORD", cls.db_password),
+            db_owner_user=_str(env, "DB_OWNER_USER", cls.db_owner_user),
+            db_owner_password=_str(env, "DB_OWNER_PASSWORD", cls.db_owner_password),
             db_pool_size=_int(env, "DB_POOL_SIZE", cls.db_pool_size, minimum=1),
             db_sslmode=_choice(
                 env, "DB_SSLMODE", cls.db_sslmode,
@@ -267,6 +277,8 @@ class Settings:
             read_db_name=_str(env, "READ_DB_NAME", cls.read_db_name),
             read_db_pool_size=_int(env, "READ_DB_POOL_SIZE", cls.read_db_pool_size, minimum=1),
             read_max_lag_seconds=_float(env, "READ_MAX_LAG_SECONDS", cls.read_max_lag_seconds),
+            read_db_user=_str(env, "READ_DB_USER", cls.read_db_user),
+            read_db_password=_str(env, "READ_DB_PASSWORD", cls.read_db_password),
             query_raw_max_range=_int(
                 env, "QUERY_RAW_MAX_RANGE", cls.query_raw_max_range, minimum=1
             ),

@@ -7,6 +7,12 @@ import pytest
 from tests.stack import PrivateBroker, Worker, db_connect, require_stack, stack_replica
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Unit tests first, then the integration tests (each group in collection order): a
+    broken unit fails within the first minute, not after the slow tests."""
+    items.sort(key=lambda item: item.get_closest_marker("integration") is not None)
+
+
 @pytest.fixture
 def stack() -> None:
     """The real local stack; fails with a hint when it is not running."""

@@ -49,7 +49,7 @@ async def test_every_kind_of_bad_message_is_dead_lettered_and_the_worker_goes_on
         return await count_rows([device]) >= 1
 
     await wait_for(stored_the_last_reading, 120, "the valid reading sent after the bad ones")
-    letters = await read_dead_letters({topic}, timeout=5)
+    letters = await read_dead_letters({topic}, len(expected))
     found = {(r["offset"], r.get("index")): r for r in letters}
     missing = {where: name for where, name in expected.items() if where not in found}
     assert not missing, f"not dead-lettered: {missing}"

@@ -284,10 +284,34 @@ def test_pgbouncer_uses_transaction_mode_and_seed_pool_sizes(services, pgbouncer
     assert "devicestream" in ini["admin_users"].replace(" ", "").split(",")
     assert "devicestream" in ini["stats_users"].replace(" ", "").split(",")
     assert int(ini["max_prepared_statements"]) >= 100  # asyncpg's default cache size
-    # The image writes userlist.txt from these at start (scram keeps the password usable).
+    # Its entrypoint writes userlist.txt from these at start: the workers' and the
+    # read-only role, never the owner.
     env = environment(pgbouncer)
-    assert env["DB_USER"] == "devicestream"
-    assert env["AUTH_TYPE"] == "scram-sha-256"
+    assert env["DB_USER"] == "devicestream" and env["READ_DB_USER"] == "devicestream_reader"
+    assert PASSWORD_REFERENCE.match(env["DB_PASSWORD"])
+    assert SECRET_REFERENCE.match(env["READ_DB_PASSWORD"]).group("name") == "READ_DB_PASSWORD"
+    assert not any("OWNER" in key for key in env)
+    assert pgbouncer["entrypoint"] == ["/bin/sh", "/usr/local/lib/devicestream/pgbouncer-start.sh"]
+    assert bind_mounts(pgbouncer)["/usr/local/lib/devicestream/pgbouncer-start.sh"] == \
+        "./deploy/pgbouncer/pgbouncer-start.sh"
+
+
+def test_pgbouncer_start_writes_both_users_with_quotes_doubled(tmp_path):
+    script = (ROOT / "deploy/pgbouncer/pgbouncer-start.sh").read_text()
+    userlist = tmp_path / "userlist.txt"
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "pgbouncer").write_text("#!/bin/sh\necho started \"$@\"\n")
+    (fake_bin / "pgbouncer").chmod(0o755)
+    done = subprocess.run(
+        ["sh", "-c", script.replace("/etc/pgbouncer/userlist.txt", str(userlist))],
+        env={"PATH": f"{fake_bin}:/usr/bin:/bin", "DB_USER": "devicestream",
+             "DB_PASSWORD": 'pa"ss', "READ_DB_USER": "devicestream_reader",
+             "READ_DB_PASSWORD": "r"}, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "started /etc/pgbouncer/pgbouncer.ini"
+    assert userlist.read_text() == '"devicestream" "pa""ss"\n"devicestream_reader" "r"\n'
+    assert oct(userlist.stat().st_mode & 0o777) == "0o600"
 
 
 def test_pgbouncer_server_connections_fit_under_max_connections(pgbouncer_ini, postgresql_conf):
@@ -318,8 +342,12 @@ def test_timescaledb_uses_the_full_tsl_image_and_mounted_config(services, postgr
 
     env = environment(db)
     assert env["POSTGRES_DB"] == "devicestream"
-    assert env["POSTGRES_USER"] == "devicestream"
-    assert PASSWORD_REFERENCE.match(env["POSTGRES_PASSWORD"])
+    assert env["POSTGRES_USER"] == "postgres"  # the superuser is nobody's login but ops'
+    for name in ("POSTGRES_PASSWORD", "DB_OWNER_PASSWORD", "READ_DB_PASSWORD"):
+        assert SECRET_REFERENCE.match(env[name]).group("name") == name
+    assert PASSWORD_REFERENCE.match(env["DB_PASSWORD"])
+    assert bind_mounts(db)["/docker-entrypoint-initdb.d/020-roles.sh"] == \
+        "./deploy/timescaledb/roles.sh"
     check = " ".join(db["healthcheck"]["test"])
     assert "pg_isready" in check and "-h 127.0.0.1" in check
 
@@ -463,8 +491,8 @@ def test_grafana_takes_its_passwords_from_the_environment(services):
     entrypoint = " ".join(services["grafana"]["entrypoint"])
     assert '[ -z "$$GF_SECURITY_ADMIN_PASSWORD" ]' in entrypoint and "exit 1" in entrypoint
     assert "exec /run.sh" in entrypoint
-    assert PASSWORD_REFERENCE.match(env["GRAFANA_DB_PASSWORD"])
-    assert env["GRAFANA_DB_USER"] == "devicestream"
+    assert env["GRAFANA_DB_USER"] == "devicestream_reader"
+    assert SECRET_REFERENCE.match(env["GRAFANA_DB_PASSWORD"]).group("name") == "READ_DB_PASSWORD"
     datasources = (ROOT / "deploy" / "grafana" / "provisioning" / "datasources"
                    / "datasources.yml").read_text(encoding="utf-8")
     uncommented = "\n".join(line.split("#", 1)[0] for line in datasources.splitlines())
@@ -656,7 +684,8 @@ COMPOSE_TOOLS = {
 }
 PROFILES = ([], ["--profile", "cluster"], ["--profile", "monitoring"], ["--profile", "demo"],
             ["--profile", "cluster", "--profile", "monitoring", "--profile", "demo"])
-REQUIRED_ENV = {"DB_PASSWORD": "x", "INGEST_TOKEN": "y", "REPLICATION_PASSWORD": "z"}
+REQUIRED_ENV = {"DB_PASSWORD": "x", "INGEST_TOKEN": "y", "REPLICATION_PASSWORD": "z",
+                "POSTGRES_PASSWORD": "p", "DB_OWNER_PASSWORD": "o", "READ_DB_PASSWORD": "r"}
 
 
 def compose_cli(dialect: str) -> Path:

@@ -302,11 +302,12 @@ def _args(metric: str | None, *args: Any) -> tuple[Any, ...]:
 
 def read_connect_kwargs(settings: Settings, host: str, port: int,
                         database: str) -> dict[str, Any]:
-    """Connection arguments of a read pool: no statement cache (so each query is planned
-    with its own time bounds), QUERY_TIMEOUT."""
+    """Connection arguments of a read pool: the read-only role, no statement cache (so each
+    query is planned with its own time bounds), QUERY_TIMEOUT."""
     kwargs = connect_kwargs(settings, host=host)
     kwargs["port"] = port
     kwargs["database"] = database
+    kwargs["user"], kwargs["password"] = settings.read_db_user, settings.read_db_password
     kwargs["statement_cache_size"] = 0
     kwargs["command_timeout"] = settings.query_timeout
     kwargs["server_settings"] = {"application_name": "devicestream-queries"}

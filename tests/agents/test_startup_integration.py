@@ -6,6 +6,7 @@ import asyncio
 import pytest
 
 from tests.stack import (
+    SETTINGS,
     PrivateBroker,
     db_connect,
     unique,
@@ -34,7 +35,7 @@ async def _devices_reads() -> dict[str, int]:
 async def test_a_starting_worker_reads_no_device_rows(private_broker: PrivateBroker,
                                                       start_worker) -> None:
     prefix = unique("startup-seed-")
-    conn = await db_connect()
+    conn = await db_connect(SETTINGS.as_owner())  # the workers' role deletes no device
     try:
         await conn.execute(
             "INSERT INTO devices (device_id, first_seen, last_seen) "

@@ -65,7 +65,7 @@ async def test_readings_arrive_as_json_arrays_of_one_device_keyed_by_its_id(
     for message, batch in zip(messages, values(messages)):
         assert message.topic == device_topic(message.key.decode())
         assert {r["device_id"] for r in batch} == {message.key.decode()}
-        assert len({message.partition for m in messages if m.key == message.key}) == 1
+        assert len({m.partition for m in messages if m.key == message.key}) == 1
 
 
 async def test_device_topics_are_created_with_the_configured_partitions_and_configs(stack) -> None:

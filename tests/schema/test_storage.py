@@ -9,7 +9,7 @@ from importlib import resources
 
 import pytest
 
-from tests.stack import db_connect, unique
+from tests.stack import SETTINGS, db_connect, unique
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ async def test_the_migration_carries_the_old_rows_over(stack) -> None:
     rows = [(t0 - timedelta(seconds=s), d, m, float(s * 10 + i))
             for i, (d, m) in enumerate([("a", "t"), ("a", "h"), ("b", "t")])
             for s in range(0, 400, 7)]
-    conn = await db_connect()
+    conn = await db_connect(SETTINGS.as_owner())  # migrations run as the owner
     try:
         with pytest.raises(_RolledBack):
             async with conn.transaction():  # rolled back: nothing stays behind

@@ -96,7 +96,7 @@ async def test_compressed_chunks_keep_first_values_exact_aggregates_and_retentio
 
     report = await maintain(SETTINGS, unique("tsl-"), wait=120)
     assert report is not None and report.deleted_rows.get("7 days", 0) >= 100
-    conn = await db_connect()
+    conn = await db_connect(SETTINGS.as_owner())
     try:
         counts = dict(await conn.fetch(
             "SELECT device_id, count(*) FROM readings WHERE device_id = ANY($1) GROUP BY 1",
