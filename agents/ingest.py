@@ -31,6 +31,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, P
 
 import asyncpg
 import orjson
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP, StreamT
 
@@ -365,24 +366,27 @@ class IngestPipeline:
         for letter in letters:
             first.setdefault(letter.location, letter)
         letters = list(first.values())
+        # Staging may read the DLQ (letters a crash left unconfirmed): broker errors retry.
         pending = await self._retrying(
-            "record dead letters", lambda: self._outbox.stage(letters), is_transient
+            "record dead letters", lambda: self._outbox.stage(letters),
+            lambda exc: is_transient(exc) or isinstance(exc, KafkaError),
         )
         if not pending:
             return
         # Any broker error is worth retrying: dropping a dead letter would lose a reading.
-        await self._retrying(
+        positions = await self._retrying(
             "publish dead letters", lambda: self._publish_all(pending), lambda exc: True
         )
         await self._retrying(
-            "mark dead letters published", lambda: self._outbox.mark_published(pending),
-            is_transient,
+            "mark dead letters published",
+            lambda: self._outbox.mark_published(pending, positions), is_transient,
         )
         self.stats.dead_letters_total += len(pending)
 
-    async def _publish_all(self, letters: list[DeadLetter]) -> None:
+    async def _publish_all(self, letters: list[DeadLetter]) -> list[tuple[int, int]]:
+        """Publish ``letters``; where each landed on the DLQ (partition, offset)."""
         acks = [await self._publish(letter) for letter in letters]
-        await asyncio.gather(*acks)
+        return [(ack.partition, ack.offset) for ack in await asyncio.gather(*acks)]
 
 
 def _located_readings(batch: Batch) -> Iterator[tuple[ConsumerRecord, int | None, Reading]]:
@@ -418,10 +422,11 @@ def _refused_by_database(
 
 # --- Faust wiring -------------------------------------------------------------------------
 
+from sinks.dead_letter_search import DeadLetterSearch  # noqa: E402
 from sinks.postgres import create_pool  # noqa: E402
 from streams.app import app, device_topics, pipeline_stats, settings  # noqa: E402
 from streams.subscription import follow_device_topics, followed_devices  # noqa: E402
-from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner  # noqa: E402
+from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner, kafka_client_kwargs  # noqa: E402
 from streams.worker import EXIT_INGEST_FAILED, exit_without_committing  # noqa: E402
 
 
@@ -444,7 +449,10 @@ async def ingest(stream: StreamT) -> None:
     )
     try:
         pipeline = IngestPipeline(
-            TimescaleSink(pool), DeadLetterOutbox(pool), publish_dead_letter, config,
+            TimescaleSink(pool),
+            DeadLetterOutbox(pool, DeadLetterSearch(DEAD_LETTER_TOPIC,
+                                                    kafka_client_kwargs(settings))),
+            publish_dead_letter, config,
             pipeline_stats, commit_offsets=app.consumer.commit,
             event_clock=EventClock(int(settings.aggregate_grace * 1_000_000),
                                    settings.event_clock_max_devices),

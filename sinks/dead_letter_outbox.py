@@ -1,18 +1,23 @@
 """The dead-letter outbox: exactly one publication per invalid reading, even on replays.
 
-``stage`` records a batch's dead letters and returns those not published yet (new ones,
-and ones a crash left unpublished); after the broker acknowledges them, ``mark_published``
-records that. A message consumed again finds its dead letters published and sends nothing.
-Only a crash between the broker's acknowledgement and ``mark_published`` repeats one, with
-the same topic, partition, offset and index.
+``stage`` records a batch's dead letters and returns those not published yet. After the
+broker acknowledges them, ``mark_published`` records that, with where each landed on the
+DLQ. A message consumed again finds its dead letters published and sends nothing.
+
+A crash between the broker's acknowledgement and ``mark_published`` leaves letters staged
+but unconfirmed. When ``stage`` meets such letters again, it looks for them on the DLQ
+(``DeadLetterSearch``) from the last position recorded before they were staged, marks those
+it finds and returns only the others: none is published twice.
 """
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Sequence
 
 import asyncpg
 
 from schema.dead_letters import DeadLetter
+from sinks.dead_letter_search import DeadLetterSearch, Position, source_of
 
 _STAGE = """
 WITH batch AS (
@@ -25,17 +30,28 @@ WITH batch AS (
     ON CONFLICT DO NOTHING
     RETURNING topic, partition, "offset", index, message_ms
 )
-SELECT topic, partition, "offset", index, message_ms FROM recorded
-UNION
-SELECT d.topic, d.partition, d."offset", d.index, d.message_ms
+SELECT topic, partition, "offset", index, message_ms, NULL::timestamptz AS staged_before
+FROM recorded
+UNION ALL
+SELECT d.topic, d.partition, d."offset", d.index, d.message_ms, d.created_at
 FROM dead_letters d JOIN batch b USING (topic, partition, "offset", index, message_ms)
 WHERE d.published_at IS NULL
 """
 
+# Per DLQ partition, the offset after the last letter acknowledged before $1: a letter
+# staged at $1 or later was published (if at all) past it.
+_SEARCH_STARTS = """
+SELECT dlq_partition, max(dlq_offset) + 1 AS start FROM dead_letters
+WHERE published_at < $1 AND dlq_partition IS NOT NULL
+GROUP BY dlq_partition
+"""
+
 _MARK = """
-UPDATE dead_letters SET published_at = now()
-FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[])
-    AS p(topic, partition, "offset", index, message_ms)
+UPDATE dead_letters SET published_at = now(), dlq_partition = p.dlq_partition,
+                        dlq_offset = p.dlq_offset
+FROM unnest($1::text[], $2::int[], $3::bigint[], $4::int[], $5::bigint[], $6::int[],
+            $7::bigint[])
+    AS p(topic, partition, "offset", index, message_ms, dlq_partition, dlq_offset)
 WHERE (dead_letters.topic, dead_letters.partition, dead_letters."offset", dead_letters.index,
        dead_letters.message_ms) = (p.topic, p.partition, p."offset", p.index, p.message_ms)
 """
@@ -59,8 +75,9 @@ def _columns(letters: Sequence[DeadLetter]) -> list[list[object]]:
 class DeadLetterOutbox:
     """Records dead letters in the database around their publication."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, search: DeadLetterSearch) -> None:
         self._pool = pool
+        self._search = search
 
     async def stage(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
         """Record ``letters``; return the ones that still have to be published."""
@@ -70,9 +87,31 @@ class DeadLetterOutbox:
             rows = await conn.fetch(_STAGE, *columns)
         pending = {(r["topic"], r["partition"], r["offset"], r["index"], r["message_ms"])
                    for r in rows}
-        return [d for d in letters if _key(d) in pending]
+        letters = [d for d in letters if _key(d) in pending]
+        unconfirmed_since = min((r["staged_before"] for r in rows if r["staged_before"]),
+                                default=None)
+        if unconfirmed_since is None:
+            return letters
+        return await self._drop_published(letters, rows, unconfirmed_since)
 
-    async def mark_published(self, letters: Sequence[DeadLetter]) -> None:
-        """Record that the broker acknowledged ``letters``."""
+    async def _drop_published(self, letters: list[DeadLetter], rows: list[asyncpg.Record],
+                              since: datetime) -> list[DeadLetter]:
+        unconfirmed = {(r["topic"], r["partition"], r["offset"], r["index"], r["message_ms"])
+                       for r in rows if r["staged_before"]}
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(_MARK, *_columns(letters))
+            starts = {r["dlq_partition"]: r["start"]
+                      for r in await conn.fetch(_SEARCH_STARTS, since)}
+        found = await self._search.find([d for d in letters if _key(d) in unconfirmed], starts)
+        published = [d for d in letters if _key(d) in unconfirmed and source_of(d) in found]
+        if published:
+            await self.mark_published(published, [found[source_of(d)] for d in published])
+        return [d for d in letters if d not in published]
+
+    async def mark_published(self, letters: Sequence[DeadLetter],
+                             positions: Sequence[Position]) -> None:
+        """Record that the broker acknowledged ``letters`` at ``positions`` (DLQ partition,
+        offset), one each."""
+        columns = _columns(letters)
+        columns += [[p for p, _ in positions], [o for _, o in positions]]
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_MARK, *columns)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import asyncpg
@@ -105,13 +106,15 @@ class DeadLetters:
     async def stage(self, letters: list[DeadLetter]) -> list[DeadLetter]:
         return [d for d in letters if d.location not in self.published]
 
-    async def mark_published(self, letters: list[DeadLetter]) -> None:
+    async def mark_published(self, letters: list[DeadLetter],
+                             positions: list[tuple[int, int]]) -> None:
+        assert len(positions) == len(letters)
         self.published.update(d.location for d in letters)
 
     async def publish(self, letter: DeadLetter):
         self.records.append(orjson.loads(letter.value))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(SimpleNamespace(partition=0, offset=len(self.records) - 1))
         return done
 
 
