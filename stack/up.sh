@@ -9,7 +9,7 @@
 # Idempotent: a service that already runs with the current settings is left alone.
 # Creates the roles devicestream_owner (owner of database devicestream, runs the
 # migrations), devicestream (the workers) and devicestream_reader (the query API), each
-# with its own name as password, and the timescaledb extension. WAL is archived continuously
+# with its own name as password, and the timescaledb and pg_stat_statements extensions. WAL is archived continuously
 # (at most archive_timeout = 60 s late) into the pgBackRest repository
 # (BACKUP_REPO, default backup/ next to the data), whose stanza devicestream is
 # created here; `make backup` and `make restore` use it. With REPLICA=1 (`make stack-up
@@ -183,8 +183,11 @@ SQL
         log "handing database $DB_NAME and its objects from $DB_USER over to $DB_OWNER"
         psql_super -d "$DB_NAME" -c "REASSIGN OWNED BY $DB_USER TO $DB_OWNER"
     fi
-    # not trusted: only a superuser may create it (pg_stat_statements is: migration 0009)
-    psql_super -d "$DB_NAME" -c 'CREATE EXTENSION IF NOT EXISTS timescaledb'
+    # pg_stat_statements is not a trusted extension: the owner role cannot create it
+    psql_super -d "$DB_NAME" <<SQL
+CREATE EXTENSION IF NOT EXISTS timescaledb;
+CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+SQL
     # a newer TimescaleDB library than the database's extension: update (own session, first command)
     if [[ $(psql_super -d "$DB_NAME" -tAc "SELECT installed_version <> default_version FROM pg_available_extensions WHERE name = 'timescaledb'") == t ]]; then
         log "updating the timescaledb extension"
@@ -328,6 +331,7 @@ SQL
 hot_standby_feedback = on
 restore_command = 'pgbackrest --config=$PGBR_CONF --stanza=$STANZA --pg1-path=$REPLICA_DATA archive-get %f \"%p\"'"
     ln -sfn "$REPLICA_DIR/postgresql.log" "$LOG_DIR/replica.log"
+    REPLICA_LOG_FROM=$(stat -c %s "$REPLICA_DIR/postgresql.log" 2>/dev/null || echo 0)
     log "starting the read replica on $HOST:$REPLICA_PORT"
     as_postgres "$bin/pg_ctl" -D "$REPLICA_DATA" -l "$REPLICA_DIR/postgresql.log" -w \
         -t "$READY_TIMEOUT" start >/dev/null ||
@@ -337,6 +341,25 @@ restore_command = 'pgbackrest --config=$PGBR_CONF --stanza=$STANZA --pg1-path=$R
 replica_streaming() {
     [[ $(as_postgres psql -X -qtA -h "$REPLICA_DIR/socket" -p "$REPLICA_PORT" -d postgres \
         -c "SELECT pg_is_in_recovery() AND status = 'streaming' FROM pg_stat_wal_receiver") == t ]]
+}
+
+# A replica stopped long enough ago needs WAL that the primary has recycled and backup
+# retention has expired from the archive: it can never catch up.
+replica_wal_gone() {
+    tail -c +"$((REPLICA_LOG_FROM + 1))" "$REPLICA_DIR/postgresql.log" 2>/dev/null |
+        grep -q 'requested WAL segment .* has already been removed'
+}
+
+replica_streaming_or_stuck() { replica_streaming || replica_wal_gone; }
+
+wait_replica() {
+    wait_until "the read replica streaming" "$LOG_DIR/replica.log" replica_streaming_or_stuck
+    replica_streaming && return 0
+    log "the replica needs WAL that neither the primary nor the archive still has: making it anew"
+    as_postgres "$(pg_bindir "$MAJOR")/pg_ctl" -D "$REPLICA_DATA" stop -m fast >/dev/null
+    rm -rf "$REPLICA_DIR"
+    ensure_replica
+    wait_until "the read replica streaming" "$LOG_DIR/replica.log" replica_streaming
 }
 
 # ---------------------------------------------------------------- pgBouncer
@@ -466,7 +489,7 @@ wait_until "pgBouncer on $HOST:$PGB_PORT" "$PGB_LOG" pgbouncer_query
 wait_until "Tansu on $HOST:$KAFKA_PORT" "$TANSU_LOG" tansu_listening
 wait_until "Kafka metadata from $HOST:$KAFKA_PORT" "$TANSU_LOG" kafka_metadata
 if [[ ${REPLICA:-0} == 1 ]]; then
-    wait_until "the read replica streaming" "$LOG_DIR/replica.log" replica_streaming
+    wait_replica
 fi
 
 TSDB=$(psql_super -d "$DB_NAME" -tAc "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")

@@ -27,6 +27,9 @@ ALTER ROLE devicestream_reader LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWOR
 GRANT pg_monitor TO devicestream;
 ALTER DATABASE devicestream OWNER TO devicestream_owner;
 SQL
-# objects the single-role layout left to devicestream (REASSIGN works per database)
-psql -v ON_ERROR_STOP=1 --username "${POSTGRES_USER:-postgres}" --dbname devicestream \
-    -c 'REASSIGN OWNED BY devicestream TO devicestream_owner'
+# objects the single-role layout left to devicestream (REASSIGN works per database), and
+# pg_stat_statements, which is no trusted extension: the owner role cannot create it
+psql -v ON_ERROR_STOP=1 --username "${POSTGRES_USER:-postgres}" --dbname devicestream <<'SQL'
+REASSIGN OWNED BY devicestream TO devicestream_owner;
+CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+SQL

@@ -1,7 +1,9 @@
 -- pg_stat_statements (the top statements of /pipeline/db), where the server preloads it.
--- The extension is trusted: the database's owner may create it. A server that does not
--- preload the library gets no extension (its view would only raise); the workers' role
--- reads every statement through pg_read_all_stats (pg_monitor).
+-- It is not a trusted extension: only a superuser may create it, so the servers' bootstrap
+-- does (stack/up.sh, deploy/timescaledb/roles.sh) and this creates it where the migrating
+-- role may, saying so where it may not. A server that does not preload the library gets
+-- no extension (its view would only raise). The workers' role reads every statement
+-- through pg_read_all_stats (pg_monitor).
 DO $$
 DECLARE
     existed boolean := EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_stat_statements');
