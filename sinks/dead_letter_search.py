@@ -55,7 +55,7 @@ class DeadLetterSearch:
         """Where each of ``letters`` already is on the DLQ; letters not found are left out.
 
         ``starts``: per DLQ partition, the first offset that may hold one of them (a
-        partition not named is read from its log start).
+        partition not named, or whose start lies past its end, is read from its log start).
         """
         wanted = {source_of(letter) for letter in letters}
         found: dict[Source, Position] = {}
@@ -74,8 +74,10 @@ class DeadLetterSearch:
             if len(ends) < len(partitions):
                 raise KafkaError(f"the end of {self._topic} could not be read")
             consumer.assign(list(ends))
-            for tp in ends:
-                if tp.partition in starts:
+            for tp, end in ends.items():
+                # A start past the end was recorded on another incarnation of the topic
+                # (deleted and created again, a broker that lost its data): read it all.
+                if starts.get(tp.partition, end + 1) <= end:
                     consumer.seek(tp, starts[tp.partition])
                 else:
                     await consumer.seek_to_beginning(tp)
