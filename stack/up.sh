@@ -87,6 +87,10 @@ pg_register_cluster() {
             rm -rf "/etc/postgresql/$v/$PG_CLUSTER"
         fi
     done < <(pg_our_clusters)
+    if [[ -f $ETC_DIR/postgresql.conf && ! -f $PGDATA/PG_VERSION ]]; then
+        log "cluster $MAJOR/$PG_CLUSTER is registered but its data dir $PGDATA is gone: unregistering it"
+        rm -rf "$ETC_DIR"
+    fi
     [[ -f $ETC_DIR/postgresql.conf ]] && return 0
 
     pid=$(listener_pid "$PG_PORT")
