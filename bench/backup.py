@@ -295,7 +295,7 @@ def start_cluster(server: Server, settings: dict[str, str]) -> None:
 
 
 async def create_database(server: Server) -> Settings:
-    """The owner and workers' roles and the bench database with TimescaleDB and the schema
+    """The owner, workers' and read-only roles and the bench database with TimescaleDB and the schema
     migrated (privileges granted as ``migrate`` does), on ``server``; settings that connect
     to it as the workers' role."""
     settings = bench_settings(db_port=server.port)
@@ -303,7 +303,8 @@ async def create_database(server: Server) -> Settings:
     statements = [(f"CREATE ROLE {user} LOGIN PASSWORD '{password.replace(chr(39), chr(39) * 2)}'",
                    "postgres")
                   for user, password in ((owner.db_user, owner.db_password),
-                                         (settings.db_user, settings.db_password))]
+                                         (settings.db_user, settings.db_password),
+                                         (settings.read_db_user, settings.read_db_password))]
     statements += [(f"CREATE DATABASE {settings.db_name} OWNER {owner.db_user}", "postgres"),
                    ("CREATE EXTENSION timescaledb", settings.db_name)]
     for sql, database in statements:
@@ -311,7 +312,7 @@ async def create_database(server: Server) -> Settings:
     conn = await connect(settings)  # as the owner
     try:
         await migrate(conn)
-        await grant_privileges(conn, settings.db_user, None)
+        await grant_privileges(conn, settings.db_user, settings.read_db_user)
     finally:
         await conn.close()
     return settings

@@ -187,7 +187,8 @@ def _cpu_seconds(pid: int) -> float:
 
 
 async def _db_connect() -> asyncpg.Connection:
-    return await asyncpg.connect(**connect_kwargs(STACK_DB))
+    """As the owner role: the benchmark creates, counts and empties the baseline's tables."""
+    return await asyncpg.connect(**connect_kwargs(STACK_DB.as_owner()))
 
 
 async def _create_topics(broker: PrivateBroker, names: list[str], partitions: int) -> None:
