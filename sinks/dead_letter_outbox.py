@@ -85,27 +85,29 @@ class DeadLetterOutbox:
         columns += [[d.key for d in letters], [d.value for d in letters]]
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(_STAGE, *columns)
-        pending = {(r["topic"], r["partition"], r["offset"], r["index"], r["message_ms"])
-                   for r in rows}
-        letters = [d for d in letters if _key(d) in pending]
-        unconfirmed_since = min((r["staged_before"] for r in rows if r["staged_before"]),
-                                default=None)
-        if unconfirmed_since is None:
-            return letters
-        return await self._drop_published(letters, rows, unconfirmed_since)
+        # each pending letter's key -> when an earlier attempt staged it (None: new now)
+        staged_before = {(r["topic"], r["partition"], r["offset"], r["index"],
+                          r["message_ms"]): r["staged_before"] for r in rows}
+        pending = [d for d in letters if _key(d) in staged_before]
+        unconfirmed = [d for d in pending if staged_before[_key(d)] is not None]
+        if not unconfirmed:
+            return pending
+        since = min(staged_before[_key(d)] for d in unconfirmed)
+        published = await self._published_already(unconfirmed, since)
+        return [d for d in pending if d not in published]
 
-    async def _drop_published(self, letters: list[DeadLetter], rows: list[asyncpg.Record],
-                              since: datetime) -> list[DeadLetter]:
-        unconfirmed = {(r["topic"], r["partition"], r["offset"], r["index"], r["message_ms"])
-                       for r in rows if r["staged_before"]}
+    async def _published_already(self, unconfirmed: list[DeadLetter],
+                                 since: datetime) -> list[DeadLetter]:
+        """Those of ``unconfirmed`` (staged at ``since`` or later) that are on the DLQ,
+        marked published where they were found."""
         async with self._pool.acquire() as conn, conn.transaction():
             starts = {r["dlq_partition"]: r["start"]
                       for r in await conn.fetch(_SEARCH_STARTS, since)}
-        found = await self._search.find([d for d in letters if _key(d) in unconfirmed], starts)
-        published = [d for d in letters if _key(d) in unconfirmed and source_of(d) in found]
+        found = await self._search.find(unconfirmed, starts)
+        published = [d for d in unconfirmed if source_of(d) in found]
         if published:
             await self.mark_published(published, [found[source_of(d)] for d in published])
-        return [d for d in letters if d not in published]
+        return published
 
     async def mark_published(self, letters: Sequence[DeadLetter],
                              positions: Sequence[Position]) -> None:

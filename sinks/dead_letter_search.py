@@ -15,7 +15,6 @@ from typing import Any, Iterable, Mapping
 
 import orjson
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from schema.dead_letters import DeadLetter
@@ -59,20 +58,12 @@ class DeadLetterSearch:
         """
         wanted = {source_of(letter) for letter in letters}
         found: dict[Source, Position] = {}
-        offsets = BrokerOffsets(self._client_kwargs["bootstrap_servers"],
-                                client_id="devicestream-dlq-search",
-                                **{k: v for k, v in self._client_kwargs.items()
-                                   if k != "bootstrap_servers"})
+        offsets = BrokerOffsets(client_id="devicestream-dlq-search", **self._client_kwargs)
         consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False,
                                     client_id="devicestream-dlq-search", **self._client_kwargs)
         await consumer.start()
         try:
-            metadata, partitions = await offsets.partitions(lambda t: t == self._topic,
-                                                            [self._topic])
-            ends = {tp: marks.end
-                    for tp, marks in (await offsets.watermarks(metadata, partitions)).items()}
-            if len(ends) < len(partitions):
-                raise KafkaError(f"the end of {self._topic} could not be read")
+            ends = await offsets.ends_of(self._topic)
             consumer.assign(list(ends))
             for tp, end in ends.items():
                 # A start past the end was recorded on another incarnation of the topic

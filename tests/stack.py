@@ -27,6 +27,7 @@ from bench.private_broker import PrivateBroker, free_port  # noqa: F401 (the tes
 from sinks.postgres import connect_kwargs
 from streams.settings import Settings
 from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner
+from web.kafka_offsets import BrokerOffsets
 from web.periodic import PeriodicSample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,8 +204,6 @@ def run_replay(since: str, *args: str, **env: str) -> subprocess.CompletedProces
 async def committed_offsets(address: str, group: str,
                             tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
     """The offsets ``group`` committed on ``tps`` (None where it committed none)."""
-    from web.kafka_offsets import BrokerOffsets
-
     offsets = BrokerOffsets([address])
     try:
         return await offsets.committed(group, tps)
@@ -240,8 +239,6 @@ async def read_dead_letters(topics: set[str], expect: int, *, keys: set[bytes] |
     a letter published twice shows up twice; gives up after ``timeout`` seconds with what
     it found (the caller's count assertion then fails).
     """
-    from web.kafka_offsets import BrokerOffsets
-
     consumer = AIOKafkaConsumer(DEAD_LETTER_TOPIC, bootstrap_servers=SETTINGS.kafka_brokers,
                                 auto_offset_reset="earliest", group_id=None,
                                 fetch_max_bytes=8 * 1024 * 1024)
@@ -260,10 +257,7 @@ async def read_dead_letters(topics: set[str], expect: int, *, keys: set[bytes] |
                         record["_key"] = message.key
                         found.append(record)
             if ends is None and len(found) >= expect:
-                metadata, partitions = await offsets.partitions(
-                    lambda topic: topic == DEAD_LETTER_TOPIC)
-                ends = {tp: marks.end
-                        for tp, marks in (await offsets.watermarks(metadata, partitions)).items()}
+                ends = await offsets.ends_of(DEAD_LETTER_TOPIC)
             if ends is not None and await _reached(consumer, ends):
                 break
     finally:

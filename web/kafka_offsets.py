@@ -150,9 +150,10 @@ class BrokerOffsets:
             ))
         return metadata, list(self._found[1])
 
-    async def watermarks(self, metadata: ClusterMetadata,
-                         partitions: Iterable[TopicPartition]) -> dict[TopicPartition, Watermarks]:
-        """The log start and end of each partition; partitions that failed are left out."""
+    def _by_leader(self, metadata: ClusterMetadata,
+                   partitions: Iterable[TopicPartition]) -> dict[int, list[TopicPartition]]:
+        """``partitions`` grouped by their leader's node id; one without a leader is left
+        out and makes the metadata be fetched again."""
         by_leader: dict[int, list[TopicPartition]] = {}
         for tp in partitions:
             leader = metadata.leader_for_partition(tp)
@@ -160,9 +161,23 @@ class BrokerOffsets:
                 by_leader.setdefault(leader, []).append(tp)
             else:
                 self._metadata_invalid = True
+        return by_leader
+
+    async def ends_of(self, topic: str) -> dict[TopicPartition, int]:
+        """The end offset of each partition of ``topic``; raises when one cannot be read."""
+        metadata, partitions = await self.partitions(lambda t: t == topic, [topic])
+        ends = {tp: marks.end
+                for tp, marks in (await self.watermarks(metadata, partitions)).items()}
+        if len(ends) < len(partitions):
+            raise kafka_errors.KafkaError(f"the end of {topic} could not be read")
+        return ends
+
+    async def watermarks(self, metadata: ClusterMetadata,
+                         partitions: Iterable[TopicPartition]) -> dict[TopicPartition, Watermarks]:
+        """The log start and end of each partition; partitions that failed are left out."""
         result: dict[TopicPartition, Watermarks] = {}
         failures: list[BaseException] = []
-        for leader, tps in by_leader.items():
+        for leader, tps in self._by_leader(metadata, partitions).items():
             for chunk in _chunks(tps, PARTITIONS_PER_REQUEST):
                 try:
                     result.update(await self._fetch_watermarks(leader, chunk))
@@ -184,14 +199,9 @@ class BrokerOffsets:
         """
         if not self._log_dirs_supported:
             return None
-        by_leader: dict[int, list[TopicPartition]] = {}
-        for tp in partitions:
-            leader = metadata.leader_for_partition(tp)
-            if leader is not None and leader >= 0:
-                by_leader.setdefault(leader, []).append(tp)
         client = await self.start()
         sizes: dict[TopicPartition, int] = {}
-        for leader, tps in by_leader.items():
+        for leader, tps in self._by_leader(metadata, partitions).items():
             for chunk in _chunks(tps, PARTITIONS_PER_REQUEST):
                 request = DescribeLogDirsRequest(group_by_topic(chunk))
                 try:
