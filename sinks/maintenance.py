@@ -525,7 +525,10 @@ async def _compact_indexes(conn: asyncpg.Connection, closed_before: datetime,
         todo = await conn.fetch(_CHUNKS_TO_COMPACT, closed_before)
     for row in todo[:COMPACTIONS_PER_RUN]:
         async with conn.transaction():
-            await conn.execute("SELECT storage.compact_index($1::regclass)", row["index"])
+            # false: compressed since it was listed, so there is no index left to compact
+            if not await conn.fetchval("SELECT storage.compact_index($1::regclass)",
+                                       row["index"]):
+                continue
             await conn.execute(
                 "INSERT INTO storage.chunk_maintenance (chunk, compacted_at) VALUES ($1, now()) "
                 "ON CONFLICT (chunk) DO UPDATE SET compacted_at = now()", row["chunk"])

@@ -237,16 +237,36 @@ pg_stop_cluster() {  # MAJOR
     fi
 }
 
-# "timescale" when TIMESCALEDB_LICENSE=timescale asks for it and the Timescale-licensed
-# library is installed for MAJOR (stack/setup.sh builds it where its source is at hand),
-# else "apache" (the default: the edition a user's machine has).
+# The license the stack's clusters run TimescaleDB with (timescaledb.license), from
+# TIMESCALEDB_LICENSE: "auto" (the default) is "timescale" where the Timescale-licensed
+# library is installed for MAJOR (stack/setup.sh builds it where its source is at hand,
+# as on the developers' machines and CI) and "apache" elsewhere (Debian's build, a user's
+# machine); "apache" or "timescale" asks for one. Dies on any other value, and on
+# "timescale" without the library.
 timescaledb_license() {  # MAJOR
-    if [[ ${TIMESCALEDB_LICENSE:-apache} == timescale ]] &&
-        compgen -G "$("$(pg_bindir "$1")/pg_config" --pkglibdir)/timescaledb-tsl-*.so" >/dev/null; then
-        echo timescale
-    else
-        echo apache
-    fi
+    local tsl=0
+    compgen -G "$("$(pg_bindir "$1")/pg_config" --pkglibdir)/timescaledb-tsl-*.so" >/dev/null && tsl=1
+    case ${TIMESCALEDB_LICENSE:-auto} in
+        auto) if ((tsl)); then echo timescale; else echo apache; fi ;;
+        apache) echo apache ;;
+        timescale)
+            ((tsl)) || die "TIMESCALEDB_LICENSE=timescale, but the Timescale-licensed TimescaleDB is not installed for PostgreSQL $1: 'make setup' builds it from TIMESCALEDB_SOURCE or ../shared/vendor/timescaledb-*.tar.gz"
+            echo timescale ;;
+        *) die "TIMESCALEDB_LICENSE must be auto, apache or timescale, got '$TIMESCALEDB_LICENSE'" ;;
+    esac
+}
+
+# Dies when the cluster on PORT (its Unix socket in SOCKET_DIR) holds compressed chunks in
+# database DB while running under the Apache license: that edition reads them as empty,
+# so queries, backups checks and the sink's dedupe would silently miss their rows.
+refuse_unreadable_compression() {  # SOCKET_DIR PORT DB
+    local count
+    local -a sql=(as_postgres psql -X -qtA -h "$1" -p "$2" -d "$3" -c)
+    [[ $("${sql[@]}" "SHOW timescaledb.license") == apache ]] || return 0
+    [[ $("${sql[@]}" "SELECT to_regclass('_timescaledb_catalog.chunk') IS NOT NULL") == t ]] || return 0
+    count=$("${sql[@]}" "SELECT count(*) FROM _timescaledb_catalog.chunk WHERE compressed_chunk_id IS NOT NULL AND NOT dropped")
+    ((count == 0)) ||
+        die "database $3 on port $2 holds $count compressed chunks, which TimescaleDB under the Apache license reads as empty: run it with the Timescale-licensed build (TIMESCALEDB_LICENSE=timescale or auto, after 'make setup' with the vendored source)"
 }
 
 # write_cluster_conf MAJOR DATADIR PORT SOCKET_DIR EXTRA_SETTINGS: the configuration of a
@@ -255,8 +275,9 @@ timescaledb_license() {  # MAJOR
 # refuse values below the source's for the settings pg_controldata records: those come
 # from it.
 write_cluster_conf() {
-    local major=$1 dir=$2 port=$3 socket=$4 extra=$5 control
+    local major=$1 dir=$2 port=$3 socket=$4 extra=$5 control license
     control=$(as_postgres "$(pg_bindir "$major")/pg_controldata" "$dir")
+    license=$(timescaledb_license "$major") || exit 1  # it said why
     setting() { sed -n "s/^$1 setting: *//p" <<<"$control"; }
     as_postgres tee "$dir/postgresql.conf" >/dev/null <<CONF
 # Written by the stack scripts (stack/common.sh write_cluster_conf).
@@ -270,7 +291,7 @@ max_prepared_transactions = $(setting max_prepared_xacts)
 max_locks_per_transaction = $(setting max_locks_per_xact)
 shared_preload_libraries = 'timescaledb,pg_stat_statements'
 timescaledb.telemetry_level = off
-timescaledb.license = '$(timescaledb_license "$major")'
+timescaledb.license = '$license'
 password_encryption = 'scram-sha-256'
 $extra
 CONF

@@ -131,6 +131,7 @@ until [[ $(restored_sql 'SELECT NOT pg_is_in_recovery()') == t ]]; do
     sleep 0.5
 done
 
+refuse_unreadable_compression "$DIR/socket" "$PORT" "$DB_NAME"
 FAILED=0
 log "restored in $((SECONDS - T0)) s"
 printf 'backup     %s\n' "$LABEL"

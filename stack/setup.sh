@@ -9,8 +9,8 @@
 #   2. TimescaleDB for that major. With the upstream source at hand (TIMESCALEDB_SOURCE,
 #      or ../shared/vendor/timescaledb-*.tar.gz next to the clone, as on the developers'
 #      machines) the full edition is built from it: the Timescale-licensed compression
-#      and policies of the production image, used when the stack is started with
-#      TIMESCALEDB_LICENSE=timescale (stack/common.sh). Otherwise the Apache edition:
+#      and policies of the production image, which the stack then runs under the
+#      Timescale license (TIMESCALEDB_LICENSE, stack/common.sh). Otherwise the Apache edition:
 #      Debian's postgresql-MAJOR-timescaledb package
 #      where the release has one (Debian 13); otherwise (Debian 12) built from
 #      Debian trixie's `timescaledb` source package, fetched with apt through a

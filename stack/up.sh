@@ -123,7 +123,8 @@ pg_register_cluster() {
 }
 
 pg_configure() {  # returns 0 when a setting changed (a running server must restart)
-    local changed=1 conf tuning
+    local changed=1 conf tuning license
+    license=$(timescaledb_license "$MAJOR") || exit 1  # it said why
     tuning=$("$VENV_PY" "$STACK_SCRIPTS_DIR/pg_tuning.py" --active-connections 60 --ts-background-workers 8) ||
         die "stack/pg_tuning.py failed"
     conf="# Written by stack/up.sh on every start: edit stack/up.sh or stack/pg_tuning.py, not this file.
@@ -132,7 +133,7 @@ port = $PG_PORT
 max_connections = 200
 shared_preload_libraries = 'timescaledb,pg_stat_statements'
 timescaledb.telemetry_level = off
-timescaledb.license = '$(timescaledb_license "$MAJOR")'
+timescaledb.license = '$license'
 password_encryption = 'scram-sha-256'
 ssl = off
 # durability: commits are flushed (the pipeline promises exactly-once storage)
@@ -229,6 +230,7 @@ ensure_postgres() {
     fi
     wait_until "PostgreSQL on $HOST:$PG_PORT" "$PG_LOG" pg_isready -q -h "$HOST" -p "$PG_PORT"
     pg_bootstrap_db
+    refuse_unreadable_compression /var/run/postgresql "$PG_PORT" "$DB_NAME"
     # keep a copy of the config with the data, to register this data dir again later
     rm -rf "$PGCONF_SNAPSHOT.tmp"
     cp -a "$ETC_DIR" "$PGCONF_SNAPSHOT.tmp"
@@ -498,8 +500,9 @@ fi
 
 TSDB=$(psql_super -d "$DB_NAME" -tAc "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
 log "stack up in $((SECONDS - T0)) s"
-printf 'postgres   %s:%s  PostgreSQL %s + TimescaleDB %s, cluster %s/%s, data %s\n' \
-    "$HOST" "$PG_PORT" "$MAJOR" "$TSDB" "$MAJOR" "$PG_CLUSTER" "$PGDATA"
+printf 'postgres   %s:%s  PostgreSQL %s + TimescaleDB %s (%s license), cluster %s/%s, data %s\n' \
+    "$HOST" "$PG_PORT" "$MAJOR" "$TSDB" "$(psql_super -d postgres -tAc 'SHOW timescaledb.license')" \
+    "$MAJOR" "$PG_CLUSTER" "$PGDATA"
 printf 'pgbouncer  %s:%s   pgBouncer %s, pool_mode=transaction, database %s, user %s\n' \
     "$HOST" "$PGB_PORT" "$(pgbouncer_version)" "$DB_NAME" "$DB_USER"
 if [[ ${REPLICA:-0} == 1 ]]; then

@@ -286,6 +286,11 @@ async def test_compressed_chunks_come_back_compressed_with_exactly_their_rows(
     await asyncio.to_thread(backup)
     moment = await database_now()
 
+    refused = make("restore", TIME=rfc3339(moment), PORT=str(free_port()),
+                   TIMESCALEDB_LICENSE="apache")
+    assert refused.returncode != 0
+    assert "compressed chunks, which TimescaleDB under the Apache license reads as empty" \
+        in refused.stderr, refused.stderr
     with restored(moment) as restore:
         conn = await db_connect(restore)
         try:
