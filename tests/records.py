@@ -20,3 +20,16 @@ def record(topic: str, key: bytes | None, value: Any, offset: int = 0,
 
 def tp_of(r: ConsumerRecord) -> TP:
     return TP(r.topic, r.partition)
+
+
+def late_by_own_device(messages: list[tuple[str, int]], grace_s: int = 0) -> int:
+    """How many of the (device, seconds) readings, in order, fall in a 1-minute bucket that
+    their own device's newest earlier reading (plus ``grace_s``) had closed."""
+    newest: dict[str, int] = {}
+    late = 0
+    for device, seconds in messages:
+        clock = newest.get(device)
+        if clock is not None and seconds - seconds % 60 + 60 <= clock - grace_s:
+            late += 1
+        newest[device] = max(seconds, clock if clock is not None else seconds)
+    return late

@@ -18,7 +18,7 @@ from schema.dead_letters import DeadLetter
 from sinks.timescale import Point, WriteResult
 from streams.topics import SHARED_TOPIC
 from tables.event_clock import EventClock
-from tests.records import record, tp_of
+from tests.records import late_by_own_device, record, tp_of
 
 NOW = datetime.now(timezone.utc)
 
@@ -372,6 +372,28 @@ async def test_evicting_clocks_changes_no_late_count() -> None:
     (unbounded_late, unbounded_reads), (bounded_late, bounded_reads) = counts
     assert unbounded_late > 0 and bounded_late == unbounded_late
     assert bounded_reads > unbounded_reads, "the bounded clocks were evicted and read again"
+
+
+async def test_in_shared_mode_each_reading_is_late_only_by_its_own_devices_clock() -> None:
+    # One partition of the shared topic, devices interleaved in every fetch: d1 runs an
+    # hour ahead of d2 and d3, whose readings would all be late by d1's clock.
+    start = 3 * 3600
+    offsets_minutes = [0, 5, -3, 9, 2, -8, 12, 11, -20, 15, 14, 3, 30, 1, 29, 28]
+    lead = {"d1": 60, "d2": 0, "d3": 0}
+    messages = [(d, start + (m + lead[d]) * MINUTE_S) for m in offsets_minutes
+                for d in ("d1", "d2", "d3")]
+    base = NOW - timedelta(seconds=start + 2 * 3600)
+    records = [record(SHARED_TOPIC, d.encode(), {
+        "device_id": d, "time": (base + timedelta(seconds=s)).isoformat(),
+        "metrics": {"t": 1.0}}, offset=i) for i, (d, s) in enumerate(messages)]
+    for per_fetch in (1, 7, len(records)):
+        sink = FakeSink()
+        pipeline = late_pipeline(sink, max_devices=100)
+        stream = FakeStream(list(records), per_fetch=per_fetch)
+        await run_until(pipeline, stream, lambda: len(stream.acked) == len(records))
+        expected = late_by_own_device(messages)
+        assert 0 < expected < late_by_own_device([("one", s) for _, s in messages])
+        assert pipeline.stats.late_readings_total == expected, per_fetch
 
 
 async def test_a_message_consumed_twice_is_dead_lettered_once() -> None:
