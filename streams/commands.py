@@ -1,4 +1,5 @@
-"""Command-line entry points: ``faust -A streams.app migrate | simulate | replay``."""
+"""Command-line entry points: ``faust -A streams.app migrate | simulate | replay |
+device-token``."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -16,6 +17,8 @@ from streams.app import app, settings
 from streams.replay import ReplayError, parse_since
 from streams.replay import replay as replay_offsets
 from streams.settings import COMPRESSIONS, TOPIC_MODES
+from streams.topics import InvalidDeviceId, check_device_id
+from web.credentials import device_token as derive_device_token
 
 
 @app.command()
@@ -120,3 +123,21 @@ async def replay(self: AppCommand, since: datetime, dry_run: bool) -> None:
                              apply=not dry_run, say=self.say)
     except ReplayError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _token_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """DEVICE_ID checked, and DEVICE_TOKEN_SECRET present, before anything runs: a usage
+    error (exit 2) otherwise."""
+    if not settings.device_token_secret:
+        raise click.UsageError("DEVICE_TOKEN_SECRET is not set: device tokens derive from it")
+    try:
+        return check_device_id(value)
+    except InvalidDeviceId as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@app.command(click.argument("device_id", callback=_token_device))
+async def device_token(self: AppCommand, device_id: str) -> None:
+    """Print DEVICE_ID's token for POST /ingest (Authorization: Bearer <token>) on the last
+    line, derived from DEVICE_TOKEN_SECRET: give it to that device only."""
+    print(derive_device_token(settings.device_token_secret, device_id))

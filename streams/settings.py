@@ -77,6 +77,9 @@ def _regex(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
+MIN_SECRET_CHARS = 32  # an HMAC key: at least 128 bits however it is written
+
+
 def _token(env: Mapping[str, str], name: str) -> str:
     """A secret; the error never shows the value."""
     value = env.get(name) or ""
@@ -102,7 +105,7 @@ def _writable_dir(env: Mapping[str, str], name: str) -> str:
 
 
 def _is_secret(name: str) -> bool:
-    return "password" in name or "token" in name
+    return "password" in name or "token" in name or "secret" in name
 
 
 # TOPIC_MODE: one topic per device (the design's default) or one shared topic keyed by device.
@@ -156,6 +159,9 @@ class Settings:
     web_port: int = 6066
     web_bind: str = "127.0.0.1"
     ingest_token: str = ""
+    device_token_secret: str = ""  # empty: no device tokens
+    device_token_secret_previous: str = ""  # still accepted while devices move to the new one
+    read_token: str = ""  # empty: the read routes are open
     retention_days: int = 90
     compress_after_days: int = 7
     aggregate_1m_retention_days: int = 365
@@ -258,6 +264,9 @@ class Settings:
             web_port=_int(env, "WEB_PORT", cls.web_port, minimum=1),
             web_bind=_str(env, "WEB_BIND", cls.web_bind),
             ingest_token=_token(env, "INGEST_TOKEN"),
+            device_token_secret=_token(env, "DEVICE_TOKEN_SECRET"),
+            device_token_secret_previous=_token(env, "DEVICE_TOKEN_SECRET_PREVIOUS"),
+            read_token=_token(env, "READ_TOKEN"),
             retention_days=_int(env, "RETENTION_DAYS", cls.retention_days, minimum=1),
             compress_after_days=_int(
                 env, "COMPRESS_AFTER_DAYS", cls.compress_after_days, minimum=1
@@ -299,6 +308,15 @@ class Settings:
                 f"({settings.sink_writers}): each writer holds a connection, and dead letters "
                 "need one more"
             )
+        for name, secret in (("DEVICE_TOKEN_SECRET", settings.device_token_secret),
+                             ("DEVICE_TOKEN_SECRET_PREVIOUS",
+                              settings.device_token_secret_previous)):
+            if secret and len(secret) < MIN_SECRET_CHARS:
+                raise ConfigError(f"{name} must be at least {MIN_SECRET_CHARS} characters "
+                                  "(e.g. openssl rand -hex 32)")
+        if settings.device_token_secret_previous and not settings.device_token_secret:
+            raise ConfigError("DEVICE_TOKEN_SECRET_PREVIOUS is set without DEVICE_TOKEN_SECRET: "
+                              "set the new secret, and keep the old one as the previous")
         if settings.read_db_port > 65535:
             raise ConfigError("READ_DB_PORT must be <= 65535")
         if settings.producer_batch_bytes > MAX_VALUE_BYTES:

@@ -9,8 +9,11 @@ The body is one reading or a JSON array of readings in the message format of CON
   ``MAX_LISTED_ERRORS`` are listed; ``errors_total`` then gives the count;
 * ``400 {"error": "..."}`` for a body that is not UTF-8, not JSON, empty, or neither an
   object nor an array;
-* ``401`` without ``Authorization: Bearer <INGEST_TOKEN>`` when ``INGEST_TOKEN`` is set
-  (compared in constant time, never logged, checked before the body is read);
+* ``401`` when ``INGEST_TOKEN`` or ``DEVICE_TOKEN_SECRET`` is set and the request has no
+  ``Authorization: Bearer`` with the gateway token or a device token (``web.credentials``:
+  compared in constant time, never logged, checked before the body is read);
+* ``403`` when a device token's body holds a reading of another device: nothing of that
+  body is published;
 * ``413`` for a body over 1 MiB, found while reading it: at most 1 MiB + 1 byte is held;
 * ``503`` when Kafka is unreachable or does not acknowledge in time
   (``PRODUCER_DELIVERY_TIMEOUT``); sending the same body again is safe, the database stores
@@ -24,7 +27,6 @@ worker.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -44,6 +46,7 @@ from producers.device_producer import (
 )
 from schema.validation import MAX_VALUE_BYTES, Reading, ValidationWindow, validate_message
 from streams.settings import Settings
+from web.credentials import REALM, Caller, IngestCredentials
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +93,6 @@ async def read_capped(content: Any, declared_length: int | None, limit: int) -> 
         parts.append(chunk)
 
 
-def authorized(header: str | None, token: str) -> bool:
-    """Whether ``header`` is ``Bearer <token>``; the token is compared in constant time."""
-    if header is None:
-        return False
-    scheme, _, given = header.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"),
-                               token.encode("utf-8"))
-
-
 def parse_body(body: bytes, window: ValidationWindow) -> list[Reading] | Answer:
     """The body's readings when every one is valid; otherwise the 400 answer."""
     if not body:
@@ -134,6 +126,21 @@ def invalid_readings(errors: list[dict[str, Any]]) -> Answer:
     if len(errors) > MAX_LISTED_ERRORS:
         body["errors_total"] = len(errors)
     return Answer(400, body)
+
+
+def foreign_readings(caller: Caller, readings: list[Reading]) -> Answer | None:
+    """The 403 answer when a device's token carries readings of other devices, else None."""
+    if caller.device_id is None:
+        return None
+    foreign = [i for i, r in enumerate(readings) if r.device_id != caller.device_id]
+    if not foreign:
+        return None
+    log.warning("POST /ingest: 403, the token of device %s sent %d reading(s) of other "
+                "devices (first: %s)", caller.device_id, len(foreign),
+                readings[foreign[0]].device_id)
+    return error(403, f"this token admits only readings of device {caller.device_id!r}: "
+                      f"{len(foreign)} reading(s) of other devices, indexes "
+                      f"{foreign[:MAX_LISTED_ERRORS]}; nothing of this body was published")
 
 
 class IngestPublisher:
@@ -182,13 +189,19 @@ class IngestHandler:
     def __init__(self, settings: Settings, publisher: IngestPublisher) -> None:
         self._settings = settings
         self._publisher = publisher
+        self._credentials = IngestCredentials.from_settings(settings)
         self._retention = timedelta(days=settings.retention_days)
 
     async def handle(self, request: Any) -> Answer:
-        token = self._settings.ingest_token
-        if token and not authorized(request.headers.get("Authorization"), token):
-            return error(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
-                         **{"WWW-Authenticate": 'Bearer realm="devicestream"'})
+        header = request.headers.get("Authorization")
+        caller = self._credentials.caller(header)
+        if caller is None:
+            # what the token claims is not logged: a mistyped secret would leak in part
+            log.warning("POST /ingest: 401, %s",
+                        "no bearer token" if header is None else "token not accepted")
+            return error(401, "missing or wrong bearer token (Authorization: Bearer <token>: "
+                              "the gateway token or the device's own token)",
+                         **{"WWW-Authenticate": f'Bearer realm="{REALM}"'})
         try:
             body = await read_capped(request.content, request.content_length, MAX_BODY_BYTES)
         except BodyTooLarge:
@@ -197,6 +210,9 @@ class IngestHandler:
         parsed = parse_body(body, window)
         if isinstance(parsed, Answer):
             return parsed
+        refused = foreign_readings(caller, parsed)
+        if refused is not None:
+            return refused
         return await self._publish(parsed)
 
     async def _publish(self, readings: list[Reading]) -> Answer:

@@ -23,6 +23,7 @@ from faust.web.exceptions import MethodNotAllowed
 from streams.app import app, device_topics, pipeline_stats, settings
 from streams.settings import Settings
 from streams.topics import SHARED_TOPIC, device_of_topic, kafka_client_kwargs
+from web.access import open_web_warning
 from web.database import DatabaseSampler
 from web.host_metrics import HostCollector
 from web.kafka_offsets import BrokerOffsets
@@ -119,6 +120,14 @@ registry.register(ReadsCollector(reads.state))
 async def _measure_lag_of_new_assignment(sender: Any, assigned: Any, **kwargs: Any) -> None:
     assignment.update(assigned)
     lag_sample.refresh_soon()
+
+
+@app.task
+async def warn_of_an_open_web_server() -> None:
+    """Say at start-up when the web views answer anyone beyond this host."""
+    warning = open_web_warning(settings.web_bind, settings.read_token)
+    if warning:
+        log.warning(warning)
 
 
 @app.task

@@ -32,7 +32,8 @@ def test_producer_settings_come_from_the_environment() -> None:
     ("PRODUCER_COMPRESSION", "brotli"), ("PRODUCER_LINGER", "-1"),
     ("PRODUCER_BATCH_BYTES", "2000000"), ("PRODUCER_BATCH_BYTES", "10"),
     ("PRODUCER_BUFFER_BYTES", "1k"), ("PRODUCER_DELIVERY_TIMEOUT", "0"),
-    ("INGEST_TOKEN", "has space"), ("INGEST_TOKEN", " lead"),
+    ("INGEST_TOKEN", "has space"), ("INGEST_TOKEN", " lead"), ("READ_TOKEN", "has space"),
+    ("DEVICE_TOKEN_SECRET", "x" * 31), ("DEVICE_TOKEN_SECRET", "x" * 31 + " "),
 ])
 def test_bad_values_fail_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
@@ -45,3 +46,16 @@ def test_a_bad_token_is_not_echoed_and_the_token_is_redacted() -> None:
     assert "sec ret" not in str(refused.value)
     shown = Settings.from_env({"INGEST_TOKEN": "s3cret"}).redacted()
     assert shown["ingest_token"] == "***" and "s3cret" not in repr(shown)
+
+
+def test_a_previous_device_secret_needs_a_current_one_of_32_characters() -> None:
+    with pytest.raises(ConfigError, match="DEVICE_TOKEN_SECRET_PREVIOUS is set without"):
+        Settings.from_env({"DEVICE_TOKEN_SECRET_PREVIOUS": "p" * 32})
+    with pytest.raises(ConfigError, match="DEVICE_TOKEN_SECRET_PREVIOUS must be at least 32"):
+        Settings.from_env({"DEVICE_TOKEN_SECRET": "n" * 32,
+                           "DEVICE_TOKEN_SECRET_PREVIOUS": "p" * 31})
+    both = Settings.from_env({"DEVICE_TOKEN_SECRET": "n" * 32,
+                              "DEVICE_TOKEN_SECRET_PREVIOUS": "p" * 40})
+    assert (both.device_token_secret, both.device_token_secret_previous) == ("n" * 32, "p" * 40)
+    shown = repr(both.redacted())
+    assert "n" * 32 not in shown and "p" * 40 not in shown

@@ -1,6 +1,8 @@
 """/dashboard of a real worker in headless Chromium, under a steady load: the charts fill
 with data points, the tiles show readiness, lag in seconds and freshness, and the page logs
-no JavaScript error. A screenshot goes to test-output/dashboard.png."""
+no JavaScript error. A screenshot goes to test-output/dashboard.png. With READ_TOKEN set,
+the browser opens it with HTTP Basic (the token as password), and the page's own data
+requests get through with the credentials the browser keeps."""
 from __future__ import annotations
 
 import asyncio
@@ -8,6 +10,7 @@ import tempfile
 import time
 from typing import Iterator
 
+import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 from selenium import webdriver
@@ -18,6 +21,7 @@ from tests.web.worker_web import new_device_topic, produce, reading, wait_for_an
 
 pytestmark = pytest.mark.integration
 
+READ_TOKEN = "dashboard-read-token-5d1e"
 CHARTS = ("throughput", "lag", "lag_seconds", "freshness", "dead_letters", "latency", "db_size")
 
 
@@ -49,12 +53,14 @@ def _points(driver: webdriver.Chrome) -> dict[str, int]:
         "return out;")
 
 
+@pytest.mark.parametrize("read_token", ["", READ_TOKEN], ids=["open", "basic-auth"])
 async def test_dashboard_charts_fill_with_data(private_broker: PrivateBroker, start_worker,
-                                               chromium: webdriver.Chrome) -> None:
+                                               chromium: webdriver.Chrome,
+                                               read_token: str) -> None:
     device, topic = await new_device_topic(private_broker, "webdash-", partitions=2)
     values = [reading(device, i) for i in range(50)] + [b"not json"] * 3
     await produce(private_broker, topic, device.encode(), {0: values[::2], 1: values[1::2]})
-    worker = start_worker("web-dashboard", **private_broker.worker_env())
+    worker = start_worker("web-dashboard", READ_TOKEN=read_token, **private_broker.worker_env())
     await wait_for_answer(worker, "/pipeline/throughput", lambda t: t["dead_letters_total"] == 3,
                           "the messages to be stored")
     await wait_for_answer(worker, "/pipeline/lag", lambda r: r["total_lag"] == 0, "lag 0")
@@ -71,14 +77,24 @@ async def test_dashboard_charts_fill_with_data(private_broker: PrivateBroker, st
             await producer.stop()
     load = asyncio.create_task(steady_load())
     try:
-        await _watch(chromium, worker.web_port)
+        if read_token:
+            assert (await _status(worker.web_port, "/dashboard")) == 401
+            assert (await _status(worker.web_port, "/dashboard/data")) == 401
+        credentials = f"viewer:{read_token}@" if read_token else ""
+        await _watch(chromium, f"http://{credentials}127.0.0.1:{worker.web_port}/dashboard")
     finally:
         load.cancel()
         await asyncio.gather(load, return_exceptions=True)
 
 
-async def _watch(chromium: webdriver.Chrome, port: int) -> None:
-    chromium.get(f"http://127.0.0.1:{port}/dashboard")
+async def _status(port: int, path: str) -> int:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+            return response.status
+
+
+async def _watch(chromium: webdriver.Chrome, url: str) -> None:
+    chromium.get(url)
     deadline = time.monotonic() + 30
     while True:  # each refresh (every 3 s) adds one point to each series
         points = _points(chromium)

@@ -14,7 +14,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from producers import BrokerUnavailable, DeliveryError, Failure
 from schema.validation import Reading
 from streams.app import app, settings
-from web import ingest
+from web import credentials, ingest
+from web.credentials import device_token
 
 TOKEN = "s3cret-token-value"
 
@@ -58,9 +59,11 @@ def _routes() -> aiohttp_web.Application:
     return web_app
 
 
-def _use(monkeypatch: pytest.MonkeyPatch, token: str = "") -> ingest.IngestPublisher:
+def _use(monkeypatch: pytest.MonkeyPatch, token: str = "", secret: str = "",
+         previous: str = "") -> ingest.IngestPublisher:
     FakeProducer.instances.clear()
-    run_settings = replace(settings, ingest_token=token)
+    run_settings = replace(settings, ingest_token=token, device_token_secret=secret,
+                           device_token_secret_previous=previous)
     publisher = ingest.IngestPublisher(run_settings, FakeProducer)
     monkeypatch.setattr(ingest, "publisher", publisher)
     monkeypatch.setattr(ingest, "handler", ingest.IngestHandler(run_settings, publisher))
@@ -79,6 +82,21 @@ async def token_client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestCli
     _use(monkeypatch, TOKEN)
     async with TestClient(TestServer(_routes())) as test_client:
         yield test_client
+
+
+SECRET, PREVIOUS, OTHER = ("n" * 32, "p" * 32, "o" * 32)
+
+
+@pytest.fixture
+async def device_client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient]:
+    """Device tokens under SECRET, PREVIOUS still accepted, and the gateway's TOKEN."""
+    _use(monkeypatch, TOKEN, SECRET, PREVIOUS)
+    async with TestClient(TestServer(_routes())) as test_client:
+        yield test_client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def reading(device: str = "sensor-001", seconds: int = 0, **metrics: Any) -> dict[str, Any]:
@@ -228,12 +246,17 @@ async def test_the_token_is_checked_before_the_body_is_read(token_client) -> Non
     assert status == 401
 
 
-async def test_tokens_are_compared_in_constant_time(token_client, monkeypatch) -> None:
+async def test_tokens_are_compared_in_constant_time_against_every_secret(
+        device_client, monkeypatch) -> None:
     calls = []
-    real = ingest.hmac.compare_digest
-    monkeypatch.setattr(ingest.hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
-    await post(token_client, [reading("a")], headers={"Authorization": "Bearer nope"})
-    assert calls == [1]
+    real = credentials.hmac.compare_digest
+    monkeypatch.setattr(credentials.hmac, "compare_digest",
+                        lambda a, b: calls.append(1) or real(a, b))
+    await post(device_client, [reading("a")], headers=bearer("nope"))
+    assert calls == [1], "the gateway token"
+    calls.clear()
+    await post(device_client, [reading("a")], headers=bearer(device_token(SECRET, "a")))
+    assert calls == [1, 1, 1], "the gateway token, then both device secrets, matched or not"
 
 
 async def test_kafka_unreachable_gets_503_json_and_the_next_request_tries_again(
@@ -283,3 +306,68 @@ async def test_one_producer_serves_every_request_and_is_stopped_with_the_worker(
     assert FakeProducer.instances[0].stopped
     status, answer = await post(client, [reading("a", 9)])
     assert status == 503 and "stopping" in answer["error"]
+
+
+async def test_a_device_token_admits_its_own_devices_readings(device_client, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = device_token(SECRET, "dev-a")
+    body = [reading("dev-a", 0), reading("dev-a", 1)]
+    assert await post(device_client, body, headers=bearer(token)) == (202, {"accepted": 2})
+    assert [r.device_id for r in published()] == ["dev-a", "dev-a"]
+    assert token not in caplog.text and token.rpartition(".")[2] not in caplog.text
+
+
+@pytest.mark.parametrize("devices", [["dev-b"], ["dev-a", "dev-b", "dev-a"]])
+async def test_a_device_token_with_another_devices_reading_gets_403_and_publishes_nothing(
+        device_client, devices) -> None:
+    token = device_token(SECRET, "dev-a")
+    status, answer = await post(device_client, [reading(d, i) for i, d in enumerate(devices)],
+                                headers=bearer(token))
+    assert status == 403 and "'dev-a'" in answer["error"]
+    assert f"indexes {[i for i, d in enumerate(devices) if d != 'dev-a']}" in answer["error"]
+    assert published() == []
+
+
+@pytest.mark.parametrize("token", [
+    device_token(OTHER, "dev-a"),                     # another secret
+    device_token(SECRET, "dev-a")[:-1] + "A",         # one character off
+    device_token(SECRET, "dev-b").replace("dev-b", "dev-a", 1),  # another device's mac
+    "dev-a.",
+    "dev-a",
+])
+async def test_a_forged_device_token_gets_401(device_client, token, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    status, answer = await post(device_client, [reading("dev-a")], headers=bearer(token))
+    assert status == 401 and "token" in answer["error"]
+    assert published() == []
+    assert token not in caplog.text
+
+
+async def test_while_rotating_the_previous_secrets_tokens_are_accepted_too(
+        device_client) -> None:
+    for secret in (SECRET, PREVIOUS):
+        status, _ = await post(device_client, [reading("dev-a")],
+                               headers=bearer(device_token(secret, "dev-a")))
+        assert status == 202, secret
+    assert len(published()) == 2
+
+
+async def test_after_rotation_the_retired_secrets_tokens_get_401(monkeypatch) -> None:
+    _use(monkeypatch, secret=SECRET)  # PREVIOUS no longer configured
+    async with TestClient(TestServer(_routes())) as client:
+        old = await post(client, [reading("dev-a")], headers=bearer(device_token(PREVIOUS, "dev-a")))
+        new = await post(client, [reading("dev-a")], headers=bearer(device_token(SECRET, "dev-a")))
+    assert (old[0], new[0]) == (401, 202)
+
+
+async def test_the_gateway_token_still_writes_for_any_device(device_client) -> None:
+    status, _ = await post(device_client, [reading("dev-a"), reading("dev-b")],
+                           headers=bearer(TOKEN))
+    assert status == 202 and len(published()) == 2
+
+
+async def test_with_device_tokens_only_a_request_without_one_gets_401(monkeypatch) -> None:
+    _use(monkeypatch, secret=SECRET)
+    async with TestClient(TestServer(_routes())) as client:
+        status, _ = await post(client, [reading("dev-a")])
+    assert status == 401 and published() == []

@@ -47,14 +47,15 @@ async def post(worker: Worker, body: Any, headers: dict[str, str] | None = None,
 
 
 async def web_ready(worker: Worker, timeout: float = 60) -> None:
-    """Wait until the worker's web server answers (GET /ingest is a 405)."""
+    """Wait until the worker's web server answers (GET /ingest is a 405, or a 401 with
+    READ_TOKEN set)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert worker.process is not None and worker.process.poll() is None, worker.log_text()
         try:
             async with aiohttp.ClientSession() as session:
                 async with session.get(f"http://127.0.0.1:{worker.web_port}/ingest") as response:
-                    if response.status == 405:
+                    if response.status in (401, 405):
                         return
         except aiohttp.ClientConnectionError:
             pass

@@ -25,10 +25,13 @@ SETTLE_SECONDS = 45.0
 
 
 async def get(worker: Worker, path: str) -> tuple[int, Any]:
-    """Status and decoded JSON (or text) of one GET; (0, error) while the port is closed."""
+    """Status and decoded JSON (or text) of one GET, with the worker's READ_TOKEN if it has
+    one; (0, error) while the port is closed."""
+    token = worker.env.get("READ_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{worker.web_port}{path}",
+            async with session.get(f"http://127.0.0.1:{worker.web_port}{path}", headers=headers,
                                    timeout=aiohttp.ClientTimeout(total=30)) as response:
                 body = await response.read()
                 if response.content_type == "application/json":
