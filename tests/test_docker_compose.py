@@ -685,7 +685,8 @@ COMPOSE_TOOLS = {
 PROFILES = ([], ["--profile", "cluster"], ["--profile", "monitoring"], ["--profile", "demo"],
             ["--profile", "cluster", "--profile", "monitoring", "--profile", "demo"])
 REQUIRED_ENV = {"DB_PASSWORD": "x", "INGEST_TOKEN": "y", "REPLICATION_PASSWORD": "z",
-                "POSTGRES_PASSWORD": "p", "DB_OWNER_PASSWORD": "o", "READ_DB_PASSWORD": "r"}
+                "POSTGRES_PASSWORD": "p", "DB_OWNER_PASSWORD": "o", "READ_DB_PASSWORD": "r",
+                "READ_TOKEN": "t"}
 
 
 def compose_cli(dialect: str) -> Path:
@@ -712,6 +713,25 @@ def test_the_tool_is_the_dialect_it_stands_for(dialect):
 def test_compose_config_validates(dialect, profiles):
     result = run_compose(dialect, *profiles, "config", "-q", env=REQUIRED_ENV)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("dialect", COMPOSE_TOOLS)
+def test_the_workers_need_a_read_token_which_prometheus_sends(dialect):
+    refused = run_compose(dialect, "config", "-q",
+                          env={k: v for k, v in REQUIRED_ENV.items() if k != "READ_TOKEN"})
+    assert refused.returncode != 0 and "READ_TOKEN" in refused.stderr
+    result = run_compose(dialect, "--profile", "monitoring", "config", env=REQUIRED_ENV)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert services["worker"]["environment"]["READ_TOKEN"] == "t"
+    prometheus = services["prometheus"]
+    assert prometheus["environment"]["READ_TOKEN"] == "t"
+    script = prometheus["entrypoint"][2]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (worker_job,) = [j for j in config["scrape_configs"] if j["job_name"] == "devicestream-worker"]
+    token_file = "/etc/prometheus/" + worker_job["authorization"]["credentials_file"]
+    # compose config keeps the $$ that escapes a shell variable from interpolation
+    assert f'"$$READ_TOKEN" > {token_file}' in script and "exec /bin/prometheus" in script
 
 
 @pytest.mark.parametrize("dialect", COMPOSE_TOOLS)

@@ -1,6 +1,7 @@
 """A real Prometheus (Debian's package) scraping a real worker with the alert rules of
 deploy/prometheus/alerts.yml: every metric the rules and the dashboard read exists, every
-dashboard query runs, and DatabaseUnavailable fires when PostgreSQL stops."""
+dashboard query runs, and DatabaseUnavailable fires when PostgreSQL stops. The worker has
+a READ_TOKEN, which Prometheus sends as deploy/prometheus/prometheus.yml says."""
 from __future__ import annotations
 
 import asyncio
@@ -18,10 +19,12 @@ import yaml
 
 from tests.deploy.monitoring import (
     ALERTS_FILE,
+    PROMETHEUS_CONFIG,
     WORKER_JOB,
     alert_rules,
     dashboard_promql,
     dashboard_sql,
+    load_yaml,
     metric_names,
 )
 from tests.stack import (
@@ -38,19 +41,24 @@ from tests.web.worker_web import new_device_topic, produce, reading, wait_for_an
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROMETHEUS = "/usr/bin/prometheus"
+READ_TOKEN = "prometheus-read-token-8e2f"
 
 
 class Prometheus:
     """A Prometheus server of the test's own on a free loopback port, scraping one worker
     every second and evaluating the alert rules every second; stopped by pid."""
 
-    def __init__(self, directory: Path, worker_port: int) -> None:
+    def __init__(self, directory: Path, worker_port: int, read_token: str) -> None:
         self.port = free_port()
+        (deployed,) = [job for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]
+                       if job["job_name"] == WORKER_JOB]
+        authorization = deployed["authorization"]  # its file is relative to the config
+        (directory / authorization["credentials_file"]).write_text(read_token)
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(ALERTS_FILE)],
-            "scrape_configs": [{"job_name": WORKER_JOB, "static_configs": [
-                {"targets": [f"127.0.0.1:{worker_port}"]}]}],
+            "scrape_configs": [{"job_name": WORKER_JOB, "authorization": authorization,
+                                "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]}],
         }
         self.config = directory / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(config))
@@ -110,11 +118,11 @@ async def scraped_worker(private_broker: PrivateBroker, replica: None, start_wor
     device, topic = await new_device_topic(private_broker, "prometheus-")
     await produce(private_broker, topic, device.encode(),
                   {0: [reading(device, i) for i in range(20)]})
-    worker = start_worker("prometheus-scraped", READ_DB_HOST="127.0.0.1",
+    worker = start_worker("prometheus-scraped", READ_TOKEN=READ_TOKEN, READ_DB_HOST="127.0.0.1",
                           READ_DB_PORT=str(REPLICA_PORT), **private_broker.worker_env())
     await wait_for_answer(worker, "/pipeline/throughput",
                           lambda t: t["rows_written_total"] == 60, "the readings to be written")
-    prometheus = Prometheus(tmp_path, worker.web_port)
+    prometheus = Prometheus(tmp_path, worker.web_port, READ_TOKEN)
     try:
         async def worker_up() -> bool:
             result = await prometheus.api("/api/v1/query", query=f'up{{job="{WORKER_JOB}"}}')

@@ -53,6 +53,9 @@ def test_promtool_accepts_the_prometheus_config(tmp_path: Path):
         assert not Path(rule_file).is_absolute(), "rule_files must be relative to the config"
         shutil.copy(monitoring.PROMETHEUS_DIR / rule_file, tmp_path / rule_file)
     shutil.copy(monitoring.PROMETHEUS_CONFIG, tmp_path / "prometheus.yml")
+    for job in config["scrape_configs"]:  # the token file the compose service writes
+        if "authorization" in job:
+            (tmp_path / job["authorization"]["credentials_file"]).write_text("token")
     result = promtool("check", "config", str(tmp_path / "prometheus.yml"))
     assert_ok(result)
     assert f"{len(alert_rules())} rules found" in result.stdout

@@ -185,8 +185,13 @@
       : "worker pools — " + (pools.join("; ") || "none");
   }
 
+  // Absolute from the origin: a page opened as http://user:token@host/dashboard (HTTP
+  // Basic, READ_TOKEN) has the credentials in its URL, and fetch refuses relative URLs that
+  // inherit them. The browser's own cache of the credentials answers the 401 challenge.
+  function url(path) { return location.origin + path; }
+
   function getJSON(path) {
-    return fetch(path, { cache: "no-store" }).then(function (response) {
+    return fetch(url(path), { cache: "no-store" }).then(function (response) {
       return response.json().then(function (body) { return response.ok ? body : null; },
                                   function () { return null; });
     }, function () { return null; });
@@ -194,7 +199,7 @@
 
   // /health/ready answers 503 with the failing checks: its body counts either way.
   function getHealth() {
-    return fetch("/health/ready", { cache: "no-store" }).then(function (response) {
+    return fetch(url("/health/ready"), { cache: "no-store" }).then(function (response) {
       return response.json().catch(function () { return null; });
     }, function () { return null; });
   }
