@@ -423,7 +423,7 @@ def _refused_by_database(
 # --- Faust wiring -------------------------------------------------------------------------
 
 from sinks.dead_letter_search import DeadLetterSearch  # noqa: E402
-from sinks.postgres import create_pool  # noqa: E402
+from sinks.postgres import DatabaseTLSError, check_tls, create_pool  # noqa: E402
 from streams.app import app, device_topics, pipeline_stats, settings  # noqa: E402
 from streams.subscription import follow_device_topics, followed_devices  # noqa: E402
 from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner, kafka_client_kwargs  # noqa: E402
@@ -434,6 +434,10 @@ from streams.worker import EXIT_INGEST_FAILED, exit_without_committing  # noqa: 
 async def ingest(stream: StreamT) -> None:
     """Validate, dead-letter and store every device reading."""
     log.info("ingest starting with settings %s", settings.redacted())
+    try:
+        await check_tls(settings)
+    except DatabaseTLSError as exc:  # a wrong CA: no retry can help
+        exit_without_committing(EXIT_INGEST_FAILED, str(exc))
     pool = await create_pool(settings)
     pipeline_stats.register_pool("ingest", pool)
 

@@ -7,6 +7,8 @@ which keeps asyncpg's parse/bind round trips on one server connection.
 """
 from __future__ import annotations
 
+import ssl
+from functools import lru_cache
 from typing import Any
 
 import asyncpg
@@ -57,10 +59,45 @@ def connect_kwargs(settings: Settings, *, host: str | None = None) -> dict[str, 
         "password": settings.db_password,
         "database": settings.db_name,
         "statement_cache_size": 100 if settings.db_statement_cache else 0,
-        "ssl": settings.db_sslmode,
+        "ssl": tls_argument(settings.db_sslmode, settings.db_sslrootcert),
         "command_timeout": 60,
         "server_settings": {"application_name": "devicestream"},
     }
+
+
+@lru_cache(maxsize=8)
+def tls_argument(mode: str, rootcert: str) -> str | ssl.SSLContext:
+    """asyncpg's ``ssl`` for DB_SSLMODE: the mode itself, or for verify-ca / verify-full a
+    context trusting DB_SSLROOTCERT (the system's CAs when unset), checking the host name
+    for verify-full. Such a context never falls back to a plaintext connection."""
+    if mode not in ("verify-ca", "verify-full"):
+        return mode
+    context = ssl.create_default_context(cafile=rootcert or None)
+    context.check_hostname = mode == "verify-full"
+    return context
+
+
+class DatabaseTLSError(Exception):
+    """The database's certificate did not verify: a configuration error, not an outage."""
+
+
+async def check_tls(settings: Settings) -> None:
+    """With DB_SSLMODE verify-ca or verify-full, connect once and raise DatabaseTLSError,
+    naming the settings, when the server's certificate does not verify. Any other failure
+    (the database down, say) is left to the callers' retries."""
+    if settings.db_sslmode not in ("verify-ca", "verify-full"):
+        return
+    try:
+        conn = await asyncpg.connect(**connect_kwargs(settings), timeout=10)
+    except ssl.SSLCertVerificationError as exc:
+        raise DatabaseTLSError(
+            f"DB_SSLMODE={settings.db_sslmode}: the certificate of "
+            f"{settings.db_host}:{settings.db_port} does not verify against DB_SSLROOTCERT="
+            f"{settings.db_sslrootcert or '(unset: the system CAs)'}: {exc.verify_message}"
+        ) from None
+    except Exception:  # noqa: BLE001 -- not ours to judge here
+        return
+    await conn.close()
 
 
 async def create_pool(settings: Settings, *, max_size: int | None = None) -> asyncpg.Pool:

@@ -4,7 +4,7 @@
 #
 #   1. Debian packages: PostgreSQL (the release's major: 15 on Debian 12, 17 on
 #      Debian 13) with contrib, pgBouncer, pgBackRest (backups, WAL archive),
-#      chromium + chromium-driver (browser tests).
+#      chromium + chromium-driver (browser tests), openssl (the local CA, stack/tls.sh).
 #      `apt-get update` runs once, only when something is missing.
 #   2. TimescaleDB for that major. With the upstream source at hand (TIMESCALEDB_SOURCE,
 #      or ../shared/vendor/timescaledb-*.tar.gz next to the clone, as on the developers'
@@ -35,7 +35,7 @@ acquire_lock
 T0=$SECONDS
 
 BASE_PACKAGES=(postgresql postgresql-contrib pgbouncer pgbackrest chromium chromium-driver
-               iproute2 xz-utils ca-certificates)
+               iproute2 xz-utils ca-certificates openssl)
 
 pkg_installed() {
     [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]

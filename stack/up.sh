@@ -22,6 +22,8 @@
 # Needs root and `make setup` done. Usage: bash stack/up.sh
 # shellcheck source=stack/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# shellcheck source=stack/tls.sh
+source "$(dirname "${BASH_SOURCE[0]}")/tls.sh"
 
 require_root
 acquire_lock
@@ -71,6 +73,7 @@ MAJOR=$(pg_major)
 [[ -n $MAJOR ]] || die "PostgreSQL is not installed: run 'make setup'"
 PGSTATE=$(pg_state_dir)
 PGDATA="$PGSTATE/pgdata"
+SERVER_TLS="$PGSTATE/server-tls"
 PGCONF_SNAPSHOT="$PGSTATE/pgconf"   # copy of the cluster's /etc config, to re-register the data dir
 ETC_DIR="/etc/postgresql/$MAJOR/$PG_CLUSTER"
 PG_LOG="$LOG_DIR/postgresql.log"
@@ -135,7 +138,12 @@ shared_preload_libraries = 'timescaledb,pg_stat_statements'
 timescaledb.telemetry_level = off
 timescaledb.license = '$license'
 password_encryption = 'scram-sha-256'
-ssl = off
+# TLS with the local CA's server certificate (stack/tls.sh); clients choose (DB_SSLMODE)
+ssl = on
+ssl_cert_file = '$SERVER_TLS/server.crt'
+ssl_key_file = '$SERVER_TLS/server.key'
+ssl_min_protocol_version = 'TLSv1.2'
+# server certificate sha256 $(tls_fingerprint "$SERVER_TLS")
 # durability: commits are flushed (the pipeline promises exactly-once storage)
 synchronous_commit = on
 fsync = on
@@ -406,6 +414,14 @@ reserve_pool_size = 10
 reserve_pool_timeout = 3
 server_reset_query =
 ignore_startup_parameters = extra_float_digits
+; TLS from clients when they ask for it, and always to PostgreSQL, verified (stack/tls.sh)
+client_tls_sslmode = prefer
+client_tls_key_file = $SERVER_TLS/server.key
+client_tls_cert_file = $SERVER_TLS/server.crt
+client_tls_ca_file = $SERVER_TLS/ca.crt
+server_tls_sslmode = verify-full
+server_tls_ca_file = $SERVER_TLS/ca.crt
+; server certificate sha256 $(tls_fingerprint "$SERVER_TLS")
 logfile = $PGB_LOG
 pidfile = $PGB_PIDFILE
 $extra" && changed=0
@@ -485,6 +501,7 @@ EOF
 # ---------------------------------------------------------------- main
 
 ensure_tansu            # first: it starts in milliseconds, no need to wait for it
+ensure_tls "$SERVER_TLS"
 ensure_postgres
 ensure_backup_repo
 if [[ ${REPLICA:-0} == 1 ]]; then

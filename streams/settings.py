@@ -90,6 +90,14 @@ def _token(env: Mapping[str, str], name: str) -> str:
     return value
 
 
+def _readable_file(env: Mapping[str, str], name: str) -> str:
+    """A path to a file the process can read; empty (unset) stays empty."""
+    path = env.get(name) or ""
+    if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+        raise ConfigError(f"{name}={path} is not a readable file")
+    return path
+
+
 def _writable_dir(env: Mapping[str, str], name: str) -> str:
     """A directory the process can write, created when missing; empty (unset) stays empty."""
     path = env.get(name) or ""
@@ -149,6 +157,7 @@ class Settings:
     db_pool_size: int = 4
     db_statement_cache: bool = False
     db_sslmode: str = "prefer"
+    db_sslrootcert: str = ""  # CA file for verify-ca/verify-full; empty: the system's CAs
     db_retry_max_backoff: float = 10.0
 
     shutdown_timeout: float = 25.0
@@ -252,6 +261,7 @@ class Settings:
                 env, "DB_SSLMODE", cls.db_sslmode,
                 ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
             ),
+            db_sslrootcert=_readable_file(env, "DB_SSLROOTCERT"),
             db_statement_cache=_bool(env, "DB_STATEMENT_CACHE", cls.db_statement_cache),
             db_retry_max_backoff=_float(
                 env, "DB_RETRY_MAX_BACKOFF", cls.db_retry_max_backoff, minimum=0.1
