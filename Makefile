@@ -34,9 +34,11 @@ test: migrate
 	$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$status
 
-# End-to-end benchmark against the baseline; writes bench/results/latest.json and a report.
+# End-to-end benchmark against the baseline (bench/results/latest.json and a report), then
+# what device tokens cost POST /ingest (bench/results/ingest_auth.json).
 bench: migrate
 	$(PY) -m bench.pipeline $(BENCH_ARGS)
+	$(PY) -m bench.ingest_auth
 
 # Hot backup of the local cluster into the pgBackRest repository (TYPE=incr|diff|full;
 # the first one is full); prints its label, size and seconds.
