@@ -6,7 +6,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STACK := stack
 
-.PHONY: setup stack-up stack-down migrate run test bench backup restore restore-stop
+.PHONY: setup stack-up stack-down migrate run test bench backup restore restore-stop certs
 
 # Install everything (Debian packages, TimescaleDB, venv, broker); idempotent.
 setup:
@@ -39,6 +39,11 @@ test: migrate
 bench: migrate
 	$(PY) -m bench.pipeline $(BENCH_ARGS)
 	$(PY) -m bench.ingest_auth
+
+# Certificates of the compose brokers' SASL_SSL listener, in deploy/kafka/tls/ (README
+# "Security"); KAFKA_EXTERNAL_HOST is the address devices connect to.
+certs:
+	bash $(STACK)/kafka_certs.sh
 
 # Hot backup of the local cluster into the pgBackRest repository (TYPE=incr|diff|full;
 # the first one is full); prints its label, size and seconds.

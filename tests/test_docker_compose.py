@@ -5,6 +5,8 @@ No Docker engine is needed: the files are parsed and checked against the contrac
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import configparser
 import json
 import re
@@ -48,12 +50,13 @@ def environment(service: dict) -> dict[str, str]:
 
 
 def kafka_properties(service: dict) -> dict[str, str]:
-    """Broker properties from the apache/kafka image's KAFKA_* variables (KAFKA_A_B -> a.b)."""
-    return {
-        key[len("KAFKA_"):].lower().replace("_", "."): value
-        for key, value in environment(service).items()
-        if key.startswith("KAFKA_")
-    }
+    """Broker properties from the apache/kafka image's KAFKA_* variables: ``_`` is ``.``,
+    ``__`` is ``_`` and ``___`` is ``-`` (KAFKA_A_B -> a.b, KAFKA_A___B -> a-b)."""
+    def name(key: str) -> str:
+        key = key[len("KAFKA_"):].lower().replace("___", "-").replace("__", "\0")
+        return key.replace("_", ".").replace("\0", "_")
+    return {name(key): value for key, value in environment(service).items()
+            if key.startswith("KAFKA_")}
 
 
 def command(service: dict) -> list[str]:
@@ -74,6 +77,16 @@ def bind_mounts(service: dict) -> dict[str, str]:
 
 def published_ports(service: dict) -> list[str]:
     return [str(port) for port in service.get("ports", [])]
+
+
+def listener_protocols(props: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Listener name -> (container port, security protocol) of a broker's properties."""
+    protocols = dict(pair.split(":") for pair in props["listener.security.protocol.map"].split(","))
+    ports = {}
+    for listener in props["listeners"].split(","):
+        name, _, address = listener.partition("://")
+        ports[name] = address.rpartition(":")[2]
+    return {name: (ports[name], protocols[name]) for name in ports}
 
 
 def parse_postgresql_conf(text: str) -> dict[str, str]:
@@ -188,7 +201,8 @@ def test_kafka_accepts_a_dead_lettered_one_mebibyte_reading(services):
 def test_kafka_serves_the_compose_network_on_9092_and_keeps_data_in_a_volume(compose, services):
     kafka = services["kafka"]
     props = kafka_properties(kafka)
-    assert "PLAINTEXT://kafka:9092" in props["advertised.listeners"].split(",")
+    assert "CLIENT://kafka:9092" in props["advertised.listeners"].split(",")
+    assert listener_protocols(props)["CLIENT"] == ("9092", "SASL_PLAINTEXT")
     assert props["log.dirs"] == "/var/lib/kafka/data"
     named = [v.split(":")[0] for v in kafka["volumes"] if not v.startswith((".", "/"))]
     assert any(v.endswith(":/var/lib/kafka/data") for v in kafka["volumes"])
@@ -238,9 +252,10 @@ def test_workers_run_as_three_replicas_without_colliding_host_ports(services):
     assert "container_name" not in worker
 
 
-def test_worker_depends_on_healthy_kafka_and_started_pgbouncer(services):
+def test_worker_waits_for_the_kafka_users_and_started_pgbouncer(services):
     depends = services["worker"]["depends_on"]
-    assert depends["kafka"]["condition"] == "service_healthy"
+    assert depends["kafka-security"]["condition"] == "service_completed_successfully"
+    assert services["kafka-security"]["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert depends["pgbouncer"]["condition"] in ("service_started", "service_healthy")
     assert services["pgbouncer"]["depends_on"]["timescaledb"]["condition"] == "service_healthy"
 
@@ -656,7 +671,7 @@ def test_the_cluster_profile_adds_two_kafka_nodes_sharing_the_first_ones_setting
         assert node["image"] == services["kafka"]["image"]
         assert node.get("healthcheck") == services["kafka"]["healthcheck"]
         ids.add(props["node.id"])
-        assert f"PLAINTEXT://{name}:9092" in props["advertised.listeners"].split(",")
+        assert f"CLIENT://{name}:9092" in props["advertised.listeners"].split(",")
         external |= {port.split(":")[-2] for port in published_ports(node)}
         volume = next(v.split(":")[0] for v in node["volumes"] if v.endswith(":/var/lib/kafka/data"))
         assert volume in compose["volumes"]
@@ -667,7 +682,8 @@ def test_the_cluster_profile_adds_two_kafka_nodes_sharing_the_first_ones_setting
         assert props["min.insync.replicas"] == "${KAFKA_MIN_INSYNC_REPLICAS:-1}"
         assert props["transaction.state.log.min.isr"] == "${KAFKA_MIN_INSYNC_REPLICAS:-1}"
     assert ids == {"1", "2", "3"} and len(external) == 3
-    assert len({v.split(":")[0] for node in nodes.values() for v in node["volumes"]}) == 3
+    assert len({v.split(":")[0] for node in nodes.values() for v in node["volumes"]
+                if v.endswith(":/var/lib/kafka/data")}) == 3
     env_example = (ROOT / "deploy" / "env.example").read_text(encoding="utf-8")
     for key, value in CLUSTER_ENV.items():
         assert f"# {key}={value}" in env_example, key
@@ -686,7 +702,8 @@ PROFILES = ([], ["--profile", "cluster"], ["--profile", "monitoring"], ["--profi
             ["--profile", "cluster", "--profile", "monitoring", "--profile", "demo"])
 REQUIRED_ENV = {"DB_PASSWORD": "x", "INGEST_TOKEN": "y", "REPLICATION_PASSWORD": "z",
                 "POSTGRES_PASSWORD": "p", "DB_OWNER_PASSWORD": "o", "READ_DB_PASSWORD": "r",
-                "READ_TOKEN": "t"}
+                "READ_TOKEN": "t", "KAFKA_DEVICE_PASSWORD": "d" * 16,
+                "KAFKA_WORKER_PASSWORD": "w" * 16}
 
 
 def compose_cli(dialect: str) -> Path:
@@ -758,3 +775,82 @@ def test_the_cluster_settings_reach_all_three_nodes_and_the_workers(dialect):
     worker = environment(services["worker"])
     assert worker["KAFKA_BROKERS"] == CLUSTER_ENV["KAFKA_BROKERS"]
     assert worker["TOPIC_REPLICATION_FACTOR"] == "3"
+
+
+KAFKA_NODES = ("kafka", "kafka-2", "kafka-3")
+
+
+def test_every_listener_published_on_the_host_authenticates_and_encrypts(services):
+    for name in KAFKA_NODES:
+        props = kafka_properties(services[name])
+        by_port = {port: (listener, protocol)
+                   for listener, (port, protocol) in listener_protocols(props).items()}
+        for published in published_ports(services[name]):
+            container_port = published.rsplit(":", 1)[-1]
+            listener, protocol = by_port[container_port]
+            assert protocol == "SASL_SSL", f"{name} publishes {listener} ({protocol})"
+            mechanisms = props["sasl.enabled.mechanisms"].split(",")
+            assert mechanisms == ["SCRAM-SHA-512"], mechanisms
+            prefix = f"listener.name.{listener.lower()}."
+            assert props[prefix + "ssl.keystore.location"] == "/etc/kafka/tls/broker.pem"
+            assert "ScramLoginModule" in props[prefix + "scram-sha-512.sasl.jaas.config"]
+        # the PLAINTEXT listeners are the compose network's only
+        plain = {listener for listener, (_, protocol) in listener_protocols(props).items()
+                 if protocol == "PLAINTEXT"}
+        assert plain == {"BROKER", "CONTROLLER"}
+        assert props["authorizer.class.name"].endswith("StandardAuthorizer")
+        assert props["allow.everyone.if.no.acl.found"] == "false"
+
+
+def test_the_workers_authenticate_as_worker_and_the_simulator_as_device(services):
+    worker, simulator = environment(services["worker"]), environment(services["simulator"])
+    assert worker["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    assert worker["KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert worker["KAFKA_SASL_USERNAME"] == "worker"
+    assert "KAFKA_WORKER_PASSWORD" in worker["KAFKA_SASL_PASSWORD"]
+    assert simulator["KAFKA_SASL_USERNAME"] == "device"
+    assert "KAFKA_DEVICE_PASSWORD" in simulator["KAFKA_SASL_PASSWORD"]
+    assert services["simulator"]["depends_on"]["kafka-security"]["condition"] == \
+        "service_completed_successfully"
+
+
+def acls_granted() -> Counter[tuple[str, str, str, str]]:
+    """(principal, operation, resource type, name + '*' when prefixed) of every ``allow``
+    line of deploy/kafka/security-setup.sh, loops unrolled."""
+    script = (ROOT / "deploy" / "kafka" / "security-setup.sh").read_text()
+    granted: Counter[tuple[str, str, str, str]] = Counter()
+    loop: list[str] = ["-"]
+    for line in script.splitlines():
+        line = line.strip()
+        if line.startswith("for operation in "):
+            loop = line.removeprefix("for operation in ").removesuffix("; do").split()
+        elif line == "done":
+            loop = ["-"]
+        elif line.startswith("allow User:"):
+            words = line.replace('"$APP_ID-"', "devicestream-").replace(
+                '"$APP_ID"', "devicestream").split()
+            principal, operation, kind = words[1], words[2], words[3].lstrip("-")
+            name = words[4] if len(words) > 4 and not words[4].startswith("-") else ""
+            name += "*" if "prefixed" in words else ""
+            for op in (loop if operation == '"$operation"' else [operation]):
+                granted[(principal, op, kind, name)] += 1
+    return granted
+
+
+def test_devices_may_only_write_device_data_and_device_data_topics():
+    granted = acls_granted()
+    device = sorted(key for key in granted if key[0] == "User:device")
+    assert device == sorted((("User:device", op, "topic", name) for op in
+                             ("Write", "Describe", "Create")
+                             for name in ("device-data", "device-data-*")))
+    # never the bare prefix, which would cover the dead-letter topic device-data.dlq
+    assert not any(name == "device-data*" for _, _, _, name in granted)
+    assert {key[0] for key in granted} == {"User:device", "User:worker"}
+
+
+def test_workers_read_their_topics_use_their_group_and_write_the_dead_letters():
+    worker = {key[1:] for key in acls_granted() if key[0] == "User:worker"}
+    for name in ("device-data", "device-data-*", "device-data.dlq"):
+        assert {("Read", "topic", name), ("Write", "topic", name)} <= worker
+    assert ("Read", "group", "devicestream*") in worker
+    assert not any(op in ("Alter", "AlterConfigs", "Delete", "All") for op, _, _ in worker)
