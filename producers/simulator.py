@@ -1,7 +1,8 @@
 """A simulated fleet: devices reporting random-walk metrics at a steady rate.
 
 It publishes through ``DeviceProducer`` (validation, batching, compression, topic
-provisioning and backpressure included): there is no second way of producing.
+provisioning and backpressure included), or posts to a worker's ``POST /ingest`` through
+``IngestClient``, each device with its own token.
 """
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Protocol
 
-from producers.device_producer import DeviceProducer
+
+class ReadingSender(Protocol):
+    """Where the fleet's readings go: a ``DeviceProducer`` or an ``IngestClient``."""
+
+    async def send_many(self, readings: list[dict[str, object]]) -> Any: ...
+
+    async def flush(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,7 @@ class Fleet:
 
 
 async def run_fleet(
-    producer: DeviceProducer,
+    producer: ReadingSender,
     config: FleetConfig,
     report: Callable[[Progress], None],
     report_every: float = 1.0,

@@ -9,6 +9,7 @@ import click
 from faust.cli import AppCommand, option
 
 from producers.device_producer import DeviceProducer, ProducerConfig
+from producers.ingest_client import IngestClient
 from producers.simulator import FleetConfig, Progress, run_fleet
 from schema.migrate import migrate as apply_migrations
 from schema.roles import grant_privileges
@@ -39,6 +40,19 @@ async def migrate(self: AppCommand) -> None:
         self.say(f"privileges granted to: {', '.join(granted)}")
 
 
+def _ingest_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--ingest-url: an http(s) URL ending in /ingest, with a credential to send there."""
+    if value is None:
+        return None
+    if not value.startswith(("http://", "https://")) or not value.rstrip("/").endswith("/ingest"):
+        raise click.BadParameter("must be an http(s) URL of a worker's /ingest, e.g. "
+                                 "http://127.0.0.1:6066/ingest")
+    if not (settings.device_token_secret or settings.ingest_token):
+        raise click.UsageError("--ingest-url needs DEVICE_TOKEN_SECRET (device tokens) or "
+                               "INGEST_TOKEN (a gateway's)")
+    return value.rstrip("/")
+
+
 @app.command(
     option("--devices", type=click.IntRange(1), default=10, show_default=True,
            help="Number of simulated devices."),
@@ -62,6 +76,10 @@ async def migrate(self: AppCommand) -> None:
     option("--topic-mode", type=click.Choice(list(TOPIC_MODES)), default=None,
            help="per-device: device-data-{id} topics; shared: one device-data topic "
                 "keyed by device  [default: TOPIC_MODE, per-device]"),
+    option("--ingest-url", default=None, callback=_ingest_url,
+           help="POST the readings to this worker URL's /ingest instead of publishing to "
+                "Kafka: each device with its own token (DEVICE_TOKEN_SECRET), or with "
+                "INGEST_TOKEN as a gateway when no secret is set."),
 )
 async def simulate(
     self: AppCommand,
@@ -76,10 +94,26 @@ async def simulate(
     compression: str | None,
     linger: float | None,
     topic_mode: str | None,
+    ingest_url: str | None,
 ) -> None:
-    """Publish simulated device readings straight to Kafka (through DeviceProducer)."""
+    """Publish simulated device readings straight to Kafka (through DeviceProducer), or
+    post them to a worker's POST /ingest (--ingest-url)."""
     fleet = FleetConfig(devices=devices, metrics=metrics, rate=rate, duration=duration,
                         count=count, prefix=prefix, seed=seed)
+
+    def report(progress: Progress) -> None:
+        self.say(progress.line())
+
+    if ingest_url is not None:
+        secret = settings.device_token_secret
+        client = (IngestClient(ingest_url, token_for=lambda d: derive_device_token(secret, d))
+                  if secret else IngestClient(ingest_url, gateway=settings.ingest_token))
+        self.say(f"simulating {devices} devices x {metrics} metrics at "
+                 f"{'max' if not rate else f'{rate:g}'} readings/s to {ingest_url} "
+                 f"({'device tokens' if secret else 'the gateway token'})")
+        async with client:
+            await run_fleet(client, fleet, report)
+        return
     run_settings = replace(settings, topic_mode=topic_mode) if topic_mode else settings
     overrides: dict[str, object] = {"max_batch_readings": per_message}
     if compression is not None:
@@ -87,10 +121,6 @@ async def simulate(
     if linger is not None:
         overrides["linger"] = linger
     config = ProducerConfig.from_settings(run_settings, **overrides)
-
-    def report(progress: Progress) -> None:
-        self.say(progress.line())
-
     layout = "one shared topic" if run_settings.topic_mode == "shared" else "per-device topics"
     self.say(f"simulating {devices} devices x {metrics} metrics at "
              f"{'max' if not rate else f'{rate:g}'} readings/s to {settings.kafka_brokers} "

@@ -4,12 +4,15 @@ refused request stores nothing, counted in the database once the accepted ones a
 Rotation: the previous secret's tokens work while both are set, and stop after."""
 from __future__ import annotations
 
+import asyncio
+import os
+import re
 import subprocess
 from datetime import datetime
 
 import pytest
 
-from tests.stack import REPO, Worker, count_rows, fleet, rows_at_least, wait_for
+from tests.stack import REPO, Worker, count_rows, fleet, rows_at_least, unique, wait_for
 from tests.web.test_ingest_integration import post, reading, stored, web_ready
 from web.credentials import device_token
 
@@ -87,3 +90,23 @@ async def test_rotation_accepts_both_secrets_then_only_the_new_one(start_worker)
     assert await stored([device]) == {
         (r["device_id"], m, datetime.fromisoformat(r["time"])): float(v)
         for i in (0, 1, 3) for r in bodies[i] for m, v in r["metrics"].items()}
+
+
+async def test_the_simulator_posts_each_device_with_its_own_token(start_worker) -> None:
+    prefix = unique("devsim-") + "-"
+    worker = start_worker("device-token-simulator", DEVICE_FILTER=re.escape(prefix),
+                          DEVICE_TOKEN_SECRET=SECRET)
+    await web_ready(worker)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [str(REPO / ".venv/bin/faust"), "-A", "streams.app", "simulate", "--devices", "3",
+         "--metrics", "2", "--count", "30", "--rate", "0", "--prefix", prefix,
+         "--ingest-url", f"http://127.0.0.1:{worker.web_port}/ingest"],
+        cwd=REPO, env={**os.environ, "DEVICE_TOKEN_SECRET": SECRET},
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "device tokens" in done.stdout
+    devices = [f"{prefix}{i:05d}" for i in range(3)]
+    await wait_for(lambda: rows_at_least(devices, 60), 90, "the simulated readings' rows")
+    assert await count_rows(devices) == 60
+    assert [await count_rows([d]) for d in devices] == [20, 20, 20]
