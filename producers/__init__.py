@@ -1,4 +1,5 @@
-"""Publishing device readings straight to Kafka: ``DeviceProducer`` (see its module)."""
+"""Publishing device readings: straight to Kafka with ``DeviceProducer``, or to a worker's
+``POST /ingest`` with ``IngestClient`` (see their modules)."""
 from producers.device_producer import (
     BrokerUnavailable,
     DeliveryError,
@@ -9,6 +10,7 @@ from producers.device_producer import (
     ProducerConfig,
     ProducerStartError,
 )
+from producers.ingest_client import IngestClient, IngestRefused
 
 __all__ = [
     "BrokerUnavailable",
@@ -16,6 +18,8 @@ __all__ = [
     "DeliveryTimeout",
     "DeviceProducer",
     "Failure",
+    "IngestClient",
+    "IngestRefused",
     "InvalidReadingError",
     "ProducerConfig",
     "ProducerStartError",
