@@ -40,10 +40,10 @@ bench: migrate
 	$(PY) -m bench.pipeline $(BENCH_ARGS)
 	$(PY) -m bench.ingest_auth
 
-# Certificates of the compose brokers' SASL_SSL listener, in deploy/kafka/tls/ (README
-# "Security"); KAFKA_EXTERNAL_HOST is the address devices connect to.
+# TLS certificates of the compose stack (Kafka's SASL_SSL listener, PostgreSQL, pgBouncer),
+# in deploy/tls/ (README "Security"); KAFKA_EXTERNAL_HOST is the address devices connect to.
 certs:
-	bash $(STACK)/kafka_certs.sh
+	bash $(STACK)/certs.sh
 
 # Hot backup of the local cluster into the pgBackRest repository (TYPE=incr|diff|full;
 # the first one is full); prints its label, size and seconds.

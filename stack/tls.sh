@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # stack/tls.sh -- certificates made with openssl: the local stack's (ensure_tls, sourced by
-# stack/up.sh) and the compose brokers' (stack/kafka_certs.sh, `make certs`). Needs
+# stack/up.sh) and the compose stack's (stack/certs.sh, `make certs`). Needs
 # stack/common.sh (log, die, show_log).
 #
 # The local stack: a CA, .stack/tls/ca.crt (its key ca.key beside it, readable by root

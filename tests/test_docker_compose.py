@@ -9,6 +9,7 @@ from collections import Counter
 
 import configparser
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -406,10 +407,39 @@ def test_postgres_accepts_the_compose_network_only_with_scram(services, postgres
     assert any(rule[3] == "samenet" for rule in network_rules)
 
 
+CERTS = "deploy/tls/"  # made by `make certs`, never committed
+
+
 def test_config_files_mounted_by_compose_exist(services):
     for name, service in services.items():
         for target, source in bind_mounts(service).items():
-            assert (ROOT / source).is_file(), f"{name}: {source} (for {target}) is missing"
+            if not source.removeprefix("./").startswith(CERTS):
+                assert (ROOT / source).is_file(), f"{name}: {source} (for {target}) is missing"
+
+
+def test_make_certs_makes_every_certificate_compose_mounts(services, tmp_path):
+    done = subprocess.run(["bash", str(ROOT / "stack" / "certs.sh")], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "CERTS_DIR": str(tmp_path),
+                                                       "KAFKA_EXTERNAL_HOST": "203.0.113.9"})
+    assert done.returncode == 0, done.stderr
+    mounted = {source.removeprefix("./").removeprefix(CERTS)
+               for service in services.values() for source in bind_mounts(service).values()
+               if source.removeprefix("./").startswith(CERTS)}
+    assert {"ca.crt", "kafka/broker.pem", "postgres/server.crt", "postgres/server.key"} <= mounted
+    for name in mounted:
+        assert (tmp_path / name).is_file(), name
+    for name, san in (("kafka/server.crt", "IP Address:203.0.113.9"),
+                      ("postgres/server.crt", "DNS:timescaledb-replica")):
+        verify = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"),
+                                 str(tmp_path / name)], capture_output=True, text=True)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        text = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", str(tmp_path / name)],
+                              capture_output=True, text=True).stdout
+        assert san in text, name
+    # the keys are the images' users' alone: uid 1000 (Kafka) and uid 70 (postgres)
+    for name, uid in (("kafka/broker.pem", 1000), ("postgres/server.key", 70)):
+        status = (tmp_path / name).stat()
+        assert (status.st_uid, status.st_mode & 0o077) == (uid, 0), name
 
 
 def test_no_secret_is_committed(services):
@@ -615,7 +645,7 @@ def test_the_replica_streams_from_the_primary_with_its_own_volume(compose, servi
 def test_the_primary_admits_the_replication_role_from_the_compose_network(services):
     rules = [line.split() for line in PG_HBA_CONF.read_text(encoding="utf-8").splitlines()
              if line.strip() and not line.lstrip().startswith("#")]
-    assert ["host", "replication", "replicator", "samenet", "scram-sha-256"] in rules
+    assert ["hostssl", "replication", "replicator", "samenet", "scram-sha-256"] in rules
     init = bind_mounts(services["timescaledb"])
     role_script = [src for target, src in init.items()
                    if target.startswith("/docker-entrypoint-initdb.d/")]
@@ -854,3 +884,28 @@ def test_workers_read_their_topics_use_their_group_and_write_the_dead_letters():
         assert {("Read", "topic", name), ("Write", "topic", name)} <= worker
     assert ("Read", "group", "devicestream*") in worker
     assert not any(op in ("Alter", "AlterConfigs", "Delete", "All") for op, _, _ in worker)
+
+
+def test_every_database_hop_of_compose_is_tls_and_verified(services, pgbouncer_ini):
+    ca = "/etc/devicestream/tls/ca.crt"
+    for name in ("worker", "migrate", "simulator"):
+        env = environment(services[name])
+        assert env["DB_SSLMODE"] == "${DB_SSLMODE:-verify-full}", name
+        assert env["DB_SSLROOTCERT"] == ca, name
+        assert bind_mounts(services[name])[ca] == "./deploy/tls/ca.crt", name
+    bouncer = pgbouncer_ini["pgbouncer"]
+    assert bouncer["client_tls_sslmode"] == "require"
+    assert bouncer["server_tls_sslmode"] == "verify-full"
+    assert bouncer["server_tls_ca_file"] == ca
+    conf = parse_postgresql_conf(POSTGRESQL_CONF.read_text(encoding="utf-8"))
+    assert conf["ssl"] == "on"
+    for server in ("timescaledb", "timescaledb-replica", "pgbouncer"):
+        mounts = bind_mounts(services[server])
+        for file in ("server.crt", "server.key"):
+            assert mounts[f"/etc/devicestream/tls/{file}"] == f"./deploy/tls/postgres/{file}"
+    rules = [line.split() for line in PG_HBA_CONF.read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    network = [rule for rule in rules if "samenet" in rule]
+    assert network and all(rule[0] == "hostssl" for rule in network), network
+    replica = (ROOT / "deploy" / "timescaledb" / "replica.sh").read_text(encoding="utf-8")
+    assert f"sslmode=verify-full sslrootcert={ca}" in replica

@@ -12,8 +12,10 @@ set -eu
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
     rm -rf "$PGDATA.new"
     echo "replica: base backup of $PRIMARY_HOST into $PGDATA"
-    PGPASSWORD=$REPLICATION_PASSWORD pg_basebackup -h "$PRIMARY_HOST" -p 5432 \
-        -U "$REPLICATION_USER" -w -D "$PGDATA.new" -R -X stream -c fast
+    # over TLS, verified; -R keeps sslmode and sslrootcert in primary_conninfo
+    PGPASSWORD=$REPLICATION_PASSWORD pg_basebackup \
+        -d "host=$PRIMARY_HOST port=5432 user=$REPLICATION_USER sslmode=verify-full sslrootcert=/etc/devicestream/tls/ca.crt" \
+        -w -D "$PGDATA.new" -R -X stream -c fast
     mv "$PGDATA.new" "$PGDATA"
 fi
 
