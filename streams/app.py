@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streams.kafka_consumer import App
+from streams.faust_internals import App, GrowingTopic
 from streams.settings import Settings
 from streams.stats import PipelineStats
-from streams.subscription import GrowingTopic, subscribe_existing
+from streams.subscription import subscribe_existing
 from streams.topics import broker_credentials, is_ingest_topic
 from streams.worker import worker_class
 from web.access import read_access
@@ -46,10 +46,11 @@ app = App(
 device_topics = GrowingTopic(app, key_serializer="raw", value_serializer="raw")
 pipeline_stats = PipelineStats()
 
-from agents import ingest  # noqa: E402,F401  (registers the ingest agent)
-from streams import commands  # noqa: E402,F401  (registers migrate, simulate, ...)
-from web import views  # noqa: E402,F401  (registers the web routes)
-from web import ingest  # noqa: E402,F401  (registers POST /ingest)
-from streams import maintenance  # noqa: E402,F401  (registers the maintenance command and timer)
-from web import queries  # noqa: E402,F401  (registers the /devices/{id}/... routes)
-from web import health  # noqa: E402,F401  (registers /health/* and the stall watchdog)
+# Importing these registers the agents, commands, web routes and timers on ``app``.
+import agents.ingest  # noqa: E402,F401  (the ingest agent)
+import streams.commands  # noqa: E402,F401  (migrate, simulate, replay, device-token)
+import web.views  # noqa: E402,F401  (the web routes)
+import web.ingest  # noqa: E402,F401  (POST /ingest)
+import streams.maintenance  # noqa: E402,F401  (the maintenance command and timer)
+import web.queries  # noqa: E402,F401  (the /devices/{id}/... routes)
+import web.health  # noqa: E402,F401  (/health/* and the stall watchdog)

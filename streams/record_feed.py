@@ -56,8 +56,8 @@ class RecordFeed:
         for tp, tp_records in records.items():
             if not self._wanted(tp.topic):
                 others[tp] = tp_records
-            elif active is None or tp in active or tp in consumer._buffered_partitions:
-                fresh = await self._register_read(tp, tp_records)
+            elif active is None or tp in active or consumer.buffered(tp):
+                fresh = await consumer.register_read(tp, tp_records)
                 if fresh:
                     chunk.append((tp, fresh))
                     consumer.app.monitor.track_tp_end_offset(tp, consumer.highwater(tp))
@@ -71,33 +71,6 @@ class RecordFeed:
                 raise
         return others
 
-    async def _register_read(self, tp: TP, records: list[ConsumerRecord]
-                             ) -> list[ConsumerRecord]:
-        """Faust's read-offset bookkeeping: drop records read already, register gaps in
-        the offsets (they must not hold commits back), note the last offset read.
-
-        A gap is the offsets between two records (``_add_gap`` takes an inclusive end);
-        Faust's drain loop also puts the later record's own offset in it, and that one
-        repeated offset then held its commit back by one round.
-        """
-        consumer = self._consumer
-        read = consumer._read_offset[tp]
-        if read is not None and records[0].offset < read:
-            records = [r for r in records if r.offset >= read]
-            if not records:
-                return records
-        if records[-1].offset - records[0].offset == len(records) - 1:  # no gap inside
-            if read and records[0].offset - read > 1:
-                await consumer._add_gap(tp, read + 1, records[0].offset - 1)
-        else:
-            previous = read
-            for record in records:
-                if previous and record.offset - previous > 1:
-                    await consumer._add_gap(tp, previous + 1, record.offset - 1)
-                previous = record.offset
-        consumer._read_offset[tp] = records[-1].offset
-        return records
-
     async def chunks(self) -> AsyncIterator[Chunk]:
         """Each fetch's records, in the order they were fetched."""
         inbound = self._consumer.app.monitor.stream_inbound_time
@@ -110,18 +83,5 @@ class RecordFeed:
 
     def ack(self, offsets: Mapping[TP, Sequence[int]]) -> None:
         """Mark these offsets durable: Faust may commit past them."""
-        consumer = self._consumer
-        assigned = consumer.assignment()
-        for tp, tp_offsets in offsets.items():
-            self.pending -= len(tp_offsets)
-            if tp not in assigned:  # revoked meanwhile: its new owner reads it again
-                continue
-            committed = consumer._committed_offset[tp]
-            acked_index = consumer._acked_index[tp]
-            new = [o for o in tp_offsets
-                   if (committed is None or o >= committed) and o not in acked_index]
-            acked_index.update(new)
-            consumer._acked[tp].extend(new)
-        waiter = consumer._waiting_for_ack
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.pending -= sum(len(tp_offsets) for tp_offsets in offsets.values())
+        self._consumer.ack(offsets)

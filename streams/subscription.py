@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any, Callable, Iterable, Mapping
+from typing import Callable, Iterable
 
-import faust
 from faust.types import AppT
 
+from streams.faust_internals import GrowingTopic, set_resubscribe_delay
 from streams.settings import Settings
 from streams.topics import SHARED, SHARED_TOPIC, TopicProvisioner, device_of_topic
 
@@ -28,53 +28,6 @@ log = logging.getLogger(__name__)
 # Faust waits this long after a subscription change before resubscribing, to gather more
 # changes into one rebalance (its default, 45 s, would delay every new device too long).
 RESUBSCRIBE_DELAY_SECONDS = 1.0
-
-
-class GrowingTopic(faust.Topic):
-    """A topic channel whose list of topic names can grow at run time.
-
-    The agent iterates over a clone of its channel; every clone shares one list of names,
-    so names added later reach the clone that the conductor subscribes with.
-    """
-
-    def __init__(self, *args: Any, shared_names: list[str] | None = None, **kwargs: Any) -> None:
-        self._names: list[str] = [] if shared_names is None else shared_names
-        super().__init__(*args, **kwargs)
-
-    @property  # type: ignore[override]
-    def topics(self) -> list[str]:
-        return self._names
-
-    @topics.setter
-    def topics(self, names: Iterable[str]) -> None:
-        if names is not self._names:
-            self._names[:] = list(names)
-
-    def _clone_args(self) -> Mapping[str, Any]:
-        return {**super()._clone_args(), "shared_names": self._names}
-
-    def add_topics(self, names: Iterable[str]) -> list[str]:
-        """Add names not yet subscribed; return the ones that were new."""
-        new = sorted(set(names) - set(self._names))
-        if new:
-            self._names.extend(new)
-            self.app.topics._flag_changes()  # Faust's own trigger to resubscribe
-        return new
-
-    def resubscribe_if_dropped(self) -> bool:
-        """Ask Faust again for names its subscription lacks; True when some were missing.
-
-        Faust's conductor drops a subscription change that arrives while a rebalance is
-        under way (it clears the request without resubscribing), so each round checks that
-        every name made it into the conductor's index.
-        """
-        conductor = self.app.topics
-        if self.app.rebalancing:
-            return False
-        missing = [name for name in self._names if name not in conductor._topic_name_index]
-        if missing:
-            conductor._flag_changes()
-        return bool(missing)
 
 
 async def subscribe_existing(channel: GrowingTopic, settings: Settings) -> None:
@@ -111,7 +64,7 @@ async def follow_device_topics(
     In shared topic mode: subscribe ``channel`` to ``device-data`` (created if missing) and
     return.
     """
-    app.topics._resubscribe_sleep_lock_seconds = RESUBSCRIBE_DELAY_SECONDS
+    set_resubscribe_delay(app, RESUBSCRIBE_DELAY_SECONDS)
     if settings.topic_mode == SHARED:
         await _follow_shared_topic(channel, topics, settings)
         return

@@ -91,9 +91,8 @@ def _consumer_subscription() -> frozenset[str]:
     fallback, although they can run ahead of the consumer (Faust resubscribes later).
     """
     try:
-        consumer = app.consumer._thread._consumer  # type: ignore[attr-defined]
-        return frozenset(consumer.subscription())
-    except Exception:  # another driver, or Faust internals moved
+        return app.consumer.subscribed_topics()  # type: ignore[attr-defined]
+    except Exception:  # not started yet
         return frozenset(device_topics.topics)
 
 

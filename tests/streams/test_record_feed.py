@@ -8,7 +8,7 @@ from faust.types import TP
 
 from streams.record_feed import RecordFeed
 from tests.records import record
-from tests.streams.test_kafka_consumer import new_consumer
+from tests.streams.test_faust_internals import new_consumer
 
 DEVICE = TP("device-data-a", 0)
 

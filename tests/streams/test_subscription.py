@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from streams.app import app
-from streams.subscription import GrowingTopic
+from streams.faust_internals import GrowingTopic
 
 
 @pytest.fixture

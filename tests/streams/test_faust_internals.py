@@ -1,13 +1,18 @@
-"""The worker's Kafka consumer: linear commits, the configured fetch wait."""
+"""Contract tests of streams.faust_internals against the real Faust and aiokafka classes:
+linear commits, the configured fetch wait, the version check. The record feed's behaviours
+(commits only up to the first record not acked, gaps not holding commits back, a
+rebalance waiting for records handed over) are in test_record_feed.py."""
 from __future__ import annotations
 
 import asyncio
+from importlib.metadata import version
 
+import pytest
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from faust.types import TP
 
 from streams.app import app, settings
-from streams.kafka_consumer import Consumer, ConsumerThread
+from streams.faust_internals import Consumer, ConsumerThread
 
 
 def test_the_app_consumes_through_the_fixed_consumer() -> None:
@@ -47,3 +52,15 @@ async def test_the_fetch_wait_comes_from_the_settings_not_faust_s_fixed_1500_ms(
     thread = ConsumerThread(new_consumer(), loop=asyncio.get_running_loop())
     consumer = thread._create_worker_consumer(app.transport)
     assert consumer._fetch_max_wait_ms == int(settings.kafka_fetch_max_wait * 1000) == 250
+
+
+def test_the_installed_versions_are_the_tested_ones_and_others_are_refused() -> None:
+    from streams.faust_internals import TESTED_VERSIONS, check_versions
+
+    assert {name: version(name) for name in TESTED_VERSIONS} == TESTED_VERSIONS
+    check_versions()
+    newer = {**TESTED_VERSIONS, "faust-streaming": "0.16.0"}
+    with pytest.raises(RuntimeError, match=r"installed: faust-streaming 0\.16\.0") as refused:
+        check_versions(newer.__getitem__)
+    assert "tested with faust-streaming 0.15.3" in str(refused.value)
+    assert "aiokafka" not in str(refused.value).split("installed:")[1]
