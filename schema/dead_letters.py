@@ -11,11 +11,7 @@ from typing import Any
 
 import orjson
 
-from schema.validation import InvalidReading
-
-# Longer raw values are cut to this many bytes (and flagged): a dead letter must stay well
-# under the broker's message size limit, and its prefix is enough to diagnose the fault.
-MAX_RAW_BYTES = 65_536
+from schema.validation import MAX_RAW_BYTES, InvalidReading
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,7 @@ __all__ = [
     "FUTURE_TOLERANCE",
     "InvalidReading",
     "MAX_METRICS",
+    "MAX_RAW_BYTES",
     "MAX_VALUE_BYTES",
     "METRIC_NAME_PATTERN",
     "Reading",
@@ -79,7 +80,9 @@ __all__ = [
 MAX_VALUE_BYTES = 1_048_576
 MAX_METRICS = 1000
 FUTURE_TOLERANCE = timedelta(minutes=5)
-RAW_TRUNCATE_BYTES = 65_536
+# Longer raw values are cut to this many bytes (and flagged): a dead letter must stay well
+# under the broker's message size limit, and its prefix is enough to diagnose the fault.
+MAX_RAW_BYTES = 65_536
 
 # Explicit ASCII classes: in a str pattern, \d and \w would also match non-ASCII digits/letters.
 DEVICE_ID_PATTERN: re.Pattern[str] = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -729,7 +732,7 @@ def _validate_message(
         return [], [
             InvalidReading(
                 f"message is {size} bytes, over the 1 MiB limit ({MAX_VALUE_BYTES} bytes)",
-                value[:RAW_TRUNCATE_BYTES],
+                value[:MAX_RAW_BYTES],
                 None,
                 True,
             )
@@ -793,11 +796,11 @@ def validate_message(
         return _validate_message(value, expected_device_id, window)
     except Exception as exc:  # safety net; no known input gets here
         raw = value if isinstance(value, bytes) else b""
-        truncated = len(raw) > RAW_TRUNCATE_BYTES
+        truncated = len(raw) > MAX_RAW_BYTES
         return [], [
             InvalidReading(
                 f"message could not be validated ({type(exc).__name__})",
-                raw[:RAW_TRUNCATE_BYTES],
+                raw[:MAX_RAW_BYTES],
                 None,
                 truncated,
             )

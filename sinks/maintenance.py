@@ -216,12 +216,6 @@ class MaintenanceReport:
 
 # ------------------------------------------------------------------------------ license
 
-async def timescale_license(conn: asyncpg.Connection) -> str | None:
-    """``SHOW timescaledb.license`` (``apache`` or ``timescale``); None without TimescaleDB."""
-    async with conn.transaction():
-        return await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
-
-
 def _note_apache_once() -> None:
     global _apache_logged
     if not _apache_logged:
