@@ -35,7 +35,7 @@ import numpy as np
 import orjson
 import pyarrow.parquet as pq
 
-from bench.queries import RESULTS, _iso, connect
+from bench.queries import RESULTS, iso, connect
 from sinks.cold_archive import ROW_GROUP_ROWS, Chunk, archive_chunk
 from streams.settings import Settings
 
@@ -154,7 +154,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         first_day = await free_days(conn, args.age_days, days)
         start = first_day + timedelta(hours=1)
         print(f"seeding {per_series * args.devices * args.metrics:,} points of {prefix}* "
-              f"from {_iso(start)} ...", flush=True)
+              f"from {iso(start)} ...", flush=True)
         t0 = time.perf_counter()
         ids = await seed(conn, prefix, args, start)
         seed_seconds = time.perf_counter() - t0
@@ -178,7 +178,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                  "seed_seconds": round(seed_seconds, 1)},
         "archive": exported,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "finished_at": _iso(datetime.now(timezone.utc).replace(microsecond=0)),
+        "finished_at": iso(datetime.now(timezone.utc).replace(microsecond=0)),
     }
 
 

@@ -58,7 +58,7 @@ import orjson
 
 from bench.archive import _CHUNKS_IN, export
 from bench.private_broker import free_port
-from bench.queries import (REPO, RESULTS, _psql_super, add_dataset_options,
+from bench.queries import (REPO, RESULTS, psql_super, add_dataset_options,
                            bench_settings, connect, load, save_results)
 from schema.migrate import migrate
 from schema.roles import grant_privileges
@@ -308,7 +308,7 @@ async def create_database(server: Server) -> Settings:
     statements += [(f"CREATE DATABASE {settings.db_name} OWNER {owner.db_user}", "postgres"),
                    ("CREATE EXTENSION timescaledb", settings.db_name)]
     for sql, database in statements:
-        _psql_super(sql, database, socket_dir=str(server.socket_dir), port=server.port)
+        psql_super(sql, database, socket_dir=str(server.socket_dir), port=server.port)
     conn = await connect(settings)  # as the owner
     try:
         await migrate(conn)
@@ -334,7 +334,7 @@ async def create_source(root: Path, bindir: Path, servers: list[Server],
 async def load_and_archive(settings: Settings, source: Server, repo: Repository,
                            args: argparse.Namespace, end: datetime) -> dict[str, Any]:
     """Load the dataset; the WAL it wrote, and that WAL as archived (lz4) in the repo."""
-    switch_wal = partial(_psql_super, "SELECT pg_switch_wal()",
+    switch_wal = partial(psql_super, "SELECT pg_switch_wal()",
                          socket_dir=str(source.socket_dir), port=source.port)
     conn = await connect(settings)
     try:

@@ -27,7 +27,8 @@ import aiohttp
 import orjson
 
 from bench.private_broker import running_broker
-from bench.queries import RESULTS, BenchWorker, save_results
+from bench.queries import RESULTS, bench_worker, save_results
+from bench.worker_process import WorkerProcess
 from streams.settings import Settings
 from web.credentials import IngestCredentials, device_token
 
@@ -63,7 +64,7 @@ async def post_all(url: str, requests: list[tuple[str, bytes]], token_of: dict[s
         return len(requests) / (time.perf_counter() - t0)
 
 
-async def wait_ready(url: str, worker: BenchWorker, timeout: float = 120) -> None:
+async def wait_ready(url: str, worker: WorkerProcess, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while True:
@@ -99,12 +100,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
               "device": {d: device_token(SECRET, d) for d in devices}}
     rates: dict[str, list[float]] = {mode: [] for mode in tokens}
     async with running_broker("bench-ingest-auth") as broker:
-        worker = BenchWorker(Settings.from_env(), **broker.worker_env(), TOPIC_MODE="shared",
-                             INGEST_TOKEN=GATEWAY, DEVICE_TOKEN_SECRET=SECRET,
-                             DEVICE_TOKEN_SECRET_PREVIOUS=PREVIOUS,
-                             APP_ID=f"devicestream-bench-auth-{os.getpid()}").start()
+        worker = bench_worker(Settings.from_env(), **broker.worker_env(), TOPIC_MODE="shared",
+                              INGEST_TOKEN=GATEWAY, DEVICE_TOKEN_SECRET=SECRET,
+                              DEVICE_TOKEN_SECRET_PREVIOUS=PREVIOUS).start()
         try:
-            url = f"http://127.0.0.1:{worker.port}/ingest"
+            url = f"http://127.0.0.1:{worker.web_port}/ingest"
             await wait_ready(url, worker)
             await post_all(url, bodies(devices, args.requests // 5), tokens["gateway"],
                            args.concurrency)  # warm-up: producer, topic, connections

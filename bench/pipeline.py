@@ -53,7 +53,7 @@ from bench.private_broker import PrivateBroker, running_broker
 from sinks.postgres import connect_kwargs
 from streams.settings import Settings
 from streams.topics import TopicProvisioner, device_topic
-from tests.stack import Worker, fleet
+from bench.worker_process import WorkerProcess, fleet
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROBES = 10  # devices whose readings measure latency
@@ -302,11 +302,11 @@ class Bench:
         self.ctx = multiprocessing.get_context("spawn")
 
     async def _worker(self, broker: PrivateBroker, impl: str, name: str, devices: list[str],
-                      only: str) -> tuple[Worker, Target]:
+                      only: str) -> tuple[WorkerProcess, Target]:
         """Start our worker or the baseline's on ``broker``; return it and where its rows go."""
         if impl == "ours":
             # The default discovery interval, not the tests' 1 s: each round lists every topic.
-            worker = Worker(name, DEVICE_FILTER=only, TOPIC_DISCOVERY_INTERVAL="5",
+            worker = WorkerProcess(name, DEVICE_FILTER=only, TOPIC_DISCOVERY_INTERVAL="5",
                             **broker.worker_env()).start()
             return worker, Target("readings", devices, worker.web_port, "")
         from bench.baseline import TABLE
@@ -317,7 +317,7 @@ class Bench:
         finally:
             await conn.close()
         topics = ",".join(device_topic(d) for d in devices)
-        worker = Worker(name, app="bench.baseline", BENCH_TOPICS=topics, BENCH_RUN=only,
+        worker = WorkerProcess(name, app="bench.baseline", BENCH_TOPICS=topics, BENCH_RUN=only,
                         **broker.worker_env()).start()
         # The fleet's filter is new for each run: a fitting key for its progress rows.
         return worker, Target("bench_baseline_readings", devices, None, only)

@@ -40,12 +40,8 @@ import asyncio
 import os
 import platform
 import random
-import signal
-import socket
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -61,6 +57,7 @@ from schema.roles import grant_privileges
 from sinks.maintenance import RetentionSettings, run_maintenance
 from sinks.postgres import is_transient
 from sinks.timescale import TimescaleSink
+from bench.worker_process import WorkerProcess
 from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +69,7 @@ TARGETS_MS = {"latest": 2.0, "readings_1h_range": 5.0, "aggregates_1m_day": 10.0
 TARGET_BYTES_PER_POINT = 100.0
 
 
-def _psql_super(sql: str, database: str = "postgres", attempts: int = 30,
+def psql_super(sql: str, database: str = "postgres", attempts: int = 30,
                 socket_dir: str = "/var/run/postgresql", port: int = PG_PORT) -> None:
     """Run ``sql`` as the postgres superuser; retried while the server is (re)starting."""
     for attempt in range(attempts):
@@ -88,13 +85,13 @@ def _psql_super(sql: str, database: str = "postgres", attempts: int = 30,
 
 
 def create_database() -> None:
-    _psql_super(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-    _psql_super(f"CREATE DATABASE {DB_NAME} OWNER {bench_settings().db_owner_user}")
-    _psql_super("CREATE EXTENSION IF NOT EXISTS timescaledb", DB_NAME)
+    psql_super(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+    psql_super(f"CREATE DATABASE {DB_NAME} OWNER {bench_settings().db_owner_user}")
+    psql_super("CREATE EXTENSION IF NOT EXISTS timescaledb", DB_NAME)
 
 
 def drop_database() -> None:
-    _psql_super(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+    psql_super(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
 
 
 def bench_settings(**changes: Any) -> Settings:
@@ -231,54 +228,21 @@ async def maintain_fully(conn: asyncpg.Connection, retention: RetentionSettings)
 
 # ------------------------------------------------------------------------------ HTTP
 
-class BenchWorker:
-    """A real worker serving the routes, its read pool on the bench database; ``env`` adds
-    to or overrides its environment (``bench.startup``'s worker consumes)."""
-
-    def __init__(self, settings: Settings, **env: str) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.log = tempfile.NamedTemporaryFile(prefix="bench-queries-worker-", suffix=".log",
-                                               delete=False)
-        self.data = tempfile.mkdtemp(prefix="bench-queries-faust-")
-        self.env = {
-            **os.environ,
-            "APP_ID": f"devicestream-bench-queries-{os.getpid()}",
-            "DB_HOST": settings.db_host, "DB_PORT": str(settings.db_port),
-            "DB_NAME": settings.db_name, "WEB_PORT": str(self.port),
-            "DEVICE_FILTER": "^bench-queries-consumes-nothing-$",
-            "MAINTENANCE_INTERVAL": "0", "DATA_DIR": self.data,
-            "BROKER_SESSION_TIMEOUT": "6",
-            **env,
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "BenchWorker":
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info",
-             "--web-port", str(self.port)],
-            cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        return self
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log_tail(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")[-3000:]
+def bench_worker(settings: Settings, **env: str) -> WorkerProcess:
+    """A real worker serving the routes, its read pool on the bench database, consuming
+    nothing; ``env`` adds to or overrides its environment (``bench.startup``'s worker
+    consumes)."""
+    return WorkerProcess("bench", **{
+        "DB_HOST": settings.db_host, "DB_PORT": str(settings.db_port),
+        "DB_NAME": settings.db_name, "DEVICE_FILTER": "^bench-queries-consumes-nothing-$",
+        "MAINTENANCE_INTERVAL": "0", **env})
 
 
-def _iso(moment: datetime) -> str:
+def iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-async def time_routes(worker: BenchWorker, args: argparse.Namespace,
+async def time_routes(worker: WorkerProcess, args: argparse.Namespace,
                       end: datetime) -> dict[str, Any]:
     rng = random.Random(11)
     devices = [f"bench-{d:04d}" for d in range(args.devices)]
@@ -287,7 +251,7 @@ async def time_routes(worker: BenchWorker, args: argparse.Namespace,
     def window(length: timedelta) -> tuple[str, str]:
         latest_start = end - length
         start = end - span + (latest_start - (end - span)) * rng.random()
-        return _iso(start), _iso(start + length)
+        return iso(start), iso(start + length)
 
     def latest(device: str) -> str:
         return f"/devices/{device}/latest"
@@ -302,11 +266,11 @@ async def time_routes(worker: BenchWorker, args: argparse.Namespace,
 
     def hour_month(device: str) -> str:
         return (f"/devices/{device}/aggregates?resolution=1h"
-                f"&start={_iso(end - span)}&end={_iso(end)}")
+                f"&start={iso(end - span)}&end={iso(end)}")
 
     routes = {"latest": latest, "readings_1h_range": hour_range,
               "aggregates_1m_day": minute_day, "aggregates_1h_30_days": hour_month}
-    base = f"http://127.0.0.1:{worker.port}"
+    base = f"http://127.0.0.1:{worker.web_port}"
     results: dict[str, Any] = {}
     connector = aiohttp.TCPConnector(limit=1)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -322,7 +286,7 @@ async def time_routes(worker: BenchWorker, args: argparse.Namespace,
                     or time.monotonic() > deadline:
                 raise RuntimeError(f"the bench worker does not answer:\n{worker.log_tail()}")
             await asyncio.sleep(0.5)
-        while "[^Worker]: Ready" not in Path(worker.log.name).read_text(errors="replace"):
+        while "[^Worker]: Ready" not in worker.log_text():
             if time.monotonic() > deadline:  # start-up work would disturb the timings
                 raise RuntimeError(f"the bench worker is not ready:\n{worker.log_tail()}")
             await asyncio.sleep(0.5)
@@ -408,7 +372,7 @@ async def time_big_aggregate(settings: Settings, end: datetime, runs: int) -> di
         start = end - timedelta(days=3)
         rows = await conn.fetchval(
             "SELECT count(*) FROM storage.readings WHERE time >= $1 AND time < $2", start, end)
-        out: dict[str, Any] = {"raw_rows": rows, "range": [_iso(start), _iso(end)]}
+        out: dict[str, Any] = {"raw_rows": rows, "range": [iso(start), iso(end)]}
         for name, sql in (("via_readings_view", VIEW_AGGREGATE),
                           ("grouped_by_series_first", SERIES_FIRST_AGGREGATE)):
             samples = []
@@ -561,7 +525,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
           f"the load, {results['storage']['bytes_per_point']} after maintenance", flush=True)
 
     print(f"timing the routes ({args.calls} calls each) ...", flush=True)
-    worker = BenchWorker(settings).start()
+    worker = bench_worker(settings).start()
     try:
         results["routes"] = await time_routes(worker, args, end)
     finally:
@@ -628,7 +592,7 @@ def report(results: dict[str, Any]) -> list[str]:
 
 def save_results(results: dict[str, Any], output: Path, lines: list[str]) -> None:
     """Stamp, write as JSON and print a benchmark's results (bench.queries, bench.backup)."""
-    results["finished_at"] = _iso(datetime.now(timezone.utc).replace(microsecond=0))
+    results["finished_at"] = iso(datetime.now(timezone.utc).replace(microsecond=0))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     print("\n".join(lines))

@@ -17,7 +17,7 @@ the same database:
    ``DeviceProducer`` in shared topic mode, a backlog of ``--readings`` readings x
    ``--metrics`` metrics for each of ``--devices`` devices: the first seeded ids, so the
    worker's per-device lookups find their rows;
-4. launches a worker (``faust -A streams.app worker``, ``bench.queries.BenchWorker``) on
+4. launches a worker (``faust -A streams.app worker``, ``bench.queries.bench_worker``) on
    that broker, straight to the private server with ``DB_STATEMENT_CACHE=true``, a fresh
    ``APP_ID``, maintenance off, and measures from the launch: seconds to the first row in
    ``storage.readings``, seconds until the whole backlog is stored (its committed-row
@@ -40,7 +40,6 @@ import platform
 import shutil
 import sys
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,8 @@ import psutil
 from bench.backup import (Server, create_database, pg_bindir, run_folder, stack_tuning,
                           start_cluster)
 from bench.private_broker import PrivateBroker, running_broker
-from bench.queries import RESULTS, BenchWorker, connect, save_results
+from bench.queries import RESULTS, bench_worker, connect, save_results
+from bench.worker_process import WorkerProcess
 from producers.device_producer import DeviceProducer, ProducerConfig
 from streams.settings import Settings
 
@@ -131,16 +131,16 @@ async def table_reads(conn: asyncpg.Connection) -> dict[str, int]:
     return {r["relname"]: r["rows"] for r in await conn.fetch(_TABLE_READS)}
 
 
-async def rows_written(http: aiohttp.ClientSession, worker: BenchWorker) -> int:
+async def rows_written(http: aiohttp.ClientSession, worker: WorkerProcess) -> int:
     """The rows the worker has committed to ``storage.readings`` (0 until it serves)."""
     try:
-        async with http.get(f"http://127.0.0.1:{worker.port}/pipeline/throughput") as r:
+        async with http.get(f"http://127.0.0.1:{worker.web_port}/pipeline/throughput") as r:
             return (await r.json())["rows_written_total"]
     except aiohttp.ClientError:
         return 0
 
 
-async def measure(worker: BenchWorker, conn: asyncpg.Connection, points: int,
+async def measure(worker: WorkerProcess, conn: asyncpg.Connection, points: int,
                   timeout: float) -> dict[str, float]:
     """Launch ``worker``; sample its RSS every 0.1 s until it has stored ``points`` rows."""
     launched = time.monotonic()
@@ -202,20 +202,18 @@ async def run_size(conn: asyncpg.Connection, settings: Settings, root: Path,
             "rows_read": {t: reads_after[t] - reads_before[t] for t in reads_before}}
 
 
-def _worker(settings: Settings, broker: PrivateBroker) -> BenchWorker:
+def _worker(settings: Settings, broker: PrivateBroker) -> WorkerProcess:
     """A consuming worker on ``broker`` and, straight, the private server."""
-    return BenchWorker(
+    return bench_worker(
         settings, **broker.worker_env(), TOPIC_MODE="shared", DEVICE_FILTER="",
-        APP_ID=f"devicestream-bench-startup-{uuid.uuid4().hex[:8]}",
         DB_USER=settings.db_user, DB_PASSWORD=settings.db_password,
         DB_STATEMENT_CACHE="true", MAINTENANCE_INTERVAL="0")
 
 
-def _discard(worker: BenchWorker) -> None:
+def _discard(worker: WorkerProcess) -> None:
     """Remove a stopped worker's log and data dir (kept when it failed: see the error)."""
-    worker.log.close()
-    os.unlink(worker.log.name)
-    shutil.rmtree(worker.data)
+    worker.log_path.unlink(missing_ok=True)
+    shutil.rmtree(worker.env["DATA_DIR"], ignore_errors=True)
 
 
 async def run(args: argparse.Namespace, root: Path, servers: list[Server]) -> dict[str, Any]:

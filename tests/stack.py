@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from bench.private_broker import PrivateBroker, free_port  # noqa: F401 (the tests import them from here)
+from bench.worker_process import WorkerProcess, fleet, unique  # noqa: F401 (likewise)
 from sinks.postgres import connect_kwargs
 from streams.settings import Settings
 from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner
@@ -33,17 +32,6 @@ from web.periodic import PeriodicSample
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "test-output"
 SETTINGS = Settings.from_env({})
-
-
-def unique(prefix: str) -> str:
-    """A name no earlier test run used (device ids, consumer groups)."""
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-def fleet(prefix: str, count: int) -> tuple[list[str], str]:
-    """``count`` new device ids sharing a fresh prefix, and the DEVICE_FILTER matching them."""
-    group = unique(prefix)
-    return [f"{group}-{i}" for i in range(count)], re.escape(group) + "-"
 
 
 def require_stack() -> None:
@@ -300,51 +288,14 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, wha
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-class Worker:
-    """A real ``faust -A <app> worker`` process with its own group and web port."""
+class Worker(WorkerProcess):
+    """``bench.worker_process.WorkerProcess`` as the tests run it: its log in test-output/,
+    a consumer group of its own, new device topics found within a second."""
 
     def __init__(self, name: str, app: str = "streams.app", **env: str) -> None:
-        OUTPUT.mkdir(exist_ok=True)
-        self.app = app
-        self.log_path = OUTPUT / f"worker-{name}.log"
-        self.web_port = free_port()
-        self.env = {
-            **os.environ,
-            "APP_ID": unique("devicestream-test-"),
-            "WEB_PORT": str(self.web_port),
-            "TOPIC_DISCOVERY_INTERVAL": "1",
-            "DATA_DIR": str(OUTPUT / "faust-data"),
-            "BROKER_SESSION_TIMEOUT": "6",
-            **env,
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "Worker":
-        log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", self.app, "worker", "-l", "info",
-             "--web-port", str(self.web_port)],
-            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        return self
-
-    def stop(self, timeout: float = 40) -> int | None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode if self.process else None
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__(name, app, OUTPUT, **{
+            "APP_ID": unique("devicestream-test-"), "TOPIC_DISCOVERY_INTERVAL": "1",
+            "DATA_DIR": str(OUTPUT / "faust-data"), **env})
 
 
 # The helpers below read storage.* by series id, never the ``readings`` view by device:

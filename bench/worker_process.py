@@ -1,0 +1,81 @@
+"""A real ``faust -A <app> worker`` process on a free web port, for the benchmarks and the
+tests (``tests.stack.Worker``), and fresh names for what a run creates.
+
+The process gets a consumer group (``APP_ID``) and a Faust data folder of its own, a short
+session timeout (the local broker's first group join waits about half of it), and logs to
+``log_dir/worker-<name>.log``. It is stopped by its pid only.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from bench.private_broker import LOG_DIR, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def unique(prefix: str) -> str:
+    """A name no earlier run used (device ids, consumer groups)."""
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def fleet(prefix: str, count: int) -> tuple[list[str], str]:
+    """``count`` new device ids sharing a fresh prefix, and the DEVICE_FILTER matching them."""
+    group = unique(prefix)
+    return [f"{group}-{i}" for i in range(count)], re.escape(group) + "-"
+
+
+class WorkerProcess:
+    """One worker process; ``env`` adds to or overrides its environment."""
+
+    def __init__(self, name: str, app: str = "streams.app", log_dir: Path = LOG_DIR,
+                 **env: str) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.app = app
+        self.log_path = log_dir / f"worker-{name}.log"
+        self.web_port = free_port()
+        self.env = {
+            **os.environ,
+            "APP_ID": unique(f"devicestream-{name}-"),
+            "WEB_PORT": str(self.web_port),
+            "DATA_DIR": tempfile.mkdtemp(prefix="devicestream-worker-"),
+            "BROKER_SESSION_TIMEOUT": "6",
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "WorkerProcess":
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "faust", "-A", self.app, "worker", "-l", "info",
+                 "--web-port", str(self.web_port)],
+                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def stop(self, timeout: float = 40) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; the exit status."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode if self.process else None
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_text()[-chars:]
