@@ -14,6 +14,7 @@ from streams.subscription import subscribe_existing
 from streams.topics import broker_credentials, is_ingest_topic
 from streams.worker import worker_class
 from web.access import read_access
+from web.errors import json_errors
 
 settings = Settings.from_env()
 Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # Faust makes only its own folder
@@ -28,7 +29,7 @@ app = App(
     value_serializer="raw",
     web_port=settings.web_port,
     web_bind=settings.web_bind,
-    web_application_options={"middlewares": [read_access(settings.read_token)]},
+    web_application_options={"middlewares": [json_errors, read_access(settings.read_token)]},
     broker_session_timeout=settings.broker_session_timeout,
     broker_heartbeat_interval=max(settings.broker_session_timeout / 10, 0.5),
     broker_rebalance_timeout=max(settings.broker_session_timeout * 3, 30),

@@ -261,15 +261,7 @@ class IngestProducerOwner(mode.Service):
 
 @app.page("/ingest")
 class Ingest(View):
-    """POST readings; see the module docstring for the answers."""
-
-    async def dispatch(self, request: Any) -> Any:
-        try:
-            return await super().dispatch(request)
-        except Exception as exc:
-            # The request's headers are never logged (they may hold the token).
-            log.error("POST /ingest failed: %s", type(exc).__name__, exc_info=exc)
-            return self.json({"error": "internal error"}, status=500)
+    """POST readings; see the module docstring for the answers (failures: ``web.errors``)."""
 
     async def post(self, request: Request) -> Response:
         answer = await handler.handle(request)

@@ -48,9 +48,10 @@ import orjson
 from faust.web import Request, Response, View
 
 from schema.validation import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN, parse_rfc3339
-from sinks.postgres import connect_kwargs, is_transient
+from sinks.postgres import connect_kwargs
 from streams.app import app, pipeline_stats, settings
 from streams.settings import Settings
+from web.errors import RETRY_AFTER_SECONDS, ClientError
 from web.pg_wire import read_values
 from web.read_route import ReadRoute
 
@@ -72,14 +73,6 @@ _unpack_double = struct.Struct(">d").unpack
 _FIRST = operator.itemgetter(0)
 
 
-class BadRequest(Exception):
-    """A parameter the API cannot answer for (400), or an unknown device (404)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 # ------------------------------------------------------------------------------ parameters
 
 @dataclass(frozen=True)
@@ -95,28 +88,28 @@ class Limits:
 
 
 def parse_time(name: str, value: str) -> datetime:
-    """An RFC 3339 date-time with a zone, as an aware UTC datetime; BadRequest otherwise."""
+    """An RFC 3339 date-time with a zone, as an aware UTC datetime; ClientError otherwise."""
     fixed = _OFFSET_AS_SPACE.fullmatch(value)
     if fixed:  # "+01:00" in a query string decodes to " 01:00" unless sent as %2B
         value = f"{fixed.group(1)}+{fixed.group(2)}"
     us = parse_rfc3339(value)
     if isinstance(us, str):
-        raise BadRequest(f"{name}: {us.removeprefix('time: ')}")
+        raise ClientError(f"{name}: {us.removeprefix('time: ')}")
     return _EPOCH + timedelta(microseconds=us)
 
 
 def _single(getall: Any, name: str) -> str | None:
     values = getall(name, [])
     if len(values) > 1:
-        raise BadRequest(f"{name} given {len(values)} times; give it once")
+        raise ClientError(f"{name} given {len(values)} times; give it once")
     return values[0] if values else None
 
 
 def check_params(query: Any, allowed: tuple[str, ...]) -> dict[str, str]:
-    """The known parameters, each given at most once; BadRequest for anything else."""
+    """The known parameters, each given at most once; ClientError for anything else."""
     unknown = sorted(set(query.keys()) - set(allowed))
     if unknown:
-        raise BadRequest(f"unknown parameter(s) {', '.join(unknown)}; "
+        raise ClientError(f"unknown parameter(s) {', '.join(unknown)}; "
                          f"allowed: {', '.join(allowed)}")
     getall = getattr(query, "getall", lambda name, default: [query[name]] if name in query
                      else default)
@@ -130,14 +123,14 @@ def check_params(query: Any, allowed: tuple[str, ...]) -> dict[str, str]:
 
 def check_device(device_id: str) -> str:
     if DEVICE_ID_PATTERN.fullmatch(device_id) is None:
-        raise BadRequest("device id must be 1-128 characters of A-Z a-z 0-9 . _ -")
+        raise ClientError("device id must be 1-128 characters of A-Z a-z 0-9 . _ -")
     return device_id
 
 
 def check_metric(params: Mapping[str, str]) -> str | None:
     metric = params.get("metric")
     if metric is not None and METRIC_NAME_PATTERN.fullmatch(metric) is None:
-        raise BadRequest("metric must be 1-128 characters of A-Z a-z 0-9 _ . : - "
+        raise ClientError("metric must be 1-128 characters of A-Z a-z 0-9 _ . : - "
                          "starting with a letter or _")
     return metric
 
@@ -152,9 +145,9 @@ def check_range(params: Mapping[str, str], now: datetime, default_span: timedelt
     if start is None:
         start = end - default_span
     if not start < end:
-        raise BadRequest("start must be before end")
+        raise ClientError("start must be before end")
     if max_span is not None and end - start > max_span:
-        raise BadRequest(f"range too long for {what}: {_span(end - start)} > {_span(max_span)}")
+        raise ClientError(f"range too long for {what}: {_span(end - start)} > {_span(max_span)}")
     return start, end
 
 
@@ -163,10 +156,10 @@ def check_limit(params: Mapping[str, str], default: int, maximum: int) -> int:
     if raw is None:
         return min(default, maximum)
     if not raw.isascii() or not raw.isdigit():
-        raise BadRequest(f"limit must be a whole number from 1 to {maximum}")
+        raise ClientError(f"limit must be a whole number from 1 to {maximum}")
     limit = int(raw)
     if not 1 <= limit <= maximum:
-        raise BadRequest(f"limit must be from 1 to {maximum}, got {limit}")
+        raise ClientError(f"limit must be from 1 to {maximum}, got {limit}")
     return limit
 
 
@@ -360,7 +353,7 @@ def _in_database() -> Iterator[None]:
 
 
 class DeviceQueries:
-    """The three queries, on a pool; raise BadRequest for 400/404."""
+    """The three queries, on a pool; raise ClientError for 400/404."""
 
     def __init__(self, route: ReadRoute, limits: Limits) -> None:
         self._route = route
@@ -393,7 +386,7 @@ class DeviceQueries:
                             for r in await conn.fetch(LATEST_UNBOUNDED, list(older)):
                                 values[older[r["series_id"]]] = (r["time"], r["value"])
                         if not values and not await conn.fetchval(KNOWN_DEVICE, device_id):
-                            raise BadRequest(f"unknown device {device_id!r}", 404)
+                            raise ClientError(f"unknown device {device_id!r}", 404)
         names = sorted(values)
         return {
             "device_id": device_id,
@@ -413,7 +406,7 @@ class DeviceQueries:
             async with self._route.acquire() as conn, conn.transaction(readonly=True):
                 rows = await conn.fetch(sql, *_args(metric, device_id, start, end, limit + 1))
                 if not rows and not await conn.fetchval(KNOWN_DEVICE, device_id):
-                    raise BadRequest(f"unknown device {device_id!r}", 404)
+                    raise ClientError(f"unknown device {device_id!r}", 404)
         truncated = len(rows) > limit
         points = [{"time": r[0], "metric": r[1], "value": r[2]} for r in rows[:limit]]
         return {"device_id": device_id, "metric": metric, "start": start, "end": end,
@@ -426,7 +419,7 @@ class DeviceQueries:
         metric = check_metric(params)
         resolution = params.get("resolution")
         if resolution is not None and resolution not in RESOLUTIONS:
-            raise BadRequest(f"resolution must be one of {', '.join(RESOLUTIONS)}, "
+            raise ClientError(f"resolution must be one of {', '.join(RESOLUTIONS)}, "
                              f"got {resolution!r}")
         max_span = self.limits.raw_max_range if resolution == "raw" else None
         start, end = check_range(params, now, DEFAULT_AGGREGATES_RANGE, max_span,
@@ -443,7 +436,7 @@ class DeviceQueries:
                         conn, aggregates_copy_sql(_TABLES[resolution], device_id, metric,
                                                   start, end, limit + 1))]
                 if not rows and not await conn.fetchval(KNOWN_DEVICE, device_id):
-                    raise BadRequest(f"unknown device {device_id!r}", 404)
+                    raise ClientError(f"unknown device {device_id!r}", 404)
         truncated = False
         series: dict[str, dict[str, Any]] = {}
         for row in sorted(rows, key=_FIRST):
@@ -595,7 +588,7 @@ async def _close_read_pools(app: Any, **kwargs: Any) -> None:
 
 
 class DeviceView(View):
-    """Base of the device routes: orjson answers, JSON errors, never a stack trace."""
+    """Base of the device routes: orjson answers; failures become JSON (``web.errors``)."""
 
     async def dispatch(self, request: Any) -> Any:
         started = time.perf_counter()
@@ -611,20 +604,9 @@ class DeviceView(View):
     async def _dispatch(self, request: Any) -> Any:
         try:
             return await super().dispatch(request)
-        except BadRequest as exc:
-            return self.answer({"error": str(exc)}, exc.status)
         except asyncio.TimeoutError:
-            return self.answer({"error": f"query took longer than {settings.query_timeout:g}s"},
-                               503, {"Retry-After": "5"})
-        except Exception as exc:  # noqa: BLE001 - the client gets JSON, never a trace
-            if is_transient(exc):
-                log.warning("%s %s: database unavailable (%s: %s)", request.method,
-                            request.path, type(exc).__name__, exc)
-                return self.answer({"error": f"database unavailable: {type(exc).__name__}"},
-                                   503, {"Retry-After": "5"})
-            log.error("%s %s failed: %s: %s", request.method, request.path,
-                      type(exc).__name__, exc)
-            return self.answer({"error": f"internal error: {type(exc).__name__}"}, 500)
+            raise ClientError(f"query took longer than {settings.query_timeout:g}s", 503,
+                              {"Retry-After": RETRY_AFTER_SECONDS}) from None
 
     def answer(self, body: Any, status: int = 200,
                headers: dict[str, str] | None = None) -> Response:

@@ -35,7 +35,7 @@ from web.lag import (
     lag_summary,
     topics_report,
 )
-from web.periodic import PeriodicSample, describe_error
+from web.periodic import PeriodicSample
 from web.prometheus import (
     CONTENT_TYPE,
     PipelineCollector,
@@ -148,14 +148,7 @@ async def measure_database_state() -> None:
 
 
 class JsonView(View):
-    """A view whose failures are JSON ``{"error": ...}``, never a stack trace."""
-
-    async def dispatch(self, request: Any) -> Any:
-        try:
-            return await super().dispatch(request)
-        except Exception as exc:
-            log.exception("%s %s failed", request.method, request.path)
-            return self.error(500, f"internal error: {describe_error(exc)}")
+    """A GET-only view; its failures become JSON (``web.errors``)."""
 
     async def post(self, request: Request, **kwargs: Any) -> Response:
         raise MethodNotAllowed(f"{request.method} not allowed here; use GET")

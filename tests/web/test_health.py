@@ -11,6 +11,7 @@ from aiokafka.structs import TopicPartition as TP
 from streams.app import app
 from web import health
 from web.health import Check, database_check, readiness_checks
+from web.errors import json_errors
 
 HEALTHY = dict(partitions=3, fetch_silence=0.5, database=Check(True, "reachable"),
                stalled=[], stall_seconds=60.0)
@@ -51,7 +52,7 @@ def test_the_database_check_reads_the_last_write_then_the_sample() -> None:
 
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient]:
-    web_app = aiohttp_web.Application()
+    web_app = aiohttp_web.Application(middlewares=[json_errors])
     for path, view in app.web.views.items():
         if path.startswith("/health/"):
             async def handler(request: aiohttp_web.Request, view: Any = view) -> Any:

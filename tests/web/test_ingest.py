@@ -16,6 +16,7 @@ from schema.validation import Reading
 from streams.app import app, settings
 from web import credentials, ingest
 from web.credentials import device_token
+from web.errors import json_errors
 
 TOKEN = "s3cret-token-value"
 
@@ -48,7 +49,7 @@ class FakeProducer:
 
 def _routes() -> aiohttp_web.Application:
     """A fresh aiohttp application serving the /ingest view registered on the Faust app."""
-    web_app = aiohttp_web.Application()
+    web_app = aiohttp_web.Application(middlewares=[json_errors])
     view = app.web.views["/ingest"]
 
     async def handler(request: aiohttp_web.Request) -> Any:
@@ -286,7 +287,7 @@ async def test_an_unexpected_error_gets_500_json_without_a_stack_trace(client, c
     assert (await post(client, [reading("a")]))[0] == 202
     FakeProducer.instances[0].error = ZeroDivisionError("boom")
     status, answer = await post(client, [reading("a")])
-    assert (status, answer) == (500, {"error": "internal error"})
+    assert (status, answer) == (500, {"error": "internal error: ZeroDivisionError"})
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])

@@ -12,8 +12,8 @@ import pytest
 from multidict import MultiDict
 
 from streams.settings import Settings
+from web.errors import ClientError
 from web.queries import (
-    BadRequest,
     _copy_rows,
     _unpack_buckets,
     aggregates_copy_sql,
@@ -34,7 +34,7 @@ HOUR = timedelta(hours=1)
 
 
 def _bad(call, *args) -> str:
-    with pytest.raises(BadRequest) as caught:
+    with pytest.raises(ClientError) as caught:
         call(*args)
     assert caught.value.status == 400
     return str(caught.value)

@@ -19,6 +19,7 @@ from streams.app import app
 from streams.settings import Settings
 from tests.stack import SETTINGS, db_connect, fleet, free_port, unique, wait_for
 from web import queries as q
+from web.errors import json_errors
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +63,7 @@ async def stored(stack: None, device: str) -> str:
 
 
 def _routes() -> aiohttp_web.Application:
-    web_app = aiohttp_web.Application()
+    web_app = aiohttp_web.Application(middlewares=[json_errors])
     for path, view in app.web.views.items():
         if path.startswith("/devices/"):
             async def handler(request: aiohttp_web.Request, view: Any = view) -> Any:
