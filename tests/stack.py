@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
@@ -422,8 +423,10 @@ class Stream:
     values)."""
 
     def __init__(self, devices: list[str], readings_per_s: float, seconds: float,
-                 metrics: int = 2, bad_every: int = 200, conflict_every: int = 50) -> None:
+                 metrics: int = 2, bad_every: int = 200, conflict_every: int = 50,
+                 topic_mode: str = "per-device") -> None:
         self.devices = devices
+        self.topic_mode = topic_mode
         self.rate = readings_per_s
         self.seconds = seconds
         self.metrics = metrics
@@ -436,17 +439,18 @@ class Stream:
 
     async def run(self) -> None:
         from producers.device_producer import DeviceProducer, ProducerConfig
-        from streams.topics import device_topic
+        from streams.topics import topic_for
 
         start_ms = int(time.time() * 1000) - 3600 * 1000
         total = int(self.rate * self.seconds)
         began = time.monotonic()
-        async with DeviceProducer(SETTINGS, ProducerConfig(max_batch_readings=20)) as good, \
+        settings = replace(SETTINGS, topic_mode=self.topic_mode)
+        async with DeviceProducer(settings, ProducerConfig(max_batch_readings=20)) as good, \
                 RawProducer() as bad:
             for i in range(total):
                 device = self.devices[i % len(self.devices)]
                 if i % self.bad_every == self.bad_every - 1:
-                    topic = device_topic(device)
+                    topic = topic_for(device, self.topic_mode)
                     _, offset = await bad.send(topic, device.encode(), b'{"device_id": "' +
                                                device.encode() + b'", "time": "yesterday"}')
                     self.dead.add((topic, offset))
@@ -492,9 +496,11 @@ async def assert_exactly_once(stream: Stream, timeout: float = 120) -> None:
         f"{sum(missing.values())} points sent first are not stored as sent, e.g. "
         f"{sorted(missing)[:3]}; stored instead: {sorted(extra)[:3]}")
     assert await aggregate_mismatches(devices) == []
-    from streams.topics import device_topic
+    from streams.topics import topic_for
 
-    letters = await read_dead_letters({device_topic(d) for d in devices}, len(stream.dead))
+    # device-data holds every shared-mode run's devices: only this stream's keys
+    letters = await read_dead_letters({topic_for(d, stream.topic_mode) for d in devices},
+                                      len(stream.dead), keys={d.encode() for d in devices})
     assert Counter((r["topic"], r["offset"]) for r in letters) == Counter(stream.dead), \
         "one dead letter per bad message, none published twice"
 

@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams.settings import Settings
-from streams.topics import TopicProvisioner, device_topic
+from streams.topics import SHARED_TOPIC, TopicProvisioner, device_topic
 from tests.stack import (
     REPO,
     SETTINGS,
@@ -117,6 +117,37 @@ async def test_a_killed_worker_partitions_are_taken_over_by_the_other(start_work
     took = time.monotonic() - killed_at
     print(f"takeover complete (all rows) {took:.1f}s after the kill")
     assert second.process.poll() is None
+
+
+async def test_in_shared_mode_three_workers_split_device_data_and_a_sigkill_loses_nothing(
+        start_worker) -> None:
+    """Three workers of one group share device-data's partitions (so each device's readings
+    go to one worker at a time); one is SIGKILLed mid-stream, and rows, aggregates and dead
+    letters stay exact."""
+    devices, only = fleet("shared-kill-", 30)
+    stream = Stream(devices, readings_per_s=1000, seconds=45, topic_mode="shared")
+    env = {"DEVICE_FILTER": only, "TOPIC_MODE": "shared", "SINK_BATCH_POINTS": "2000"}
+    first = start_worker("shared-kill-1", **env)
+    workers = [first] + [start_worker(f"shared-kill-{n}", APP_ID=first.env["APP_ID"], **env)
+                         for n in (2, 3)]
+    publishing = asyncio.create_task(stream.run())
+    await wait_for(lambda: rows_at_least(devices, 5000), 120, "rows to flow")
+
+    async def split_three_ways() -> bool:
+        held = []
+        for worker in workers:
+            status, lag = await get(worker, "/pipeline/lag")
+            if status != 200:
+                return False
+            held.append({p["partition"] for p in lag["partitions"]
+                         if p["topic"] == SHARED_TOPIC})
+        return all(held) and sum(map(len, held)) == len(set().union(*held))
+    await wait_for(split_three_ways, 60, "device-data's partitions split among the three")
+    assert not publishing.done(), "the kill would come after the stream ended"
+    workers[1].kill()
+    await publishing
+    await assert_exactly_once(stream, timeout=150)
+    assert workers[0].process.poll() is None and workers[2].process.poll() is None
 
 
 async def _publish_one_each(settings: Settings, devices: list[str], metric: str) -> None:
