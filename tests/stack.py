@@ -435,7 +435,9 @@ class Stream:
         self.points = 0
         self.conflicts = 0  # conflicting duplicates sent
         self.first: dict[tuple[str, str, int], float] = {}  # (device, metric, ms): first value
-        self.dead: set[tuple[str, int]] = set()  # (topic, offset) of the bad messages
+        # (topic, partition, offset) of the bad messages: the partition too, since on the
+        # shared topic two partitions hold the same offsets
+        self.dead: set[tuple[str, int, int]] = set()
 
     async def run(self) -> None:
         from producers.device_producer import DeviceProducer, ProducerConfig
@@ -451,9 +453,10 @@ class Stream:
                 device = self.devices[i % len(self.devices)]
                 if i % self.bad_every == self.bad_every - 1:
                     topic = topic_for(device, self.topic_mode)
-                    _, offset = await bad.send(topic, device.encode(), b'{"device_id": "' +
-                                               device.encode() + b'", "time": "yesterday"}')
-                    self.dead.add((topic, offset))
+                    partition, offset = await bad.send(
+                        topic, device.encode(),
+                        b'{"device_id": "' + device.encode() + b'", "time": "yesterday"}')
+                    self.dead.add((topic, partition, offset))
                 else:
                     metrics = {f"m{j}": float(i % 977 + j) for j in range(self.metrics)}
                     await good.send_many([{"device_id": device, "time": start_ms + i,
@@ -501,8 +504,12 @@ async def assert_exactly_once(stream: Stream, timeout: float = 120) -> None:
     # device-data holds every shared-mode run's devices: only this stream's keys
     letters = await read_dead_letters({topic_for(d, stream.topic_mode) for d in devices},
                                       len(stream.dead), keys={d.encode() for d in devices})
-    assert Counter((r["topic"], r["offset"]) for r in letters) == Counter(stream.dead), \
-        "one dead letter per bad message, none published twice"
+    found = Counter((r["topic"], r["partition"], r["offset"]) for r in letters)
+    missing, extra = Counter(stream.dead) - found, found - Counter(stream.dead)
+    assert not missing and not extra, (
+        f"one dead letter per bad message, none published twice: {sum(missing.values())} "
+        f"missing, e.g. {sorted(missing)[:3]}; {sum(extra.values())} extra, e.g. "
+        f"{sorted(extra)[:3]}")
 
 
 def fake_sample(value: Any = None, *, age: float | None = None,
