@@ -28,7 +28,6 @@ import orjson
 
 from bench.private_broker import running_broker
 from bench.queries import RESULTS, bench_worker, save_results
-from bench.worker_process import WorkerProcess
 from streams.settings import Settings
 from web.credentials import IngestCredentials, device_token
 
@@ -64,22 +63,6 @@ async def post_all(url: str, requests: list[tuple[str, bytes]], token_of: dict[s
         return len(requests) / (time.perf_counter() - t0)
 
 
-async def wait_ready(url: str, worker: WorkerProcess, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(url) as response:
-                    if response.status == 405:  # GET /ingest: the web server is up
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            if worker.process is None or worker.process.poll() is not None \
-                    or time.monotonic() > deadline:
-                raise RuntimeError(f"the bench worker does not answer:\n{worker.log_tail()}")
-            await asyncio.sleep(0.5)
-
-
 def time_check(devices: list[str], calls: int) -> dict[str, float]:
     """Microseconds per credential check in this process: gateway vs device token."""
     credentials = IngestCredentials(GATEWAY, (SECRET, PREVIOUS))
@@ -105,7 +88,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                               DEVICE_TOKEN_SECRET_PREVIOUS=PREVIOUS).start()
         try:
             url = f"http://127.0.0.1:{worker.web_port}/ingest"
-            await wait_ready(url, worker)
+            await worker.answering("/ingest", 405)  # GET /ingest: the web server is up
             await post_all(url, bodies(devices, args.requests // 5), tokens["gateway"],
                            args.concurrency)  # warm-up: producer, topic, connections
             for round_ in range(args.rounds):

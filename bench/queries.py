@@ -273,20 +273,10 @@ async def time_routes(worker: WorkerProcess, args: argparse.Namespace,
     base = f"http://127.0.0.1:{worker.web_port}"
     results: dict[str, Any] = {}
     connector = aiohttp.TCPConnector(limit=1)
+    await worker.answering(latest(devices[0]), 200)
     async with aiohttp.ClientSession(connector=connector) as session:
         deadline = time.monotonic() + 120
-        while True:  # the web server answers before the worker joins its group
-            try:
-                async with session.get(base + latest(devices[0])) as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                pass
-            if worker.process is None or worker.process.poll() is not None \
-                    or time.monotonic() > deadline:
-                raise RuntimeError(f"the bench worker does not answer:\n{worker.log_tail()}")
-            await asyncio.sleep(0.5)
-        while "[^Worker]: Ready" not in worker.log_text():
+        while "[^Worker]: Ready" not in worker.log_text():  # it answers before it joins
             if time.monotonic() > deadline:  # start-up work would disturb the timings
                 raise RuntimeError(f"the bench worker is not ready:\n{worker.log_tail()}")
             await asyncio.sleep(0.5)

@@ -7,13 +7,17 @@ session timeout (the local broker's first group join waits about half of it), an
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
+
+import aiohttp
 
 from bench.private_broker import LOG_DIR, free_port
 
@@ -79,3 +83,20 @@ class WorkerProcess:
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_text()[-chars:]
+
+    async def answering(self, path: str, status: int, timeout: float = 120) -> None:
+        """Wait until GET ``path`` answers ``status``; RuntimeError with the log's tail when
+        the process exits or ``timeout`` seconds pass first."""
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while True:
+                try:
+                    async with session.get(f"http://127.0.0.1:{self.web_port}{path}") as answer:
+                        if answer.status == status:
+                            return
+                except aiohttp.ClientConnectionError:
+                    pass
+                if self.process is None or self.process.poll() is not None \
+                        or time.monotonic() > deadline:
+                    raise RuntimeError(f"the worker does not answer {path}:\n{self.log_tail()}")
+                await asyncio.sleep(0.5)
