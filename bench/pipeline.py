@@ -307,7 +307,7 @@ class Bench:
         if impl == "ours":
             # The default discovery interval, not the tests' 1 s: each round lists every topic.
             worker = WorkerProcess(name, DEVICE_FILTER=only, TOPIC_DISCOVERY_INTERVAL="5",
-                            **broker.worker_env()).start()
+                                   **broker.worker_env()).start()
             return worker, Target("readings", devices, worker.web_port, "")
         from bench.baseline import TABLE
 
@@ -318,7 +318,7 @@ class Bench:
             await conn.close()
         topics = ",".join(device_topic(d) for d in devices)
         worker = WorkerProcess(name, app="bench.baseline", BENCH_TOPICS=topics, BENCH_RUN=only,
-                        **broker.worker_env()).start()
+                               **broker.worker_env()).start()
         # The fleet's filter is new for each run: a fitting key for its progress rows.
         return worker, Target("bench_baseline_readings", devices, None, only)
 
