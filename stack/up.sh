@@ -343,6 +343,10 @@ SQL
     fi
     write_cluster_conf "$MAJOR" "$REPLICA_DATA" "$REPLICA_PORT" "$REPLICA_DIR/socket" "hot_standby = on
 hot_standby_feedback = on
+ssl = on
+ssl_cert_file = '$SERVER_TLS/server.crt'
+ssl_key_file = '$SERVER_TLS/server.key'
+ssl_min_protocol_version = 'TLSv1.2'
 restore_command = 'pgbackrest --config=$PGBR_CONF --stanza=$STANZA --pg1-path=$REPLICA_DATA archive-get %f \"%p\"'"
     ln -sfn "$REPLICA_DIR/postgresql.log" "$LOG_DIR/replica.log"
     REPLICA_LOG_FROM=$(stat -c %s "$REPLICA_DIR/postgresql.log" 2>/dev/null || echo 0)

@@ -1,7 +1,8 @@
-"""TLS to the local stack's database: PostgreSQL (55432) and pgBouncer (6432) present a
-certificate of the CA that `make stack-up` made (.stack/tls/ca.crt), which verify-full
-accepts; a certificate from another CA is refused, and a worker given the wrong CA stops
-at start-up with an error that names DB_SSLROOTCERT."""
+"""TLS to the local stack's database: PostgreSQL (55432), pgBouncer (6432) and the read
+replica (55433) present a certificate of the CA that `make stack-up` made
+(.stack/tls/ca.crt), which verify-full accepts; a certificate from another CA is refused,
+and a worker given the wrong CA stops at start-up with an error that names
+DB_SSLROOTCERT."""
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,7 @@ import pytest
 
 from sinks.postgres import DatabaseTLSError, check_tls, connect
 from streams.settings import ConfigError, Settings
-from tests.stack import REPO, SETTINGS, fleet
+from tests.stack import REPLICA_PORT, REPO, SETTINGS, fleet
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +49,17 @@ async def test_verify_full_connects_with_tls_to_postgresql_and_pgbouncer(server)
     finally:
         await conn.close()
     await check_tls(tls_settings(PORTS[server], "verify-full", CA))
+
+
+async def test_verify_full_connects_with_tls_to_the_read_replica(replica) -> None:
+    conn = await connect(tls_settings(REPLICA_PORT, "verify-full", CA))
+    try:
+        row = await conn.fetchrow(
+            "SELECT pg_is_in_recovery() AS standby, ssl FROM pg_stat_ssl "
+            "WHERE pid = pg_backend_pid()")
+    finally:
+        await conn.close()
+    assert (row["standby"], row["ssl"]) == (True, True)
 
 
 @pytest.mark.parametrize("server", PORTS)
