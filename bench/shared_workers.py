@@ -24,12 +24,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 
 from bench.private_broker import running_broker
 from bench.queries import RESULTS, save_results
-from bench.worker_process import WorkerProcess, fleet
+from bench.worker_process import WorkerProcess, disjoint_shares, fleet
 from sinks.postgres import connect_kwargs
 from streams.settings import Settings
 from streams.topics import SHARED_TOPIC, TopicProvisioner
@@ -56,30 +55,19 @@ def publish(settings: Settings, devices: list[str], readings: int, start_ms: int
     asyncio.run(run())
 
 
-async def stored(workers: list[WorkerProcess], http: aiohttp.ClientSession) -> int:
+async def stored(workers: list[WorkerProcess]) -> int:
+    """The rows the workers have written between them (their ``rows_written_total``)."""
     total = 0
     for worker in workers:
-        try:
-            async with http.get(f"http://127.0.0.1:{worker.web_port}/pipeline/throughput") as r:
-                total += (await r.json())["rows_written_total"] if r.status == 200 else 0
-        except aiohttp.ClientConnectionError:
-            pass
+        status, body = await worker.get("/pipeline/throughput")
+        total += body["rows_written_total"] if status == 200 else 0
     return total
 
 
-async def split(workers: list[WorkerProcess], http: aiohttp.ClientSession) -> bool:
-    """Whether every worker holds a share of device-data, the shares disjoint and whole."""
-    held: list[set[int]] = []
-    for worker in workers:
-        try:
-            async with http.get(f"http://127.0.0.1:{worker.web_port}/pipeline/lag") as r:
-                if r.status != 200:
-                    return False
-                body = await r.json()
-        except aiohttp.ClientConnectionError:
-            return False
-        held.append({p["partition"] for p in body["partitions"] if p["topic"] == SHARED_TOPIC})
-    return all(held) and sum(map(len, held)) == len(set().union(*held)) == PARTITIONS
+async def split(workers: list[WorkerProcess]) -> bool:
+    """Whether the workers hold disjoint shares of device-data, all of it between them."""
+    shares = await disjoint_shares(workers, SHARED_TOPIC)
+    return shares is not None and len(shares) == PARTITIONS
 
 
 async def until(check: Any, timeout: float, what: str, workers: list[WorkerProcess]) -> None:
@@ -106,25 +94,25 @@ async def one_run(count: int, readings: int, devices_n: int) -> dict[str, Any]:
             for n in range(2, count + 1)]
         settings = replace(broker.settings(), topic_mode="shared")
         start_ms = int(time.time() * 1000) - 3 * 3600 * 1000
-        try:
-            async with aiohttp.ClientSession() as http:
-                async def reached(points: int) -> bool:
-                    return await stored(workers, http) >= points
 
-                await until(lambda: split(workers, http), 180, "the partitions split", workers)
-                warm = ctx.Process(target=publish, args=(settings, devices, len(devices),
-                                                         start_ms - 60_000))
-                warm.start()
-                await asyncio.get_running_loop().run_in_executor(None, warm.join)
-                warm_points = len(devices) * METRICS
-                await until(lambda: reached(warm_points), 120, "the warm-up rows", workers)
-                expected = warm_points + readings * METRICS
-                load = ctx.Process(target=publish, args=(settings, devices, readings, start_ms))
-                began = time.monotonic()
-                load.start()
-                await until(lambda: reached(expected), 600, f"{expected} rows", workers)
-                seconds = time.monotonic() - began
-                await asyncio.get_running_loop().run_in_executor(None, load.join)
+        async def reached(points: int) -> bool:
+            return await stored(workers) >= points
+
+        try:
+            await until(lambda: split(workers), 180, "the partitions split", workers)
+            warm = ctx.Process(target=publish, args=(settings, devices, len(devices),
+                                                     start_ms - 60_000))
+            warm.start()
+            await asyncio.get_running_loop().run_in_executor(None, warm.join)
+            warm_points = len(devices) * METRICS
+            await until(lambda: reached(warm_points), 120, "the warm-up rows", workers)
+            expected = warm_points + readings * METRICS
+            load = ctx.Process(target=publish, args=(settings, devices, readings, start_ms))
+            began = time.monotonic()
+            load.start()
+            await until(lambda: reached(expected), 600, f"{expected} rows", workers)
+            seconds = time.monotonic() - began
+            await asyncio.get_running_loop().run_in_executor(None, load.join)
         finally:
             for worker in workers:
                 worker.stop(timeout=30)

@@ -16,8 +16,10 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any, Sequence
 
 import aiohttp
+import orjson
 
 from bench.private_broker import LOG_DIR, free_port
 
@@ -48,10 +50,11 @@ class WorkerProcess:
             **os.environ,
             "APP_ID": unique(f"devicestream-{name}-"),
             "WEB_PORT": str(self.web_port),
-            "DATA_DIR": tempfile.mkdtemp(prefix="devicestream-worker-"),
             "BROKER_SESSION_TIMEOUT": "6",
             **env,
         }
+        if "DATA_DIR" not in env:
+            self.env["DATA_DIR"] = tempfile.mkdtemp(prefix="devicestream-worker-")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "WorkerProcess":
@@ -84,19 +87,42 @@ class WorkerProcess:
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_text()[-chars:]
 
+    async def get(self, path: str) -> tuple[int, Any]:
+        """Status and decoded JSON (or text) of one GET of the worker's web server, with its
+        READ_TOKEN if it has one; (0, error) while the port is closed."""
+        token = self.env.get("READ_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{self.web_port}{path}",
+                                       headers=headers,
+                                       timeout=aiohttp.ClientTimeout(total=30)) as response:
+                    body = await response.read()
+                    if response.content_type == "application/json":
+                        return response.status, orjson.loads(body)
+                    return response.status, body.decode()
+        except aiohttp.ClientConnectionError as exc:
+            return 0, str(exc)
+
     async def answering(self, path: str, status: int, timeout: float = 120) -> None:
         """Wait until GET ``path`` answers ``status``; RuntimeError with the log's tail when
         the process exits or ``timeout`` seconds pass first."""
         deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while True:
-                try:
-                    async with session.get(f"http://127.0.0.1:{self.web_port}{path}") as answer:
-                        if answer.status == status:
-                            return
-                except aiohttp.ClientConnectionError:
-                    pass
-                if self.process is None or self.process.poll() is not None \
-                        or time.monotonic() > deadline:
-                    raise RuntimeError(f"the worker does not answer {path}:\n{self.log_tail()}")
-                await asyncio.sleep(0.5)
+        while (await self.get(path))[0] != status:
+            if self.process is None or self.process.poll() is not None \
+                    or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker does not answer {path}:\n{self.log_tail()}")
+            await asyncio.sleep(0.5)
+
+
+async def disjoint_shares(workers: Sequence[WorkerProcess], topic: str) -> set[int] | None:
+    """The partitions of ``topic`` the workers hold between them (``/pipeline/lag``) when
+    every one holds some and no two hold the same; None otherwise (not yet split)."""
+    held: list[set[int]] = []
+    for worker in workers:
+        status, lag = await worker.get("/pipeline/lag")
+        if status != 200:
+            return None
+        held.append({p["partition"] for p in lag["partitions"] if p["topic"] == topic})
+    union = set().union(*held)
+    return union if all(held) and sum(map(len, held)) == len(union) else None

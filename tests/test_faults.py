@@ -31,6 +31,7 @@ from tests.stack import (
     wait_for,
 )
 from tests.web.worker_web import get
+from bench.worker_process import disjoint_shares
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -134,14 +135,7 @@ async def test_in_shared_mode_three_workers_split_device_data_and_a_sigkill_lose
     await wait_for(lambda: rows_at_least(devices, 5000), 120, "rows to flow")
 
     async def split_three_ways() -> bool:
-        held = []
-        for worker in workers:
-            status, lag = await get(worker, "/pipeline/lag")
-            if status != 200:
-                return False
-            held.append({p["partition"] for p in lag["partitions"]
-                         if p["topic"] == SHARED_TOPIC})
-        return all(held) and sum(map(len, held)) == len(set().union(*held))
+        return await disjoint_shares(workers, SHARED_TOPIC) is not None
     await wait_for(split_three_ways, 60, "device-data's partitions split among the three")
     assert not publishing.done(), "the kill would come after the stream ended"
     workers[1].kill()

@@ -13,7 +13,6 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
@@ -25,20 +24,8 @@ SETTLE_SECONDS = 45.0
 
 
 async def get(worker: Worker, path: str) -> tuple[int, Any]:
-    """Status and decoded JSON (or text) of one GET, with the worker's READ_TOKEN if it has
-    one; (0, error) while the port is closed."""
-    token = worker.env.get("READ_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{worker.web_port}{path}", headers=headers,
-                                   timeout=aiohttp.ClientTimeout(total=30)) as response:
-                body = await response.read()
-                if response.content_type == "application/json":
-                    return response.status, orjson.loads(body)
-                return response.status, body.decode()
-    except aiohttp.ClientConnectionError as exc:
-        return 0, str(exc)
+    """``worker.get(path)``: status and decoded body, with the worker's READ_TOKEN."""
+    return await worker.get(path)
 
 
 async def wait_for_answer(worker: Worker, path: str, accept: Callable[[Any], bool],
