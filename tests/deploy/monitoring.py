@@ -31,6 +31,7 @@ GRAFANA_DIR = ROOT / "deploy" / "grafana"
 DATASOURCES_FILE = GRAFANA_DIR / "provisioning" / "datasources" / "datasources.yml"
 DASHBOARD_PROVIDERS_FILE = GRAFANA_DIR / "provisioning" / "dashboards" / "dashboards.yml"
 DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "devicestream.json"
+RUNBOOKS_FILE = ROOT / "docs" / "alerts.md"  # one "## Alert: <name>" section per alert
 
 WORKER_JOB = "devicestream-worker"
 SEVERITIES = ("page", "ticket")
@@ -244,7 +245,7 @@ def sql_relations(sql: str) -> set[str]:
     return {m.group(1).replace('"', "").lower() for m in _RELATION.finditer(text)}
 
 
-# --- README anchors ------------------------------------------------------------------------
+# --- Markdown anchors ----------------------------------------------------------------------
 
 def github_anchor(heading: str) -> str:
     """The anchor GitHub gives a Markdown heading (``Alert: WorkerDown`` -> ``alert-workerdown``)."""

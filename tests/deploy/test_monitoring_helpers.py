@@ -113,7 +113,7 @@ def test_sql_relations(sql, relations):
     assert sql_relations(sql) == relations
 
 
-# --- README anchors ------------------------------------------------------------------------
+# --- Markdown anchors ----------------------------------------------------------------------
 
 def test_github_anchors():
     assert github_anchor("Alert: ConsumerLagHigh") == "alert-consumerlaghigh"

@@ -1,0 +1,136 @@
+"""The documentation holds together: README.md (the front page) and the pages under docs/.
+
+- Every relative Markdown link of README.md and docs/*.md names a file that exists and, with
+  an ``#anchor``, a heading of that file (GitHub's anchors).
+- The README links every page of docs/, keeps the CONTRACT's two-command quick start, and
+  its Configuration table lists every environment variable ``Settings.from_env`` reads, each
+  with a default.
+
+No network: links to other sites are not followed.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+SETTINGS = ROOT / "streams" / "settings.py"
+
+_FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.MULTILINE | re.DOTALL)
+_INLINE_CODE = re.compile(r"`[^`\n]*`")
+_LINK = re.compile(r"(?<!!)\[(?P<text>[^\]\[]*)\]\((?P<target>[^)\s]+)\)")
+_HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
+
+
+def markdown_files() -> list[Path]:
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def prose(markdown: str) -> str:
+    """The text outside fenced code blocks and inline code, where links are links."""
+    return _INLINE_CODE.sub("", _FENCE.sub("", markdown))
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation but ``-`` and ``_`` dropped,
+    each space a ``-`` (``Topic modes: `TOPIC_MODE``` -> ``topic-modes-topic_mode``)."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(markdown: str) -> set[str]:
+    """Every heading's anchor; a repeated one gets ``-1``, ``-2``, ... as on GitHub."""
+    seen: dict[str, int] = {}
+    out = set()
+    for match in _HEADING.finditer(_FENCE.sub("", markdown)):
+        anchor = github_anchor(match.group(1))
+        count = seen.get(anchor, 0)
+        seen[anchor] = count + 1
+        out.add(anchor if count == 0 else f"{anchor}-{count}")
+    return out
+
+
+def links(markdown: str) -> list[str]:
+    return [m.group("target") for m in _LINK.finditer(prose(markdown))]
+
+
+def broken_links(path: Path) -> list[str]:
+    """The relative links of ``path`` whose file or heading does not exist."""
+    broken = []
+    for target in links(path.read_text(encoding="utf-8")):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
+            continue
+        file_part, _, anchor = target.partition("#")
+        linked = (path.parent / file_part).resolve() if file_part else path
+        if not linked.exists():
+            broken.append(f"{target}: no file {linked}")
+            continue
+        if anchor and (linked.suffix != ".md"
+                       or anchor not in anchors(linked.read_text(encoding="utf-8"))):
+            broken.append(f"{target}: no heading #{anchor} in {linked.name}")
+    return broken
+
+
+# --- the helpers ----------------------------------------------------------------------------
+
+def test_github_anchor():
+    assert github_anchor("Alert: WorkerDown") == "alert-workerdown"
+    assert github_anchor("Topic modes: `TOPIC_MODE`") == "topic-modes-topic_mode"
+    assert github_anchor("`POST /ingest` (the Device -> Backend API -> Kafka path)") == (
+        "post-ingest-the-device---backend-api---kafka-path")
+    assert anchors("# A\n## B\n## B\n```\n# not a heading\n```\n") == {"a", "b", "b-1"}
+
+
+def test_broken_links_are_found(tmp_path):
+    (tmp_path / "a.md").write_text("# A\n\n## Two words\n", encoding="utf-8")
+    page = tmp_path / "b.md"
+    page.write_text(
+        "# B\n[ok](a.md) [ok](a.md#two-words) [ok](#b) [web](https://example.org/x#y)\n"
+        "`[code](nowhere.md)`\n```\n[code](nowhere.md)\n```\n"
+        "[gone](missing.md) [bad](a.md#three-words) [bad](#c)\n",
+        encoding="utf-8",
+    )
+    assert broken_links(page) == [
+        f"missing.md: no file {tmp_path / 'missing.md'}",
+        "a.md#three-words: no heading #three-words in a.md",
+        "#c: no heading #c in b.md",
+    ]
+
+
+# --- the documentation ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(path):
+    assert not broken_links(path)
+
+
+def test_the_readme_links_every_page_of_docs():
+    linked = {(README.parent / t.partition("#")[0]).resolve()
+              for t in links(README.read_text(encoding="utf-8"))}
+    pages = sorted(DOCS.glob("*.md"))
+    assert pages, "docs/ has no pages"
+    assert not [p.name for p in pages if p.resolve() not in linked]
+
+
+def test_the_readme_quick_start_is_make_run_and_make_test():
+    readme = README.read_text(encoding="utf-8")
+    section = readme.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)```", section, re.DOTALL).group(1)
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+    assert commands == ["make run", "make test"]
+
+
+def test_the_readme_documents_every_setting_with_its_default():
+    """CONTRACT: every environment variable is documented in the README with its default."""
+    names = set(re.findall(r'\benv,\s*"([A-Z][A-Z0-9_]+)"', SETTINGS.read_text(encoding="utf-8")))
+    assert len(names) > 20, "no settings found in streams/settings.py"
+    readme = README.read_text(encoding="utf-8")
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = {m.group(1): m.group(2).strip()
+            for m in re.finditer(r"^\| `([A-Z][A-Z0-9_]+)` \|([^|]*)\|", section, re.MULTILINE)}
+    assert not sorted(names - rows.keys()), "settings missing from the README's Configuration"
+    assert not [name for name in names if not rows[name]], "settings without a default"
