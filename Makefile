@@ -44,7 +44,7 @@ bench: migrate
 	$(PY) -m bench.ingest_auth
 
 # TLS certificates of the compose stack (Kafka's SASL_SSL listener, PostgreSQL, pgBouncer),
-# in deploy/tls/ (README "Security"); KAFKA_EXTERNAL_HOST is the address devices connect to.
+# in deploy/tls/ (docs/security.md); KAFKA_EXTERNAL_HOST is the address devices connect to.
 certs:
 	bash $(STACK)/certs.sh
 

@@ -81,7 +81,8 @@ WORKLOADS = {
     "single": Workload("single", devices=100, per_message=1, metrics=1, messages=200_000,
                        publishers=2, partitions=10),
     # 1,000 topics of one partition each: at the default 10 (10,000 partitions in all) one
-    # worker spends itself in per-partition bookkeeping (see README, TOPIC_MODE).
+    # worker spends itself in per-partition bookkeeping (see
+    # docs/architecture.md#topic-modes-topic_mode).
     "batched": Workload("batched", devices=1000, per_message=100, metrics=5, messages=4_000,
                         publishers=1, partitions=1),
 }

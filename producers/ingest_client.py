@@ -1,8 +1,8 @@
 """A client of ``POST /ingest``: devices (or a gateway) sending readings over HTTP.
 
 Each device's readings go in requests of their own, with that device's token
-(``device_token(DEVICE_TOKEN_SECRET, device_id)``, README "Security"), so the worker admits
-them as the device and nothing else. With a gateway token instead, one request carries
+(``device_token(DEVICE_TOKEN_SECRET, device_id)``, docs/security.md#device-tokens), so the
+worker admits them as the device and nothing else. With a gateway token instead, one request carries
 every device's readings. A refused request (401, 403, 400) raises: nothing of it was
 published. A 503 is retried after the server's ``Retry-After``: sending a body again is
 safe, the database stores a (device, metric, time) once.

@@ -1,6 +1,6 @@
 """Least privilege: what the workers' role and the read-only role may do, granted by ``migrate``.
 
-Three roles (README "Roles"):
+Three roles (docs/security.md#roles):
 
 - the **owner** runs the migrations (``DB_OWNER_USER``) and owns every table, view and
   function of the schema;
@@ -72,7 +72,7 @@ async def grant_privileges(conn: asyncpg.Connection, workers: str,
             continue
         if role == owner:
             log.warning("role %s runs the migrations and owns the tables: it is not held to "
-                        "least privilege (README \"Roles\")", role)
+                        "least privilege (docs/security.md#roles)", role)
             continue
         if not await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role):
             log.warning("role %s does not exist: no privileges granted to it", role)

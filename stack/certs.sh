@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# stack/certs.sh -- `make certs`: the TLS certificates of the compose stack (README
-# "Security"), all signed by one CA, in deploy/tls/:
+# stack/certs.sh -- `make certs`: the TLS certificates of the compose stack (docs/security.md),
+# all signed by one CA, in deploy/tls/:
 #   ca.crt               the CA: devices trust it for Kafka, the services for each other;
 #   ca.key               its key: keep it off the servers once the certificates are made;
 #   kafka/broker.pem     the brokers' key and certificate (Kafka's PEM keystore), for

@@ -170,7 +170,7 @@ host    replication $REPLICATION_USER 127.0.0.1/32 scram-sha-256" && changed=0
 }
 
 pg_bootstrap_db() {
-    # Three roles (README "Roles"): the owner runs the migrations; the workers' role and
+    # Three roles (docs/security.md#roles): the owner runs the migrations; the workers' role and
     # the read-only one get their privileges from `make migrate` (schema/roles.py).
     local role password
     for role in "$DB_OWNER:$DB_OWNER_PASSWORD" "$DB_USER:$DB_PASSWORD" "$READ_USER:$READ_PASSWORD"; do

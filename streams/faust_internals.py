@@ -7,7 +7,7 @@ checks those behaviours against the real classes, and importing this module refu
 version of the three packages it was not tested with.
 
 Faust's own path, and what we change (measured with py-spy on faust-streaming 0.15.3,
-README "Performance"):
+docs/performance.md):
 
 - Faust passes every fetched record through its conductor, a channel queue and a stream
   as a message and an event of its own. The records of ``App(feed_topics=...)`` skip

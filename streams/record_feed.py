@@ -2,7 +2,7 @@
 
 Faust turns every fetched record into a message and an event and passes it through its
 conductor, a channel queue and a stream, one at a time: with one reading per message
-that was about half of the worker's main thread (py-spy, README "Performance"), more than
+that was about half of the worker's main thread (py-spy, docs/performance.md), more than
 validating and storing the reading. The records of the topics a :class:`RecordFeed` wants
 skip that path: the consumer hands each fetch's records for them to the feed as aiokafka
 returned them, and the pipeline acks the offsets it has made durable with one call per

@@ -18,7 +18,7 @@ committed while the group has members: a running worker keeps its own position a
 commit over the rewind (and Kafka, like Tansu, refuses a commit from outside a group that
 has members). Tansu 0.6 keeps a stopped Faust worker listed until another worker joins, and
 refuses a join with another assignor protocol, so there a group that ever had a worker
-cannot be rewound from outside (README, "Replay after a restore").
+cannot be rewound from outside (docs/backups.md#replay-after-a-restore).
 """
 from __future__ import annotations
 

@@ -171,7 +171,7 @@ async def test_restore_to_a_time_then_replay_gives_back_every_reading_exactly_on
 
         # The group's offsets as its stopped workers leave them. Tansu keeps a stopped Faust
         # worker in its group and refuses commits from outside it, so the drill replays a
-        # copy of the group (README, "Replay after a restore").
+        # copy of the group (docs/backups.md#replay-after-a-restore).
         assert worker.stop() == 0
         tps = [TopicPartition(device_topic(d), p) for d in everyone
                for p in range(SETTINGS.device_topic_partitions)]

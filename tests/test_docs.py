@@ -2,6 +2,8 @@
 
 - Every relative Markdown link of README.md and docs/*.md names a file that exists and, with
   an ``#anchor``, a heading of that file (GitHub's anchors).
+- Every ``docs/<page>.md`` or ``README.md`` (with or without ``#anchor``) named in the code,
+  scripts and configuration names a page, and a heading, that exist.
 - The README links every page of docs/, keeps the CONTRACT's two-command quick start, and
   its Configuration table lists every environment variable ``Settings.from_env`` reads, each
   with a default.
@@ -19,6 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 SETTINGS = ROOT / "streams" / "settings.py"
+
+# `docs/storage.md#storage-layout`, `README.md`; only the page of `docs/alerts.md#alert-<name>`
+# or `f"docs/alerts.md#alert-{name}"`
+_DOC_REFERENCE = re.compile(r"(?<![\w/.-])(README\.md|docs/[\w-]+\.md)(?:#([\w-]+)(?![\w<{-]))?")
+_NOT_SCANNED = {"docs", "__pycache__", "build", "dist", "test-output", "node_modules"}
 
 _FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.MULTILINE | re.DOTALL)
 _INLINE_CODE = re.compile(r"`[^`\n]*`")
@@ -56,6 +63,39 @@ def anchors(markdown: str) -> set[str]:
 
 def links(markdown: str) -> list[str]:
     return [m.group("target") for m in _LINK.finditer(prose(markdown))]
+
+
+def source_files() -> list[Path]:
+    """The project's own text files but the Markdown pages (no hidden folders: .git, .venv,
+    .stack)."""
+    found = []
+    for path in sorted(ROOT.rglob("*")):
+        parts = path.relative_to(ROOT).parts
+        if any(part.startswith(".") and part != ".ci" or part in _NOT_SCANNED
+               or part.endswith(".egg-info") for part in parts[:-1]):
+            continue
+        if path == Path(__file__).resolve():  # its examples of broken references
+            continue
+        if path.is_file() and path.suffix != ".md" and path.stat().st_size < 1_000_000:
+            found.append(path)
+    return found
+
+
+def broken_references(path: Path) -> list[str]:
+    """The ``docs/<page>.md#anchor`` / ``README.md#anchor`` mentions of ``path`` whose page or
+    heading does not exist."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return []
+    broken = []
+    for match in _DOC_REFERENCE.finditer(text):
+        page, anchor = ROOT / match.group(1), match.group(2)
+        if not page.is_file():
+            broken.append(f"{match.group(0)}: no file {page}")
+        elif anchor and anchor not in anchors(page.read_text(encoding="utf-8")):
+            broken.append(f"{match.group(0)}: no heading #{anchor} in {match.group(1)}")
+    return broken
 
 
 def broken_links(path: Path) -> list[str]:
@@ -101,11 +141,30 @@ def test_broken_links_are_found(tmp_path):
     ]
 
 
+def test_broken_references_are_found(tmp_path):
+    source = tmp_path / "x.py"
+    source.write_text(
+        "# README.md, docs/alerts.md, docs/alerts.md#alert-workerdown, docs/alerts.md#alert-<name>\n"
+        "# docs/alerts.md#alert-nosuchalert and docs/nosuchpage.md; not mydocs/x.md\n",
+        encoding="utf-8",
+    )
+    assert broken_references(source) == [
+        "docs/alerts.md#alert-nosuchalert: no heading #alert-nosuchalert in docs/alerts.md",
+        f"docs/nosuchpage.md: no file {ROOT / 'docs' / 'nosuchpage.md'}",
+    ]
+
+
 # --- the documentation ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(path):
     assert not broken_links(path)
+
+
+def test_pages_named_in_the_code_exist():
+    files = source_files()
+    assert ROOT / "deploy" / "prometheus" / "alerts.yml" in files
+    assert not [problem for path in files for problem in broken_references(path)]
 
 
 def test_the_readme_links_every_page_of_docs():

@@ -1,6 +1,6 @@
 #!/bin/sh
 # One-shot compose service `kafka-security`: the SCRAM-SHA-512 users and the ACLs of the
-# brokers (README "Security"). Runs in the Kafka image against the inter-broker listener
+# brokers (docs/security.md). Runs in the Kafka image against the inter-broker listener
 # (BROKER, PLAINTEXT on the compose network only, whose ANONYMOUS principal is the super
 # user), and may run any number of times: users are overwritten, ACLs added once.
 #

@@ -1,6 +1,6 @@
 #!/bin/sh
-# The three roles of least privilege (README "Roles"), run by the image's entrypoint as the
-# superuser on the first start of an empty data directory (mounted into
+# The three roles of least privilege (docs/security.md#roles), run by the image's entrypoint
+# as the superuser on the first start of an empty data directory (mounted into
 # /docker-entrypoint-initdb.d, after the image's own script created the database and the
 # timescaledb extension). Safe to run again, e.g. on a database made before the roles
 # existed (it then hands the database and its objects from devicestream to the owner), or

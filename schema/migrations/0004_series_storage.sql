@@ -2,7 +2,7 @@
 --
 -- With text device_id and metric in every heap row and in the unique index, a raw point
 -- took 126-150 bytes on disk. Here a 4-byte series id stands for (device_id, metric):
--- 52 bytes of heap and 28-45 bytes of index per point (README "Storage layout").
+-- 52 bytes of heap and 28-45 bytes of index per point (docs/storage.md#storage-layout).
 --
 --   storage.series       (series_id, device_id, metric): the dictionary; rows are never
 --                        deleted (the sink caches ids), one per device and metric

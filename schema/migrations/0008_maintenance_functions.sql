@@ -1,4 +1,4 @@
--- Least privilege (README "Roles"): the workers' role owns no table, so it cannot run the
+-- Least privilege (docs/security.md#roles): the workers' role owns no table, so it cannot run the
 -- DDL that storage maintenance needs (drop_chunks, policies, TRUNCATE of a chunk being
 -- trimmed, REINDEX, CLUSTER, ANALYZE). These functions run it as their owner, the role
 -- that runs the migrations, each limited to the storage hypertables and their chunks.

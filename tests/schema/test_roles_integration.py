@@ -1,5 +1,5 @@
-"""Least privilege on the real stack (README "Roles"): the workers' role owns nothing and is
-refused DDL on the storage tables, the read-only role only reads, and the maintenance
+"""Least privilege on the real stack (docs/security.md#roles): the workers' role owns nothing
+and is refused DDL on the storage tables, the read-only role only reads, and the maintenance
 functions the workers call act on the storage hypertables only. That ingest, maintenance
 and the query API work under these roles is what the rest of the suite shows: its
 workers, maintenance runs and read pools use them."""
