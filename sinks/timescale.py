@@ -3,32 +3,56 @@
 Storage layout (migration 0004): a point is stored as (time, series_id, value) in
 ``storage.readings``, where ``storage.series`` maps (device_id, metric) to a 4-byte id; the
 ``readings`` view gives it back as (time, device_id, metric, value). The sink resolves the
-ids of a batch from a per-sink cache; ids it has not seen yet are created (or looked up) in
-a short transaction of their own, committed before the batch's. A series row is never
-deleted, so a cached id stays valid, and a batch that fails after creating series leaves
-only dictionary entries behind.
+ids of a batch from its series cache (``sinks.series_cache``); ids it has not seen yet are
+created (or looked up) in a short transaction of their own, committed before the batch's. A
+series row is never deleted, so a cached id stays valid, and a batch that fails after
+creating series leaves only dictionary entries behind.
 
-A batch goes in one transaction: COPY (binary) of (time, series_id, value, arrival) into a
-per-connection temporary staging table, then ``INSERT ... ON CONFLICT DO NOTHING`` into
-``storage.readings`` in (series_id, time, arrival) order, so that of the same key repeated
-within a batch the first to arrive is stored (and a key already stored keeps its value);
-additive upserts of the rows that were new into the 1-minute and 1-hour aggregates, and an
-upsert of the devices' first/last seen times. Writing the same batch twice stores nothing
-new, which is what makes replays after a crash harmless: the pipeline commits Kafka
+A batch goes in one transaction, by two paths:
+
+- **Fast**: points newer than their series' mark (an upper bound of its stored times,
+  seeded from ``devices.last_seen``), the first of each key in the batch. They cannot be in
+  the table unless another writer raced this one, so they are COPied straight into
+  ``storage.readings``, and their 1-minute and 1-hour aggregates and their devices'
+  first/last seen times, folded here, are upserted in one statement. The unique index on
+  (series_id, time) is the guard: if any of them is there after all, the COPY fails, the
+  transaction rolls back, the series' marks are read again and the whole batch is written
+  the checked way.
+- **Checked**: the other points (late, repeated or of series whose mark is unknown) are
+  COPied into a per-connection temporary staging table, then ``INSERT ... ON CONFLICT DO
+  NOTHING`` into ``storage.readings`` in (series_id, time, arrival) order, so that of the
+  same key repeated within a batch the first to arrive is stored (and a key already stored
+  keeps its value); additive upserts of the rows that were new into the aggregates, and an
+  upsert of the devices' first/last seen times.
+
+A key is never in both paths (its series and time decide), so either way only points new
+to ``readings`` are stored and counted, once each. Writing the same batch twice stores
+nothing new, which is what makes replays after a crash harmless: the pipeline commits Kafka
 offsets only after this transaction has committed.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
 import asyncpg
+import numpy as np
+
+from sinks.batch_fold import first_of_each_key, fold, runs
+from sinks.copy_binary import FLOAT8, INT4, INT8, copy_rows, timestamptz
+from sinks.series_cache import UNKNOWN, SeriesCache
+
+log = logging.getLogger(__name__)
 
 # (time in microseconds since the epoch, device_id, metric, value)
 Point = tuple[int, str, str, float]
 
-# Series ids remembered per sink; past this many the cache starts over (ids are re-read).
+# Series remembered per sink; past this many the cache starts over (ids are re-read).
 SERIES_CACHE_MAX = 500_000
+
+MINUTE_US = 60_000_000
+HOUR_US = 3_600_000_000
 
 # A new name for each new set of columns (``readings_staging``, then ``points_staging``
 # without ``arrival``): pooled server connections outlive a deployment, and so do their
@@ -95,6 +119,36 @@ SELECT count(*) FROM inserted
     hour=_FOLD.format(name="hour", table="readings_1h", width="1 hour"),
 )
 
+# Upserts aggregates folded by the sink (rows of bucket, series_id, count, sum, min, max).
+_UPSERT_FOLDED = """{name} AS (
+    INSERT INTO storage.{table} AS a (bucket, series_id, count, sum, min, max)
+    SELECT timestamptz 'epoch' + bucket * interval '1 microsecond', series_id, count, sum,
+           min, max
+    FROM unnest(${0}::bigint[], ${1}::integer[], ${2}::bigint[], ${3}::float8[],
+                ${4}::float8[], ${5}::float8[]) AS u(bucket, series_id, count, sum, min, max)
+    ORDER BY series_id, bucket
+    ON CONFLICT (series_id, bucket) DO UPDATE
+        SET count = a.count + excluded.count, sum = a.sum + excluded.sum,
+            min = least(a.min, excluded.min), max = greatest(a.max, excluded.max)
+)"""
+
+# The fast path's aggregates and devices, in the same lock order as ``_MERGE``'s.
+_FAST_FOLD = """
+WITH {minute}, {hour}
+INSERT INTO devices AS d (device_id, first_seen, last_seen)
+SELECT device_id, timestamptz 'epoch' + first_us * interval '1 microsecond',
+       timestamptz 'epoch' + last_us * interval '1 microsecond'
+FROM unnest($13::text[], $14::bigint[], $15::bigint[]) AS u(device_id, first_us, last_us)
+ORDER BY device_id
+ON CONFLICT (device_id) DO UPDATE
+    SET first_seen = least(d.first_seen, excluded.first_seen),
+        last_seen = greatest(d.last_seen, excluded.last_seen)
+""".format(
+    minute=_UPSERT_FOLDED.replace("{name}", "minute").replace("{table}", "readings_1m")
+    .format(*range(1, 7)),
+    hour=_UPSERT_FOLDED.replace("{name}", "hour").replace("{table}", "readings_1h")
+    .format(*range(7, 13)),
+)
 
 _LAST_SEEN = """
 SELECT device_id, (extract(epoch FROM last_seen) * 1000000)::bigint AS us
@@ -108,47 +162,122 @@ class WriteResult:
 
     points: int  # points in the batch
     inserted: int  # rows that were new to ``readings``
+    checked: int = 0  # points written the checked way (all of them after a fallback)
+    fallbacks: int = 0  # 1 when the fast path met a stored key and the batch was written again
+
+
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """A batch as numpy columns, in arrival order."""
+
+    time_us: np.ndarray  # int64
+    series_id: np.ndarray  # int32
+    value: np.ndarray  # float64
 
 
 class TimescaleSink:
     """Writes batches of points; safe to call again with the same batch."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, cache_capacity: int = SERIES_CACHE_MAX) -> None:
         self._pool = pool
-        self._series: dict[tuple[str, str], int] = {}
+        self._cache = SeriesCache(cache_capacity)
 
     async def write(self, points: Sequence[Point]) -> WriteResult:
         """Store ``points`` exactly once; raises asyncpg errors unchanged."""
         if not points:
             return WriteResult(points=0, inserted=0)
+        cache = self._cache
         async with self._pool.acquire() as conn:
+            slots = await self._slots(conn, points)
+            generation = cache.generation
+            count = len(points)
+            columns = _Columns(np.fromiter([p[0] for p in points], np.int64, count),
+                               cache.ids[slots],
+                               np.fromiter([p[3] for p in points], np.float64, count))
+            fast = columns.time_us > cache.marks[slots]
             try:
-                records = self._records(points)
-            except KeyError:  # series not in the cache yet
-                ids = self._series
-                missing = {(d, m) for _, d, m, _ in points if (d, m) not in ids}
-                if len(ids) + len(missing) > SERIES_CACHE_MAX:
-                    self._series = {}
-                    missing = {(d, m) for _, d, m, _ in points}
-                await self._resolve(conn, missing)
-                records = self._records(points)
-            async with conn.transaction():
-                await conn.execute(_STAGING)
-                await conn.copy_records_to_table("batch_points_staging", records=records)
-                inserted = await conn.fetchval(_MERGE)
-        return WriteResult(points=len(points), inserted=inserted)
+                inserted, checked = await self._write(conn, columns, fast, slots)
+            except asyncpg.UniqueViolationError as exc:
+                # Another writer (or an earlier attempt of this batch) stored some of them.
+                cache.forget(generation, slots)
+                log.info("batch of %d points met stored keys on the fast path (%s); "
+                         "writing it the checked way", len(points), exc.detail or exc)
+                fast[:] = False
+                inserted, checked = await self._write(conn, columns, fast, slots)
+                return WriteResult(len(points), inserted, checked, fallbacks=1)
+        cache.learn(generation, slots, columns.time_us)
+        return WriteResult(len(points), inserted, checked)
 
     async def last_seen(self, device_ids: Sequence[str]) -> dict[str, int]:
         """Each known device's newest stored reading time (microseconds since the epoch);
         devices never stored are left out."""
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(_LAST_SEEN, list(device_ids))
-        return {row["device_id"]: row["us"] for row in rows}
+            return await self._last_seen(conn, device_ids)
 
-    def _records(self, points: Sequence[Point]) -> list[tuple[int, int, float, int]]:
-        """The staging rows of ``points``; KeyError if a series is not cached."""
-        ids = self._series
-        return [(t, ids[d, m], v, i) for i, (t, d, m, v) in enumerate(points)]
+    async def _write(self, conn: asyncpg.Connection, columns: _Columns, fast: np.ndarray,
+                     slots: np.ndarray) -> tuple[int, int]:
+        """One transaction: the ``fast`` points COPied straight in, the others checked;
+        returns (rows inserted, points checked)."""
+        fast_rows = first_of_each_key(columns.series_id, columns.time_us, np.flatnonzero(fast))
+        checked_rows = np.flatnonzero(~fast)
+        inserted = 0
+        async with conn.transaction():
+            if len(fast_rows):
+                await conn.copy_to_table(
+                    "readings", schema_name="storage", columns=["time", "series_id", "value"],
+                    format="binary", source=copy_rows(
+                        timestamptz(columns.time_us[fast_rows]),
+                        columns.series_id[fast_rows].astype(INT4),
+                        columns.value[fast_rows].astype(FLOAT8)))
+                await conn.execute(_FAST_FOLD, *self._fold(columns, fast_rows, slots))
+                inserted += len(fast_rows)
+            if len(checked_rows):
+                await conn.execute(_STAGING)
+                await conn.copy_to_table(
+                    "batch_points_staging", format="binary", source=copy_rows(
+                        columns.time_us[checked_rows].astype(INT8),
+                        columns.series_id[checked_rows].astype(INT4),
+                        columns.value[checked_rows].astype(FLOAT8),
+                        checked_rows.astype(INT4)))
+                inserted += await conn.fetchval(_MERGE)
+        return inserted, len(checked_rows)
+
+    def _fold(self, columns: _Columns, rows: np.ndarray, slots: np.ndarray) -> list[list]:
+        """The arguments of ``_FAST_FOLD`` for ``rows`` (sorted by series and time)."""
+        series, time_us = columns.series_id[rows], columns.time_us[rows]
+        minute = fold(series, time_us - time_us % MINUTE_US, columns.value[rows])
+        hour = minute.refold(minute.bucket - minute.bucket % HOUR_US)
+        # Each series' first and last time, then each device's.
+        starts, ends = runs(series)
+        seen: dict[str, list[int]] = {}
+        for device, first, last in zip(self._cache.devices_of(slots[rows[starts]]),
+                                       time_us[starts].tolist(), time_us[ends].tolist()):
+            span = seen.get(device)
+            if span is None:
+                seen[device] = [first, last]
+            else:
+                span[0], span[1] = min(span[0], first), max(span[1], last)
+        return [*minute.arguments(), *hour.arguments(),
+                list(seen), [s[0] for s in seen.values()], [s[1] for s in seen.values()]]
+
+    async def _slots(self, conn: asyncpg.Connection, points: Sequence[Point]) -> np.ndarray:
+        """The cache slots of the points' series, all with a known mark: series not cached
+        are created, marks not known are read. The slots are valid until the caller's next
+        await (the cache may start over meanwhile)."""
+        cache = self._cache
+        while True:
+            try:
+                slots = cache.slots(points)
+            except KeyError:
+                await self._resolve(conn, cache.missing(points))
+                continue
+            unknown = np.unique(slots[cache.marks[slots] == UNKNOWN])
+            if not len(unknown):
+                return slots
+            generation = cache.generation
+            newest = await self._last_seen(conn, list(dict.fromkeys(cache.devices_of(unknown))))
+            if generation == cache.generation:
+                cache.seed(unknown, newest)
 
     async def _resolve(self, conn: asyncpg.Connection, pairs: set[tuple[str, str]]) -> None:
         """Create the series not in the cache (committed at once) and cache their ids."""
@@ -159,5 +288,9 @@ class TimescaleSink:
             await conn.execute(_CREATE_SERIES, devices, metrics)
         async with conn.transaction():
             rows = await conn.fetch(_SERIES_IDS, devices, metrics)
-        for row in rows:
-            self._series[(row["device_id"], row["metric"])] = row["series_id"]
+        self._cache.add((row["device_id"], row["metric"], row["series_id"]) for row in rows)
+
+    @staticmethod
+    async def _last_seen(conn: asyncpg.Connection, device_ids: Sequence[str]) -> dict[str, int]:
+        rows = await conn.fetch(_LAST_SEEN, list(device_ids))
+        return {row["device_id"]: row["us"] for row in rows}

@@ -45,6 +45,7 @@ async def test_writing_the_same_batch_twice_stores_it_once_with_first_values(sta
     finally:
         await pool.close()
     assert (first.inserted, again.inserted) == (3, 0)
+    assert (first.checked, again.checked, again.fallbacks) == (0, 4, 0)
     assert [(r["metric"], r["value"]) for r in rows] == [("h", 3.0), ("t", 1.0), ("t", 2.0)]
     assert seen["first_seen"].timestamp() * 1e6 == T0
     assert seen["last_seen"].timestamp() * 1e6 == T0 + 1
@@ -93,3 +94,89 @@ async def test_aggregates_count_only_new_points_and_equal_sql_over_raw_rows(stac
         await pool.close()
     assert minutes == 32
     assert await aggregate_mismatches([device]) == []
+
+
+async def _stored(device: str) -> dict[tuple[int, str], float]:
+    conn = await db_connect()
+    try:
+        rows = await conn.fetch(
+            "SELECT time, metric, value FROM readings WHERE device_id = $1", device)
+    finally:
+        await conn.close()
+    return {(int(r["time"].timestamp() * 1e6), r["metric"]): r["value"] for r in rows}
+
+
+async def test_new_points_take_the_fast_path_and_late_or_repeated_ones_the_checked_path(
+        stack) -> None:
+    device = unique("paths-")
+    first = [(T0 + i, device, "t", float(i)) for i in range(100)]
+    newer = [(T0 + 100 + i, device, "t", float(i)) for i in range(50)]
+    late = [(T0 - 5, device, "t", -1.0), (T0 + 10, device, "t", 99.0)]  # new, and a repeat
+    pool = await create_pool(SETTINGS)
+    try:
+        sink = TimescaleSink(pool)
+        results = [await sink.write(first), await sink.write(newer + late)]
+    finally:
+        await pool.close()
+    assert [(r.inserted, r.checked, r.fallbacks) for r in results] == [(100, 0, 0), (51, 2, 0)]
+    stored = await _stored(device)
+    assert len(stored) == 151
+    assert stored[T0 + 10, "t"] == 10.0 and stored[T0 - 5, "t"] == -1.0
+    assert await aggregate_mismatches([device]) == []
+
+
+async def test_a_racing_writer_s_rows_send_the_batch_to_the_checked_path_first_values_kept(
+        stack) -> None:
+    device = unique("race-")
+    minute = 60_000_000
+    pool = await create_pool(SETTINGS)
+    try:
+        zombie, owner = TimescaleSink(pool), TimescaleSink(pool)
+        # The owner learns the device's mark, then the zombie stores past it unseen.
+        await owner.write([(T0, device, "t", 0.0)])
+        raced = await zombie.write([(T0 + i * minute // 10, device, "t", 1.0) for i in range(1, 21)])
+        mine = [(T0 + i * minute // 10, device, "t", 2.0) for i in range(11, 41)]
+        fell_back = await owner.write(mine)
+        again = await owner.write([(T0 + i * minute // 10, device, "t", 3.0) for i in range(41, 51)])
+    finally:
+        await pool.close()
+    assert (raced.inserted, raced.checked) == (20, 0)
+    assert (fell_back.inserted, fell_back.checked, fell_back.fallbacks) == (20, 30, 1)
+    # After falling back, the owner read the device's mark again: fast once more.
+    assert (again.inserted, again.checked, again.fallbacks) == (10, 0, 0)
+    stored = await _stored(device)
+    assert sorted(stored.values()).count(1.0) == 20  # the zombie's rows, all kept
+    assert [stored[T0 + i * minute // 10, "t"] for i in range(11, 21)] == [1.0] * 10
+    assert len(stored) == 51
+    assert await aggregate_mismatches([device]) == []
+
+
+async def test_a_restarted_sink_replaying_a_stored_batch_writes_nothing_and_never_falls_back(
+        stack) -> None:
+    device = unique("replay-")
+    batch = [(T0 + i, device, m, float(i)) for i in range(200) for m in ("a", "b")]
+    pool = await create_pool(SETTINGS)
+    try:
+        before = await TimescaleSink(pool).write(batch)
+        replay = await TimescaleSink(pool).write(batch + [(T0 + 500, device, "a", 5.0)])
+    finally:
+        await pool.close()
+    assert (before.inserted, before.checked) == (400, 0)
+    assert (replay.inserted, replay.checked, replay.fallbacks) == (1, 400, 0)
+    assert await aggregate_mismatches([device]) == []
+
+
+async def test_a_sink_whose_cache_starts_over_keeps_writing_exactly(stack) -> None:
+    devices = [unique("churn-") for _ in range(5)]
+    pool = await create_pool(SETTINGS)
+    try:
+        sink = TimescaleSink(pool, cache_capacity=4)  # fewer series than one batch holds
+        results = [await sink.write([(T0 + step * 10 + i, d, m, float(i))
+                                     for d in devices for m in ("x", "y") for i in range(10)])
+                   for step in range(3)]
+        replay = await sink.write([(T0 + i, d, "x", 7.0) for d in devices for i in range(10)])
+    finally:
+        await pool.close()
+    assert [r.inserted for r in results] == [100, 100, 100]
+    assert replay.inserted == 0
+    assert await aggregate_mismatches(devices) == []
