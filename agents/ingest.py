@@ -298,7 +298,8 @@ class IngestPipeline:
         started = time.monotonic()
         result = await self._retrying("write rows", lambda: self._store(batch), is_transient)
         self.stats.db_available = True
-        self.stats.record_batch(result.points, result.inserted, time.monotonic() - started)
+        self.stats.record_batch(result.points, result.inserted, time.monotonic() - started,
+                                checked=result.checked, fallbacks=result.fallbacks)
         if batch.dead_letters:
             await self._dead_letter(batch.dead_letters)
         return result
@@ -340,7 +341,7 @@ class IngestPipeline:
 
     async def _store_isolating_failures(self, batch: Batch) -> WriteResult:
         """Store the batch in halving groups of readings; dead-letter each one the database refuses."""
-        points = inserted = 0
+        points = inserted = checked = fallbacks = 0
         pending = [list(_located_readings(batch))]
         while pending:
             group = pending.pop()
@@ -357,7 +358,9 @@ class IngestPipeline:
                 continue
             points += result.points
             inserted += result.inserted
-        return WriteResult(points=points, inserted=inserted)
+            checked += result.checked
+            fallbacks += result.fallbacks
+        return WriteResult(points, inserted, checked, fallbacks)
 
     async def _dead_letter(self, letters: list[DeadLetter]) -> None:
         """Publish each dead letter once: staged in the outbox, published, marked."""

@@ -59,6 +59,8 @@ class PipelineStats:
     dead_letters_total: int = 0
     late_readings_total: int = 0
     batches_total: int = 0
+    checked_points_total: int = 0  # points the sink wrote the checked way (sinks.timescale)
+    fast_path_fallbacks_total: int = 0  # batches whose fast path met stored keys
     last_batch_points: int = 0
     retries_total: int = 0
     db_available: bool = True
@@ -82,11 +84,14 @@ class PipelineStats:
     def unregister_pool(self, name: str) -> None:
         self.db_pools.pop(name, None)
 
-    def record_batch(self, points: int, rows: int, seconds: float) -> None:
+    def record_batch(self, points: int, rows: int, seconds: float, *, checked: int = 0,
+                     fallbacks: int = 0) -> None:
         """One batch became durable."""
         self.batches_total += 1
         self.last_batch_points = points
         self.rows_written_total += rows
+        self.checked_points_total += checked
+        self.fast_path_fallbacks_total += fallbacks
         self._write_seconds.append(seconds)
 
     def record_freshness(self, newest_us: Iterable[int], durable_us: int) -> None:

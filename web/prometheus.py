@@ -35,6 +35,10 @@ _PIPELINE_COUNTERS = (
     ("dead_letters", "dead_letters_total", "Invalid readings published to the dead-letter topic"),
     ("late_readings", "late_readings_total", "Readings that arrived after their time bucket"),
     ("sink_batches", "batches_total", "Batches made durable by the database sink"),
+    ("sink_checked_points", "checked_points_total",
+     "Points written the checked way (late, repeated or of series not yet known)"),
+    ("sink_fast_path_fallbacks", "fast_path_fallbacks_total",
+     "Batches whose fast path met keys already stored and were written again, checked"),
     ("sink_retries", "retries_total", "Retried database writes and dead-letter publishes"),
 )
 

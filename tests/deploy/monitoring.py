@@ -47,6 +47,8 @@ KNOWN_METRICS = frozenset({
     "devicestream_dead_letters_total",
     "devicestream_sink_retries_total",
     "devicestream_sink_batches_total",
+    "devicestream_sink_checked_points_total",
+    "devicestream_sink_fast_path_fallbacks_total",
     "devicestream_sink_write_latency_seconds",
     "devicestream_sink_db_available",
     # consuming
