@@ -76,7 +76,7 @@ def _value(families: dict[str, Any], sample_name: str, **labels: str) -> float:
 def test_every_figure_is_exported_with_prometheus_names_and_units() -> None:
     stats = PipelineStats()
     stats.messages_total, stats.points_total, stats.dead_letters_total = 10, 30, 2
-    stats.record_batch(points=30, rows=28, seconds=0.25)
+    stats.record_batch(points=30, rows=28, seconds=0.25, checked=4, fallbacks=1)
     lag = LagSample(
         partitions={TP("device-data-a", 0): PartitionLag("device-data-a", 0, 5, 9),
                     TP("device-data-b", 0): PartitionLag("device-data-b", 0, 0, 4)},
@@ -89,6 +89,8 @@ def test_every_figure_is_exported_with_prometheus_names_and_units() -> None:
     assert _value(families, "devicestream_points_total") == 30
     assert _value(families, "devicestream_rows_written_total") == 28
     assert _value(families, "devicestream_dead_letters_total") == 2
+    assert _value(families, "devicestream_sink_checked_points_total") == 4
+    assert _value(families, "devicestream_sink_fast_path_fallbacks_total") == 1
     assert _value(families, "devicestream_sink_write_latency_seconds", quantile="0.99") == 0.25
     assert _value(families, "devicestream_consumer_lag_messages", scope="worker") == 4
     assert _value(families, "devicestream_consumer_lag_messages", scope="group") == 8
