@@ -33,7 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, for_code
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from schema.validation import parse_rfc3339
+from schema.timestamps import parse_rfc3339
 from streams.settings import Settings
 from streams.topics import kafka_client_kwargs
 from web.kafka_offsets import BrokerOffsets

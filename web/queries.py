@@ -47,7 +47,8 @@ import asyncpg
 import orjson
 from faust.web import Request, Response, View
 
-from schema.validation import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN, parse_rfc3339
+from schema.timestamps import parse_rfc3339
+from schema.validation import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
 from sinks.postgres import connect_kwargs
 from streams.app import app, pipeline_stats, settings
 from streams.settings import Settings
