@@ -28,11 +28,12 @@ migrate: stack-up
 run: migrate
 	bash $(STACK)/run.sh
 
-# Lint first (ruff.toml; a finding fails), then the whole suite, unit tests before the
-# integration tests against the local stack. pytest's "no tests collected" (exit 5) counts
-# as a failure.
+# Lint first (ruff.toml; a finding fails), then types (mypy, configured in setup.cfg; an
+# error fails), then the whole suite, unit tests before the integration tests against the
+# local stack. pytest's "no tests collected" (exit 5) counts as a failure.
 test: setup
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(MAKE) migrate
 	$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$status

@@ -41,7 +41,7 @@ from streams.settings import Settings
 
 DAY = timedelta(days=1)
 
-_CHUNKS_IN = """
+CHUNKS_IN = """
 SELECT format('%I.%I', chunk_schema, chunk_name) AS chunk, range_start, range_end
 FROM timescaledb_information.chunks
 WHERE hypertable_schema = 'storage' AND hypertable_name = 'readings'
@@ -56,7 +56,7 @@ async def free_days(conn: asyncpg.Connection, age_days: int, days: int) -> datet
     today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     start = today - timedelta(days=age_days)
     for _ in range(age_days):
-        if not await conn.fetch(_CHUNKS_IN, start, start + days * DAY):
+        if not await conn.fetch(CHUNKS_IN, start, start + days * DAY):
             return start
         start -= DAY
     raise RuntimeError(f"no {days} free days older than {age_days} days")
@@ -159,7 +159,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ids = await seed(conn, prefix, args, start)
         seed_seconds = time.perf_counter() - t0
         chunks = [Chunk(r["chunk"], r["range_start"], r["range_end"]) for r in
-                  await conn.fetch(_CHUNKS_IN, first_day, first_day + days * DAY)]
+                  await conn.fetch(CHUNKS_IN, first_day, first_day + days * DAY)]
         for chunk in chunks:
             await conn.execute(f"VACUUM ANALYZE {chunk.name}")
         print(f"exporting {len(chunks)} chunk(s) ...", flush=True)

@@ -56,7 +56,7 @@ from typing import Any, Iterator
 import asyncpg
 import orjson
 
-from bench.archive import _CHUNKS_IN, export
+from bench.archive import CHUNKS_IN, export
 from bench.private_broker import free_port
 from bench.queries import (REPO, RESULTS, psql_super, add_dataset_options,
                            bench_settings, connect, load, save_results)
@@ -469,7 +469,7 @@ async def parquet(settings: Settings, root: Path, args: argparse.Namespace,
     conn = await connect(settings)
     try:
         chunks = [Chunk(r["chunk"], r["range_start"], r["range_end"]) for r in
-                  await conn.fetch(_CHUNKS_IN, end - timedelta(days=args.days), end)]
+                  await conn.fetch(CHUNKS_IN, end - timedelta(days=args.days), end)]
         exported = await export(conn, chunks, directory)
     finally:
         await conn.close()

@@ -60,7 +60,7 @@ async def store(stream: faust.StreamT) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(TABLE)
     async for values in stream.take(5000, within=0.2):
-        rows = []
+        rows: list[tuple[datetime, str, str, float]] = []
         for value in values:
             decoded = orjson.loads(value)
             for reading in decoded if isinstance(decoded, list) else [decoded]:

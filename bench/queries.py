@@ -283,7 +283,9 @@ async def time_routes(worker: WorkerProcess, args: argparse.Namespace,
         await asyncio.sleep(5)
 
         async def timed(make: Any) -> tuple[list[float], list[int], dict[str, list[float]]]:
-            samples, rows, server = [], [], {}
+            samples: list[float] = []
+            rows: list[int] = []
+            server: dict[str, list[float]] = {}
             for _ in range(args.calls):
                 path = make(rng.choice(devices))
                 t0 = time.perf_counter()

@@ -74,7 +74,7 @@ async def until(check: Any, timeout: float, what: str, workers: list[WorkerProce
     deadline = time.monotonic() + timeout
     while not await check():
         for worker in workers:
-            if worker.process is None or worker.process.poll() is not None:
+            if worker.process.poll() is not None:
                 raise RuntimeError(f"a worker exited:\n{worker.log_tail()}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not within {timeout:.0f} s")

@@ -145,7 +145,6 @@ async def measure(worker: WorkerProcess, conn: asyncpg.Connection, points: int,
     """Launch ``worker``; sample its RSS every 0.1 s until it has stored ``points`` rows."""
     launched = time.monotonic()
     worker.start()
-    assert worker.process is not None
     process = psutil.Process(worker.process.pid)
     first_row = rss_at_first_row = None
     peak = 0.0

@@ -38,10 +38,12 @@ def fleet(prefix: str, count: int) -> tuple[list[str], str]:
 
 
 class WorkerProcess:
-    """One worker process; ``env`` adds to or overrides its environment."""
+    """One worker process; ``env`` adds to or overrides its environment. ``process`` is
+    its ``Popen`` once started."""
 
-    def __init__(self, name: str, app: str = "streams.app", log_dir: Path = LOG_DIR,
+    def __init__(self, name: str, app: str = "streams.app", log_dir: Path | str = LOG_DIR,
                  **env: str) -> None:
+        log_dir = Path(log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.app = app
         self.log_path = log_dir / f"worker-{name}.log"
@@ -55,11 +57,18 @@ class WorkerProcess:
         }
         if "DATA_DIR" not in env:
             self.env["DATA_DIR"] = tempfile.mkdtemp(prefix="devicestream-worker-")
-        self.process: subprocess.Popen[bytes] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The worker's process (RuntimeError before ``start()``)."""
+        if self._process is None:
+            raise RuntimeError("the worker process is not started")
+        return self._process
 
     def start(self) -> "WorkerProcess":
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
+            self._process = subprocess.Popen(
                 [sys.executable, "-m", "faust", "-A", self.app, "worker", "-l", "info",
                  "--web-port", str(self.web_port)],
                 cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
@@ -67,19 +76,21 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 40) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; the exit status."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
             try:
-                self.process.wait(timeout)
+                process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode if self.process else None
+                process.kill()
+                process.wait()
+        return process.returncode if process is not None else None
 
     def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -109,7 +120,7 @@ class WorkerProcess:
         the process exits or ``timeout`` seconds pass first."""
         deadline = time.monotonic() + timeout
         while (await self.get(path))[0] != status:
-            if self.process is None or self.process.poll() is not None \
+            if self._process is None or self._process.poll() is not None \
                     or time.monotonic() > deadline:
                 raise RuntimeError(f"the worker does not answer {path}:\n{self.log_tail()}")
             await asyncio.sleep(0.5)

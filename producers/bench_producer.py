@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import time
 from dataclasses import replace
+from typing import Callable
 
 import cramjam
 import orjson
@@ -25,8 +26,10 @@ CODECS = ["none", "snappy", "lz4", "zstd", "gzip"]
 def _compressed_size(codec: str, value: bytes) -> int:
     if codec == "none":
         return len(value)
-    compress = {"snappy": cramjam.snappy.compress_raw, "lz4": cramjam.lz4.compress_block,
-                "zstd": cramjam.zstd.compress, "gzip": cramjam.gzip.compress}[codec]
+    codecs: dict[str, Callable[[bytes], cramjam.Buffer]] = {
+        "snappy": cramjam.snappy.compress_raw, "lz4": cramjam.lz4.compress_block,
+        "zstd": cramjam.zstd.compress, "gzip": cramjam.gzip.compress}
+    compress = codecs[codec]
     return len(bytes(compress(value)))
 
 

@@ -195,6 +195,13 @@ class _Message:
         items = self.items
         return items[0] if len(items) == 1 else b"[" + b",".join(items) + b"]"
 
+    @property
+    def delivery(self) -> asyncio.Future:
+        """``done`` of a message already published."""
+        if self.done is None:
+            raise RuntimeError(f"the message of {self.device_id} is not published yet")
+        return self.done
+
 
 class DeviceProducer:
     """Async context manager that validates, batches and publishes readings.
@@ -428,7 +435,7 @@ class DeviceProducer:
                     if message.done is None:
                         await self._publish(message)
         if wait:
-            results = await asyncio.gather(*(m.done for m in touched.values()))
+            results = await asyncio.gather(*(m.delivery for m in touched.values()))
             failures = [r for r in results if r is not None]
             if failures:
                 raise DeliveryError(failures)
@@ -603,7 +610,7 @@ class DeviceProducer:
     def _expire_overdue(self, now: float) -> None:
         """Fail each message the broker has not acknowledged by its deadline."""
         deadlines = self._deadlines
-        while deadlines and (deadlines[0].deadline <= now or deadlines[0].done.done()):
+        while deadlines and (deadlines[0].deadline <= now or deadlines[0].delivery.done()):
             message = deadlines.popleft()
             if message.deadline <= now:
                 self._settle(message, DeliveryTimeout(

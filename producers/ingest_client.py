@@ -61,11 +61,17 @@ class IngestClient:
     async def send_many(self, readings: Sequence[Mapping[str, Any]]) -> None:
         """Start sending ``readings`` (waits while ``concurrency`` requests are in flight);
         ``flush`` waits for them and raises the first refusal."""
-        batches: dict[str | None, list[Mapping[str, Any]]] = defaultdict(list)
-        for reading in readings:
-            batches[None if self._gateway else str(reading["device_id"])].append(reading)
-        for device, batch in batches.items():
-            token = self._gateway if device is None else self._token_for(device)  # type: ignore[misc]
+        batches: list[tuple[str, Sequence[Mapping[str, Any]]]]
+        if self._gateway:
+            batches = [(self._gateway, list(readings))]
+        else:
+            by_device: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+            for reading in readings:
+                by_device[str(reading["device_id"])].append(reading)
+            token_for = self._token_for
+            assert token_for is not None  # __init__: token_for where there is no gateway
+            batches = [(token_for(device), batch) for device, batch in by_device.items()]
+        for token, batch in batches:
             for start in range(0, len(batch), MAX_READINGS_PER_REQUEST):
                 body = orjson.dumps(batch[start:start + MAX_READINGS_PER_REQUEST])
                 await self._slots.acquire()

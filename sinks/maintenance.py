@@ -47,7 +47,8 @@ One run (``run_maintenance``) does, in this order, each step in its own transact
 
 Runs are serialised by a lease row (``storage.maintenance_lease``) and recorded in
 ``storage.maintenance_runs``; ``maintain`` wraps all that for the leader's timer and the
-``maintenance`` command. ``compression_state`` is what ``/pipeline/db`` can show.
+``maintenance`` command. The report's compression state is ``sinks.compression_state``'s,
+as ``/pipeline/db`` shows it too.
 
 The workers' role owns no table: every step that needs an owner's right (drop_chunks,
 policies, TRUNCATE of a trimmed chunk, REINDEX, CLUSTER, ANALYZE) calls a SECURITY DEFINER
@@ -67,6 +68,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import orjson
 
+from sinks.compression_state import read_compression_state
 from sinks.postgres import connect_kwargs
 from streams.settings import Settings
 
@@ -223,67 +225,7 @@ def _note_apache_once() -> None:
         log.warning(APACHE_NOTE)
 
 
-# ------------------------------------------------------------------------------ compression
-
-_HYPERTABLE_STATE = """
-SELECT format('%I.%I', h.hypertable_schema, h.hypertable_name) AS name, h.compression_enabled,
-       s.segmentby, s.orderby,
-       (SELECT count(*) FROM timescaledb_information.chunks c
-         WHERE c.hypertable_schema = h.hypertable_schema
-           AND c.hypertable_name = h.hypertable_name) AS chunks,
-       (SELECT count(*) FROM timescaledb_information.chunks c
-         WHERE c.hypertable_schema = h.hypertable_schema
-           AND c.hypertable_name = h.hypertable_name AND c.is_compressed) AS compressed_chunks,
-       (SELECT j.config->>'compress_after' FROM timescaledb_information.jobs j
-         WHERE j.proc_name = 'policy_compression' AND j.hypertable_schema = h.hypertable_schema
-           AND j.hypertable_name = h.hypertable_name LIMIT 1) AS compress_after,
-       (SELECT j.config->>'drop_after' FROM timescaledb_information.jobs j
-         WHERE j.proc_name = 'policy_retention' AND j.hypertable_schema = h.hypertable_schema
-           AND j.hypertable_name = h.hypertable_name LIMIT 1) AS drop_after
-FROM timescaledb_information.hypertables h
-LEFT JOIN timescaledb_information.hypertable_compression_settings s
-       ON s.hypertable = format('%I.%I', h.hypertable_schema, h.hypertable_name)::regclass
-WHERE h.hypertable_schema = 'storage'
-ORDER BY 1
-"""
-
-_COMPRESSION_STATS = """
-SELECT before_compression_total_bytes AS before_bytes,
-       after_compression_total_bytes AS after_bytes
-FROM hypertable_compression_stats($1::regclass)
-"""
-
-
-async def compression_state(conn: asyncpg.Connection) -> dict[str, Any]:
-    """The compression state of the storage hypertables, for ``/pipeline/db``.
-
-    ``{"license", "available", "state", "hypertables": {name: {...}}}`` where ``state`` is
-    ``"unavailable: apache build"``, ``"enabled"``, ``"not enabled yet"`` (Timescale
-    license, maintenance has not run yet) or ``"partly enabled"``. Read-only and cheap.
-    """
-    async with conn.transaction(readonly=True):
-        license_ = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
-        if license_ is None:
-            return {"license": None, "available": False,
-                    "state": "unavailable: timescaledb not loaded", "hypertables": {}}
-        rows = await conn.fetch(_HYPERTABLE_STATE)
-        tables: dict[str, Any] = {}
-        for row in rows:
-            entry = dict(row)
-            name = entry.pop("name")
-            if license_ == "timescale" and entry["compression_enabled"]:
-                stats = await conn.fetchrow(_COMPRESSION_STATS, name)
-                entry.update(dict(stats) if stats else {"before_bytes": None, "after_bytes": None})
-            tables[name] = entry
-    if license_ != "timescale":
-        state = f"unavailable: {license_} build"
-    else:
-        enabled = [t["compression_enabled"] and t["compress_after"] for t in tables.values()]
-        state = ("enabled" if enabled and all(enabled)
-                 else "partly enabled" if any(enabled) else "not enabled yet")
-    return {"license": license_, "available": license_ == "timescale", "state": state,
-            "hypertables": tables}
-
+# ------------------------------------------------------------------------------ policies
 
 async def _policy_interval(conn: asyncpg.Connection, proc: str, key: str,
                            table: str) -> tuple[bool, timedelta | None]:
@@ -686,7 +628,7 @@ async def run_maintenance(conn: asyncpg.Connection, retention: RetentionSettings
     if tsl:
         for table in HYPERTABLES:
             report.policies += await ensure_compression(conn, table, retention.compress_after_days)
-    report.compression = await compression_state(conn)
+    report.compression = (await read_compression_state(conn)).as_maintenance_report()
     await step("compression", t)
 
     async with conn.transaction():

@@ -64,10 +64,10 @@ def host_cpus() -> int:
         q, p = value.split()[:2]
         quota = int(q) / int(p)
     else:
-        q = _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
-        p = _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
-        if q and p and q.lstrip("-").isdigit() and int(q) > 0:
-            quota = int(q) / int(p)
+        quota_us = _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+        period_us = _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+        if quota_us and period_us and quota_us.lstrip("-").isdigit() and int(quota_us) > 0:
+            quota = int(quota_us) / int(period_us)
     if quota:
         cpus = min(cpus, max(1, math.ceil(quota)))
     return max(1, cpus)

@@ -44,7 +44,7 @@ app = App(
     ),
 )
 
-device_topics = GrowingTopic(app, key_serializer="raw", value_serializer="raw")
+device_topics: GrowingTopic = GrowingTopic(app, key_serializer="raw", value_serializer="raw")
 pipeline_stats = PipelineStats()
 
 # Importing these registers the agents, commands, web routes and timers on ``app``.

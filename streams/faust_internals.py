@@ -13,7 +13,9 @@ docs/performance.md):
   as a message and an event of its own. The records of ``App(feed_topics=...)`` skip
   that path: ``Consumer`` hands each fetch's records for them to ``Consumer.feed``
   (:mod:`streams.record_feed`), which the ingest pipeline reads and acks in bulk, into
-  the bookkeeping Faust's commits read (``Consumer.register_read``, ``Consumer.ack``).
+  the bookkeeping Faust's commits read (``Consumer.register_read``,
+  ``Consumer.ack_offsets``; Faust's own ``Consumer.ack(message)`` stays as it is for the
+  records of other topics).
 - Its commit tests each partition against a freshly built assignment set, which costs
   time in the square of the assigned partitions (15% of a worker's CPU with 1,000
   partitions). ``ConsumerThread`` builds the set once per commit.
@@ -50,13 +52,14 @@ from __future__ import annotations
 
 from importlib.metadata import version
 from time import monotonic
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, cast
 
 import faust
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from faust.transport.conductor import Conductor
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
+from faust.types import TP, AppT
 
 from streams.record_feed import RecordFeed
 
@@ -89,7 +92,7 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # Read when the consumer starts its fetcher; Faust passes no way to set it.
-        consumer._fetch_max_wait_ms = int(self.app.fetch_max_wait * 1000)
+        consumer._fetch_max_wait_ms = int(our_app(self.app).fetch_max_wait * 1000)
         return consumer
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
@@ -118,7 +121,7 @@ class Consumer(faust_aiokafka.Consumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.feed = RecordFeed(self, self.app.feed_topics)
+        self.feed = RecordFeed(self, our_app(self.app).feed_topics)
         # Monotonic time the fetch loop last came back (with records or not; about once a
         # second when idle): the readiness check's sign that the worker still fetches.
         self.last_fetch_at: float | None = None
@@ -163,7 +166,7 @@ class Consumer(faust_aiokafka.Consumer):
         self._read_offset[tp] = records[-1].offset
         return records
 
-    def ack(self, offsets: Mapping[TP, Sequence[int]]) -> None:
+    def ack_offsets(self, offsets: Mapping[TP, Sequence[int]]) -> None:
         """Mark these offsets durable (Faust may commit past them), and wake whoever waits
         for acks. Offsets of partitions no longer assigned are ignored: their new owner
         reads them again."""
@@ -183,7 +186,7 @@ class Consumer(faust_aiokafka.Consumer):
 
     def subscribed_topics(self) -> frozenset[str]:
         """The topics the aiokafka consumer is subscribed to."""
-        return frozenset(self._thread._consumer.subscription())
+        return frozenset(self._thread._ensure_consumer().subscription())
 
     async def wait_empty(self) -> None:
         """Wait until the feed's records are acked too, then Faust's own messages."""
@@ -222,7 +225,7 @@ class GrowingTopic(faust.Topic):
         self._names: list[str] = [] if shared_names is None else shared_names
         super().__init__(*args, **kwargs)
 
-    @property  # type: ignore[override]
+    @property
     def topics(self) -> list[str]:
         return self._names
 
@@ -258,16 +261,37 @@ class GrowingTopic(faust.Topic):
         return bool(missing)
 
 
-def request_resubscription(app: faust.App) -> None:
+def our_app(app: AppT) -> App:
+    """``app`` as the :class:`App` it is (TypeError for another app)."""
+    if not isinstance(app, App):
+        raise TypeError(f"{type(app).__name__} is not a streams.faust_internals.App")
+    return app
+
+
+def our_consumer(app: AppT) -> Consumer:
+    """``app``'s consumer as the :class:`Consumer` it is (TypeError for another one)."""
+    consumer = app.consumer
+    if not isinstance(consumer, Consumer):
+        raise TypeError(f"{type(consumer).__name__} is not a streams.faust_internals.Consumer")
+    return consumer
+
+
+def _conductor(app: AppT) -> Conductor:
+    """``app.topics``, which Faust types as the ``ConductorT`` interface, as the
+    ``Conductor`` it is (whose private attributes are used below)."""
+    return cast(Conductor, app.topics)
+
+
+def request_resubscription(app: AppT) -> None:
     """Ask Faust's conductor to resubscribe (a channel's topics changed)."""
-    app.topics._flag_changes()
+    _conductor(app)._flag_changes()
 
 
-def subscribed_by_conductor(app: faust.App) -> Iterable[str]:
+def subscribed_by_conductor(app: AppT) -> Iterable[str]:
     """The topic names Faust's conductor subscribed to."""
-    return app.topics._topic_name_index
+    return _conductor(app)._topic_name_index
 
 
-def set_resubscribe_delay(app: faust.App, seconds: float) -> None:
+def set_resubscribe_delay(app: AppT, seconds: float) -> None:
     """How long Faust's conductor waits after a change before it resubscribes."""
-    app.topics._resubscribe_sleep_lock_seconds = seconds
+    _conductor(app)._resubscribe_sleep_lock_seconds = seconds

@@ -84,4 +84,4 @@ class RecordFeed:
     def ack(self, offsets: Mapping[TP, Sequence[int]]) -> None:
         """Mark these offsets durable: Faust may commit past them."""
         self.pending -= sum(len(tp_offsets) for tp_offsets in offsets.values())
-        self._consumer.ack(offsets)
+        self._consumer.ack_offsets(offsets)

@@ -33,7 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, for_code
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from schema.validation import parse_rfc3339
+from schema.timestamps import parse_rfc3339
 from streams.settings import Settings
 from streams.topics import kafka_client_kwargs
 from web.kafka_offsets import BrokerOffsets
@@ -202,14 +202,14 @@ async def plan_replay(kafka: PartitionLog, group: str, partitions: Iterable[Topi
     tps = sorted(set(partitions))
     committed = await kafka.committed(tps)
     earliest = await kafka.earliest(tps)
-    movable = [tp for tp in tps
-               if (c := committed.get(tp)) is not None and c > earliest[tp]]
+    # the committed offset of each partition that can move back
+    movable = {tp: c for tp in tps if (c := committed.get(tp)) is not None and c > earliest[tp]}
     since_ms = _ms(since)
     answers: dict[TopicPartition, int | None] | None = None
     no_answer = EARLIEST_NO_ANSWER
     if movable:
         try:
-            answers = await kafka.offsets_for_time(movable, since_ms)
+            answers = await kafka.offsets_for_time(list(movable), since_ms)
         except (KafkaError, asyncio.TimeoutError) as exc:
             no_answer = f"{EARLIEST_NO_ANSWER} ({type(exc).__name__}: {exc})"
             log.warning("replay of group %s: the broker cannot look up offsets by time "
@@ -225,7 +225,7 @@ async def plan_replay(kafka: PartitionLog, group: str, partitions: Iterable[Topi
             else:
                 answer = answers[tp]
                 problem = await _check_answer(kafka, tp, answer, since_ms, earliest[tp],
-                                              committed[tp])  # type: ignore[arg-type]
+                                              movable[tp])
                 if problem is None:
                     target = answer
                     found_by = FOUND_BY_TIME if answer is not None else FOUND_NOTHING_AFTER
@@ -298,7 +298,8 @@ class KafkaLog:
 
     def __init__(self, settings: Settings, group: str) -> None:
         self._group = group
-        self._kwargs = {**kafka_client_kwargs(settings), "client_id": "devicestream-replay"}
+        self._kwargs = kafka_client_kwargs(settings)
+        self._kwargs["client_id"] = "devicestream-replay"
         self._offsets = BrokerOffsets(**self._kwargs)
         self._admin = AIOKafkaAdminClient(**self._kwargs)
         self._reader = AIOKafkaConsumer(**self._kwargs, group_id=None, enable_auto_commit=False,

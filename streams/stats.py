@@ -122,4 +122,5 @@ class PipelineStats:
             return (0.0, 0.0, 0.0, 0.0)
         (t0, first), (t1, last) = self._samples[0], self._samples[-1]
         span = max(t1 - t0, 1e-9)
-        return tuple((b - a) / span for a, b in zip(first, last))  # type: ignore[return-value]
+        messages, points, rows, dead_letters = ((b - a) / span for a, b in zip(first, last))
+        return (messages, points, rows, dead_letters)

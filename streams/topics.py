@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Iterable
+from typing import Iterable, NotRequired, TypedDict
 
 import faust
 import faust.types.auth
@@ -108,20 +108,30 @@ def is_ingest_topic(topic: str) -> bool:
     return topic == SHARED_TOPIC or device_of_topic(topic) is not None
 
 
-def kafka_client_kwargs(settings: Settings) -> dict[str, object]:
+class KafkaClientKwargs(TypedDict):
+    """Keyword arguments of aiokafka's clients (and ``BrokerOffsets``)."""
+
+    bootstrap_servers: list[str]
+    security_protocol: str
+    ssl_context: NotRequired[ssl.SSLContext]
+    sasl_mechanism: NotRequired[str]
+    sasl_plain_username: NotRequired[str]
+    sasl_plain_password: NotRequired[str]
+    client_id: NotRequired[str]
+
+
+def kafka_client_kwargs(settings: Settings) -> KafkaClientKwargs:
     """Connection arguments every Kafka client of ours shares (servers, TLS, SASL)."""
-    kwargs: dict[str, object] = {
+    kwargs: KafkaClientKwargs = {
         "bootstrap_servers": settings.kafka_brokers.split(","),
         "security_protocol": settings.kafka_security_protocol,
     }
     if "SSL" in settings.kafka_security_protocol:
         kwargs["ssl_context"] = kafka_ssl_context(settings)
     if settings.kafka_security_protocol.startswith("SASL"):
-        kwargs.update(
-            sasl_mechanism=settings.kafka_sasl_mechanism,
-            sasl_plain_username=settings.kafka_sasl_username,
-            sasl_plain_password=settings.kafka_sasl_password,
-        )
+        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.kafka_sasl_username
+        kwargs["sasl_plain_password"] = settings.kafka_sasl_password
     return kwargs
 
 

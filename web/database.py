@@ -25,8 +25,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Mapping
 
 import asyncpg
-import orjson
 
+from sinks.compression_state import read_compression_state
 from sinks.postgres import create_pool
 from streams.settings import Settings
 from web.periodic import describe_error
@@ -49,7 +49,6 @@ SELECT current_setting('server_version_num')::int AS version_num,
        (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb') AS timescaledb_version,
        EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements')
            AS pg_stat_statements,
-       current_setting('timescaledb.license', true) AS timescaledb_license,
        has_function_privilege('pg_ls_waldir()', 'EXECUTE') AS can_list_wal
 FROM pg_stat_database d
 WHERE d.datname = current_database()
@@ -109,22 +108,6 @@ JOIN timescaledb_information.chunks ch
   ON ch.chunk_schema = s.chunk_schema AND ch.chunk_name = s.chunk_name
 """
 
-COMPRESSION_STATS = STATS_TAG + """
-SELECT h.hypertable_schema AS schema, h.hypertable_name AS name,
-       s.before_compression_total_bytes AS before_bytes,
-       s.after_compression_total_bytes AS after_bytes
-FROM timescaledb_information.hypertables h
-CROSS JOIN LATERAL hypertable_compression_stats(
-    format('%I.%I', h.hypertable_schema, h.hypertable_name)::regclass) s
-WHERE h.compression_enabled
-"""
-
-COMPRESSION_POLICIES = STATS_TAG + """
-SELECT hypertable_schema AS schema, hypertable_name AS name, config::text AS config
-FROM timescaledb_information.jobs
-WHERE proc_name = 'policy_compression'
-"""
-
 TOP_STATEMENTS_QUERY = STATS_TAG + """
 SELECT queryid, calls, rows,
        total_exec_time / 1000.0 AS total_seconds,
@@ -156,34 +139,6 @@ def pool_usage(pools: Mapping[str, Any]) -> dict[str, dict[str, int]]:
         usage[name] = {"size": size, "idle": idle, "in_use": size - idle,
                        "max": pool.get_max_size()}
     return usage
-
-
-def compression_state(license_: str | None, timescaledb_version: str | None,
-                      hypertables: list[dict[str, Any]],
-                      stats: list[dict[str, Any]] | None = None,
-                      policies: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Whether compression can be used and, where it can, how far it got per hypertable."""
-    if timescaledb_version is None:
-        return {"state": "unavailable: timescaledb not installed"}
-    if license_ == "apache":
-        return {"state": "unavailable: apache build"}
-    by_name = {(s["schema"], s["name"]): s for s in stats or ()}
-    policy = {(p["schema"], p["name"]): p for p in policies or ()}
-    tables = {}
-    for table in hypertables:
-        key = (table["schema"], table["name"])
-        config = orjson.loads(policy[key]["config"] or "{}") if key in policy else None
-        tables[f"{key[0]}.{key[1]}"] = {
-            "enabled": table["compression_enabled"],
-            "chunks": table["chunks"],
-            "compressed_chunks": table["compressed_chunks"],
-            "before_bytes": by_name.get(key, {}).get("before_bytes"),
-            "after_bytes": by_name.get(key, {}).get("after_bytes"),
-            "policy_compress_after": (config or {}).get("compress_after"),
-        }
-    enabled = any(t["enabled"] for t in tables.values())
-    return {"state": "enabled" if enabled else "disabled", "license": license_,
-            "hypertables": tables}
 
 
 def _iso(moment: Any) -> Any:
@@ -298,19 +253,8 @@ async def postgres_state(conn: asyncpg.Connection, compress_after_days: int) -> 
                                      chunks_error=chunks["error"])
         state["hypertables"] = hypertables
         tables = hypertables if isinstance(hypertables, list) else []
-        stats = policies = None
-        license_ = server["timescaledb_license"]
-        if server["timescaledb_version"] is not None and license_ != "apache":
-            stats = await _optional(lambda: rows(COMPRESSION_STATS))
-            policies = await _optional(lambda: rows(COMPRESSION_POLICIES))
-        compression = compression_state(
-            license_, server["timescaledb_version"], tables,
-            stats if isinstance(stats, list) else None,
-            policies if isinstance(policies, list) else None,
-        )
-        for part in (stats, policies):
-            if isinstance(part, dict):
-                compression.setdefault("errors", []).append(part["error"])
+        compression = (await read_compression_state(
+            conn, tag=STATS_TAG, timeout=timeout, on_error=describe_error)).as_pipeline_db()
         compression["chunks_due"] = chunks_due_for_compression(
             tables, chunks if isinstance(chunks, list) else [],
             datetime.now(timezone.utc) - timedelta(days=compress_after_days + 1))

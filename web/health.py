@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from streams.app import app, pipeline_stats, settings
+from streams.faust_internals import our_consumer
 from streams.worker import EXIT_STALLED, exit_without_committing
 from web.stall import StallWatchdog
 from web.views import JsonView, assignment, database_sample, lag_sample, registry
@@ -82,7 +83,7 @@ def _worker_database_check() -> Check:
 def readiness() -> dict[str, Check]:
     """This worker's readiness checks, from its in-memory state."""
     latest = assignment.latest
-    fetched = app.consumer.last_fetch_at
+    fetched = our_consumer(app).last_fetch_at
     return readiness_checks(
         partitions=None if latest is None else len(latest.partitions),
         fetch_silence=None if fetched is None else time.monotonic() - fetched,

@@ -44,7 +44,13 @@ from producers.device_producer import (
     InvalidReadingError,
     ProducerStartError,
 )
-from schema.validation import MAX_VALUE_BYTES, Reading, ValidationWindow, validate_message
+from schema.validation import (
+    MAX_VALUE_BYTES,
+    InvalidReading,
+    Reading,
+    ValidationWindow,
+    validate_message,
+)
 from streams.settings import Settings
 from web.credentials import REALM, Caller, IngestCredentials
 
@@ -114,11 +120,12 @@ def parse_body(body: bytes, window: ValidationWindow) -> list[Reading] | Answer:
     readings, invalid = validate_message(body, None, window)
     if not invalid:
         return readings
-    errors = sorted(
-        ({"index": 0 if bad.index is None else bad.index, "error": bad.error} for bad in invalid),
-        key=lambda e: e["index"],
-    )
-    return invalid_readings(errors)
+
+    def position(bad: InvalidReading) -> int:
+        return 0 if bad.index is None else bad.index
+
+    return invalid_readings([{"index": position(bad), "error": bad.error}
+                             for bad in sorted(invalid, key=position)])
 
 
 def invalid_readings(errors: list[dict[str, Any]]) -> Answer:

@@ -64,11 +64,12 @@ def topic_sizes(partitions: Iterable[TopicPartition], watermarks: dict[TopicPart
         by_topic.setdefault(tp.topic, []).append(tp)
     sizes: dict[str, TopicSize] = {}
     for topic, tps in by_topic.items():
-        marks = [watermarks.get(tp) for tp in tps]
-        messages = (None if any(m is None or m.log_start is None for m in marks)
-                    else sum(m.end - m.log_start for m in marks))
-        known = log_sizes is not None and all(tp in log_sizes for tp in tps)
-        sizes[topic] = TopicSize(messages, sum(log_sizes[tp] for tp in tps) if known else None)
+        spans = [(m.log_start, m.end) for m in map(watermarks.get, tps)
+                 if m is not None and m.log_start is not None]
+        messages = sum(end - start for start, end in spans) if len(spans) == len(tps) else None
+        retained = (sum(log_sizes[tp] for tp in tps)
+                    if log_sizes is not None and all(tp in log_sizes for tp in tps) else None)
+        sizes[topic] = TopicSize(messages, retained)
     return sizes
 
 
@@ -187,7 +188,8 @@ def max_lag_seconds(partitions: Iterable[PartitionLag]) -> float | None:
     """The oldest uncommitted message's age over ``partitions`` (0 when there is none);
     None if a partition's age is not measured."""
     ages = [p.lag_seconds for p in partitions]
-    return None if any(a is None for a in ages) else max(ages, default=0.0)
+    known = [a for a in ages if a is not None]
+    return None if len(known) < len(ages) else max(known, default=0.0)
 
 
 def lag_summary(sample: LagSample | None) -> dict[str, Any]:

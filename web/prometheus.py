@@ -9,7 +9,7 @@ the fleet. The registry also carries prometheus_client's process collector (CPU,
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -351,8 +351,13 @@ class PipelineCollector(Collector):
         yield from database_metrics(self._database)
 
 
-def metrics_registry(collector: Collector,
-                     process: Callable[[CollectorRegistry], Any] | None = ProcessCollector,
+class RegistersIn(Protocol):
+    """What registers itself in a registry when called, as ProcessCollector does."""
+
+    def __call__(self, *, registry: CollectorRegistry) -> object: ...
+
+
+def metrics_registry(collector: Collector, process: RegistersIn | None = ProcessCollector,
                      ) -> CollectorRegistry:
     """A registry of our own (not the global one) with the collector and process metrics."""
     registry = CollectorRegistry(auto_describe=False)

@@ -47,7 +47,8 @@ import asyncpg
 import orjson
 from faust.web import Request, Response, View
 
-from schema.validation import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN, parse_rfc3339
+from schema.timestamps import parse_rfc3339
+from schema.validation import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
 from sinks.postgres import connect_kwargs
 from streams.app import app, pipeline_stats, settings
 from streams.settings import Settings
@@ -477,7 +478,7 @@ async def _copy_rows(conn: asyncpg.Connection, query: str) -> list[tuple[Any, ..
         raise ValueError("not a binary COPY stream")
     pos = len(_COPY_SIGNATURE) + 4  # flags
     pos += 4 + _INT32(data, pos)[0]  # header extension
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     while True:
         fields = _INT16(data, pos)[0]
         pos += 2
@@ -509,17 +510,20 @@ def _unpack_buckets(packed: bytes, limit: int) -> tuple[Any, list[int], list[flo
     ints = memoryview(values)[:limit * _FIELDS]
     floats = ints.cast("B").cast("d")
     stamps = ints[0::_FIELDS]
-    rest = [ints[1::_FIELDS].tolist(), floats[2::_FIELDS].tolist(),
-            floats[3::_FIELDS].tolist(), floats[4::_FIELDS].tolist()]
+    # (memoryview.tolist gives ints or floats by the view's format)
+    rest: list[list[Any]] = [ints[1::_FIELDS].tolist(), floats[2::_FIELDS].tolist(),
+                             floats[3::_FIELDS].tolist(), floats[4::_FIELDS].tolist()]
     key = stamps.tobytes()
     buckets = _BUCKET_JSON.get(key)
     if buckets is None:
         us = stamps.tolist()
         if us != sorted(us):  # never seen; linear for sorted input, keys are unique
             us, *rest = _in_bucket_order([us, *rest])
-            return (_bucket_texts(us), *rest, truncated)  # type: ignore
+            counts, sums, mins, maxs = rest
+            return (_bucket_texts(us), counts, sums, mins, maxs, truncated)
         buckets = _bucket_json(key, us)
-    return (buckets, *rest, truncated)  # type: ignore
+    counts, sums, mins, maxs = rest
+    return (buckets, counts, sums, mins, maxs, truncated)
 
 
 _BUCKET_TEXT: dict[int, str] = {}
@@ -583,7 +587,7 @@ async def measure_read_replica() -> None:
 
 
 @app.on_before_shutdown.connect
-async def _close_read_pools(app: Any, **kwargs: Any) -> None:
+async def _close_read_pools(app: Any, /, *args: Any, **kwargs: Any) -> None:
     await reads.close()
 
 

@@ -105,7 +105,7 @@ class ReadRoute:
                     self.replica.error = error
                     self.replica.refresh_soon()
                 target, reason = "primary", "replica_down"
-        if conn is None:
+        if pool is None or conn is None:  # (conn is None whenever pool is)
             pool = await self._pool("primary")
             conn = await pool.acquire()
         self.reads[target] += 1

@@ -42,10 +42,11 @@ class StallWatchdog:
         watches: dict[TopicPartition, _Watch] = {}
         for row in (sample.own() if sample.assignment_known else ()):
             tp = TopicPartition(row.topic, row.partition)
-            previous = self._watches.get(tp)
-            moving = (not database_up or (row.lag or 0) <= 0 or previous is None
-                      or previous.committed != row.committed)
-            watches[tp] = _Watch(row.committed, at) if moving else previous
+            watch = self._watches.get(tp)
+            if (watch is None or not database_up or (row.lag or 0) <= 0
+                    or watch.committed != row.committed):
+                watch = _Watch(row.committed, at)  # moving (or new): watched from now
+            watches[tp] = watch
         self._watches = watches
         stalled = sorted(tp for tp, watch in watches.items()
                          if at - watch.since >= self.stall_seconds)

@@ -21,6 +21,7 @@ from faust.web import Request, Response, View
 from faust.web.exceptions import MethodNotAllowed
 
 from streams.app import app, device_topics, pipeline_stats, settings
+from streams.faust_internals import our_consumer
 from streams.settings import Settings
 from streams.topics import SHARED_TOPIC, device_of_topic, kafka_client_kwargs
 from web.access import open_web_warning
@@ -91,7 +92,7 @@ def _consumer_subscription() -> frozenset[str]:
     fallback, although they can run ahead of the consumer (Faust resubscribes later).
     """
     try:
-        return app.consumer.subscribed_topics()  # type: ignore[attr-defined]
+        return our_consumer(app).subscribed_topics()
     except Exception:  # not started yet
         return frozenset(device_topics.topics)
 
@@ -115,7 +116,8 @@ registry.register(HostCollector(settings.watched_disks()))
 registry.register(ReadsCollector(reads.state))
 
 
-@app.on_partitions_assigned.connect
+# mode types every handler as taking any positional arguments; this signal sends one.
+@app.on_partitions_assigned.connect  # type: ignore[arg-type]
 async def _measure_lag_of_new_assignment(sender: Any, assigned: Any, **kwargs: Any) -> None:
     assignment.update(assigned)
     lag_sample.refresh_soon()

@@ -20,11 +20,10 @@ from schema.validation import (
     validate_message,
     validate_reading,
 )
+from tests.schema.test_timestamps import rfc3339_times
 
 NOW = datetime(2026, 11, 28, 17, 0, 0, tzinfo=timezone.utc)
 WINDOW = ValidationWindow.around(NOW, timedelta(days=90))
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-US = timedelta(microseconds=1)
 
 # VALIDATION_EXAMPLES=5000 for a longer search by hand; the suite default keeps it fast.
 FAST = settings(
@@ -82,32 +81,6 @@ instants_us = st.integers(min_value=WINDOW.oldest_us + 1_000_000, max_value=WIND
 
 
 @st.composite
-def rfc3339_times(draw, instant_us=None):
-    """(text, the time_us it means after truncation to microseconds)."""
-    if instant_us is None:
-        instant_us = draw(instants_us)
-    offset_min = draw(st.sampled_from([0, 0, 60, -60, 330, -570, 23 * 60 + 59, -(23 * 60 + 59)]))
-    local = EPOCH + timedelta(microseconds=instant_us) + timedelta(minutes=offset_min)
-    sep = draw(st.sampled_from("TTt "))
-    digits = draw(st.integers(min_value=0, max_value=9))
-    micro = local.microsecond
-    if digits <= 6:
-        frac = f"{micro:06d}"[:digits]
-        expected = instant_us - micro % 10 ** (6 - digits)
-    else:
-        extra = draw(st.text("0123456789", min_size=digits - 6, max_size=digits - 6))
-        frac = f"{micro:06d}" + extra
-        expected = instant_us
-    if offset_min == 0 and draw(st.booleans()):
-        zone = draw(st.sampled_from(["Z", "z", "+00:00", "-00:00"]))
-    else:
-        sign = "+" if offset_min >= 0 else "-"
-        zone = f"{sign}{abs(offset_min) // 60:02d}:{abs(offset_min) % 60:02d}"
-    text = f"{local:%Y-%m-%d}{sep}{local:%H:%M:%S}" + (f".{frac}" if frac else "") + zone
-    return text, expected
-
-
-@st.composite
 def valid_readings(draw, device_id=None):
     """(reading object, expected Reading)."""
     if device_id is None:
@@ -118,7 +91,7 @@ def valid_readings(draw, device_id=None):
         )
         time_value, time_us = ms, ms * 1000
     else:
-        time_value, time_us = draw(rfc3339_times())
+        time_value, time_us = draw(rfc3339_times(instants_us))
     metrics = draw(st.dictionaries(valid_names, valid_values, min_size=1, max_size=8))
     obj = {"device_id": device_id, "time": time_value, "metrics": metrics}
     order = draw(st.permutations(list(obj)))
@@ -135,7 +108,7 @@ def reading_like(draw):
         obj["device_id"] = draw(st.just("dev-1") | device_ids)
     if draw(st.integers(0, 9)):
         obj["time"] = draw(
-            rfc3339_times().map(lambda t: t[0])
+            rfc3339_times(instants_us).map(lambda t: t[0])
             | instants_us.map(lambda us: us // 1000)
             | st.sampled_from(
                 ["2026-11-28T17:00:00", "2016-12-31T23:59:60Z", "0000-01-01T00:00:00Z"]
@@ -362,40 +335,3 @@ def test_colon_count_finds_duplicates_exactly(data):
         assert "duplicate key" in invalid[0].error
     else:
         assert invalid[0].error == validate_reading(dict(pairs), None, WINDOW)
-
-
-# --------------------------------------------------------------------------- time parsing
-
-
-@FAST
-@given(st.data())
-def test_rfc3339_text_gives_the_instant_it_names(data):
-    text, expected = data.draw(rfc3339_times())
-    assert validation._parse_time(text) == expected
-
-
-def field(low: int, high: int) -> st.SearchStrategy[str]:
-    """Two digits, mostly within [low, high], sometimes anything."""
-    return (st.integers(low, high) | st.integers(0, 99)).map(lambda n: f"{n:02d}")
-
-
-@FAST
-@given(
-    (st.integers(1, 9999) | st.integers(0, 9999)).map(lambda n: f"{n:04d}"),
-    field(1, 12), field(1, 31), st.sampled_from("TTt X"),
-    field(0, 23), field(0, 59), field(0, 60), st.text("0123456789", max_size=10),
-    st.sampled_from(["Z", "Z", "z", "", "+", "-", "+0100"]), field(0, 23), field(0, 59),
-)
-def test_fast_time_path_and_reference_parser_agree(year, month, day, sep, hour, minute,
-                                                   second, frac, zone, off_h, off_m):
-    text = f"{year}-{month}-{day}{sep}{hour}:{minute}:{second}"
-    if frac:
-        text += "." + frac
-    if zone in ("+", "-"):
-        text += f"{zone}{off_h}:{off_m}"
-    else:
-        text += zone
-    fast = validation._parse_time(text)
-    assert fast == validation.parse_rfc3339(text)
-    if isinstance(fast, int):
-        assert validation._MIN_US <= fast <= validation._MAX_US

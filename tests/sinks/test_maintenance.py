@@ -14,11 +14,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from sinks.compression_state import read_compression_state
 from sinks.maintenance import (
     LeaseTaken,
     RetentionPlan,
     acquire_lease,
-    compression_state,
     maintain,
     maintenance_connection,
     release_lease,
@@ -168,7 +168,7 @@ async def test_compression_state_follows_the_license(stack) -> None:
     conn = await db_connect()
     try:
         license_ = await conn.fetchval("SHOW timescaledb.license")
-        state = await compression_state(conn)
+        state = (await read_compression_state(conn)).as_maintenance_report()
     finally:
         await conn.close()
     assert state["license"] == license_

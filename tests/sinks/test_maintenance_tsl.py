@@ -11,7 +11,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from sinks.maintenance import HYPERTABLES, compression_state, maintain
+from sinks.compression_state import read_compression_state
+from sinks.maintenance import HYPERTABLES, maintain
 from sinks.postgres import create_pool
 from sinks.timescale import TimescaleSink
 from tests.stack import (
@@ -44,7 +45,7 @@ async def test_compression_and_retention_policies_are_set_and_kept(timescale_lic
             "SELECT ($1::jsonb ->> $2)::interval", config,
             "compress_after" if key[1] == "policy_compression" else "drop_after")
             for key, config in jobs.items()}
-        state = await compression_state(conn)
+        state = (await read_compression_state(conn)).as_maintenance_report()
     finally:
         await conn.close()
     assert settings["storage.readings"] == ("series_id", '"time" DESC')  # a keyword: quoted

@@ -1,51 +1,19 @@
 """Shaping the database sample (no database needed)."""
 from __future__ import annotations
 
-import orjson
-
 from web.database import (
     STATS_TAG,
     TOP_STATEMENTS_QUERY,
     cache_hit_ratio,
-    compression_state,
     pgbouncer_report,
     pool_usage,
 )
-
-READINGS = {"schema": "public", "name": "readings", "compression_enabled": True,
-            "chunks": 10, "compressed_chunks": 7}
-DEVICES_1M = {"schema": "public", "name": "readings_1m", "compression_enabled": False,
-              "chunks": 2, "compressed_chunks": 0}
 
 
 def test_cache_hit_ratio() -> None:
     assert cache_hit_ratio(99, 1) == 0.99
     assert cache_hit_ratio(0, 0) is None
     assert cache_hit_ratio(None, None) is None
-
-
-def test_compression_is_unavailable_on_the_apache_build() -> None:
-    assert compression_state("apache", "2.19.3", [READINGS]) == {
-        "state": "unavailable: apache build"}
-    assert compression_state(None, None, []) == {
-        "state": "unavailable: timescaledb not installed"}
-
-
-def test_compression_progress_per_hypertable_on_the_timescale_license() -> None:
-    state = compression_state(
-        "timescale", "2.19.3", [READINGS, DEVICES_1M],
-        stats=[{"schema": "public", "name": "readings", "before_bytes": 1000,
-                "after_bytes": 100}],
-        policies=[{"schema": "public", "name": "readings",
-                   "config": orjson.dumps({"compress_after": "7 days"}).decode()}],
-    )
-    assert state["state"] == "enabled"
-    assert state["hypertables"]["public.readings"] == {
-        "enabled": True, "chunks": 10, "compressed_chunks": 7, "before_bytes": 1000,
-        "after_bytes": 100, "policy_compress_after": "7 days"}
-    assert state["hypertables"]["public.readings_1m"]["enabled"] is False
-    assert state["hypertables"]["public.readings_1m"]["policy_compress_after"] is None
-    assert compression_state("timescale", "2.19.3", [DEVICES_1M])["state"] == "disabled"
 
 
 def test_pgbouncer_rows_leave_out_the_admin_console_itself() -> None:

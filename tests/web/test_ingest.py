@@ -47,7 +47,7 @@ class FakeProducer:
         return len(readings)
 
 
-def _routes() -> aiohttp_web.Application:
+def ingest_routes() -> aiohttp_web.Application:
     """A fresh aiohttp application serving the /ingest view registered on the Faust app."""
     web_app = aiohttp_web.Application(middlewares=[json_errors])
     view = app.web.views["/ingest"]
@@ -60,7 +60,7 @@ def _routes() -> aiohttp_web.Application:
     return web_app
 
 
-def _use(monkeypatch: pytest.MonkeyPatch, token: str = "", secret: str = "",
+def use_ingest_settings(monkeypatch: pytest.MonkeyPatch, token: str = "", secret: str = "",
          previous: str = "") -> ingest.IngestPublisher:
     FakeProducer.instances.clear()
     run_settings = replace(settings, ingest_token=token, device_token_secret=secret,
@@ -73,15 +73,15 @@ def _use(monkeypatch: pytest.MonkeyPatch, token: str = "", secret: str = "",
 
 @pytest.fixture
 async def client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient]:
-    _use(monkeypatch)
-    async with TestClient(TestServer(_routes())) as test_client:
+    use_ingest_settings(monkeypatch)
+    async with TestClient(TestServer(ingest_routes())) as test_client:
         yield test_client
 
 
 @pytest.fixture
 async def token_client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient]:
-    _use(monkeypatch, TOKEN)
-    async with TestClient(TestServer(_routes())) as test_client:
+    use_ingest_settings(monkeypatch, TOKEN)
+    async with TestClient(TestServer(ingest_routes())) as test_client:
         yield test_client
 
 
@@ -91,8 +91,8 @@ SECRET, PREVIOUS, OTHER = ("n" * 32, "p" * 32, "o" * 32)
 @pytest.fixture
 async def device_client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient]:
     """Device tokens under SECRET, PREVIOUS still accepted, and the gateway's TOKEN."""
-    _use(monkeypatch, TOKEN, SECRET, PREVIOUS)
-    async with TestClient(TestServer(_routes())) as test_client:
+    use_ingest_settings(monkeypatch, TOKEN, SECRET, PREVIOUS)
+    async with TestClient(TestServer(ingest_routes())) as test_client:
         yield test_client
 
 
@@ -270,7 +270,7 @@ async def test_kafka_unreachable_gets_503_json_and_the_next_request_tries_again(
     status, answer = await post(client, [reading("a")])
     assert status == 503 and "Kafka is unavailable" in answer["error"]
     monkeypatch.undo()  # the broker is back
-    _use(monkeypatch)
+    use_ingest_settings(monkeypatch)
     assert (await post(client, [reading("a")]))[0] == 202
 
 
@@ -354,8 +354,8 @@ async def test_while_rotating_the_previous_secrets_tokens_are_accepted_too(
 
 
 async def test_after_rotation_the_retired_secrets_tokens_get_401(monkeypatch) -> None:
-    _use(monkeypatch, secret=SECRET)  # PREVIOUS no longer configured
-    async with TestClient(TestServer(_routes())) as client:
+    use_ingest_settings(monkeypatch, secret=SECRET)  # PREVIOUS no longer configured
+    async with TestClient(TestServer(ingest_routes())) as client:
         old = await post(client, [reading("dev-a")], headers=bearer(device_token(PREVIOUS, "dev-a")))
         new = await post(client, [reading("dev-a")], headers=bearer(device_token(SECRET, "dev-a")))
     assert (old[0], new[0]) == (401, 202)
@@ -368,7 +368,7 @@ async def test_the_gateway_token_still_writes_for_any_device(device_client) -> N
 
 
 async def test_with_device_tokens_only_a_request_without_one_gets_401(monkeypatch) -> None:
-    _use(monkeypatch, secret=SECRET)
-    async with TestClient(TestServer(_routes())) as client:
+    use_ingest_settings(monkeypatch, secret=SECRET)
+    async with TestClient(TestServer(ingest_routes())) as client:
         status, _ = await post(client, [reading("dev-a")])
     assert status == 401 and published() == []

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
-from tests.web.test_ingest import TOKEN, _routes, _use
+from tests.web.test_ingest import TOKEN, ingest_routes, use_ingest_settings
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -38,14 +38,14 @@ AUTHORIZATION = st.none() | st.just(f"Bearer {TOKEN}") | st.text(
 
 async def _post(body: bytes, authorization: str | None) -> tuple[int, bytes]:
     headers = {"Authorization": authorization} if authorization is not None else {}
-    async with TestClient(TestServer(_routes())) as client:
+    async with TestClient(TestServer(ingest_routes())) as client:
         answer = await client.post("/ingest", data=body, headers=headers)
         return answer.status, await answer.read()
 
 
 @pytest.fixture
 def with_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    _use(monkeypatch, TOKEN)
+    use_ingest_settings(monkeypatch, TOKEN)
 
 
 @hypothesis_settings(max_examples=150, deadline=None,

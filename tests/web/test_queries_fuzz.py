@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 from tests.stack import SETTINGS
-from tests.web.test_queries_integration import _client
+from tests.web.test_queries_integration import queries_client
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ DEVICES = TEXT | st.sampled_from(["sensor-001", "a" * 129, "..", "%00", "x;DROP 
 
 async def _ask(monkeypatch: pytest.MonkeyPatch, device: str, route: str,
                params: dict[str, str]) -> tuple[int, bytes]:
-    client = await _client(monkeypatch, SETTINGS)
+    client = await queries_client(monkeypatch, SETTINGS)
     try:
         answer = await client.get(f"/devices/{quote(device, safe='')}/{route}", params=params)
         return answer.status, await answer.read()

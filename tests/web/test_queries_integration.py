@@ -73,7 +73,7 @@ def _routes() -> aiohttp_web.Application:
     return web_app
 
 
-async def _client(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> TestClient:
+async def queries_client(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> TestClient:
     route = q.read_route(settings)
     monkeypatch.setattr(q, "queries", q.DeviceQueries(route, q.Limits.from_settings(settings)))
     client = TestClient(TestServer(_routes()))
@@ -84,7 +84,7 @@ async def _client(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> TestCl
 
 @pytest.fixture
 async def client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient]:
-    test_client = await _client(monkeypatch, SETTINGS)
+    test_client = await queries_client(monkeypatch, SETTINGS)
     yield test_client
     await test_client.close()
     await test_client.read_pool.close()  # type: ignore[attr-defined]
@@ -249,7 +249,7 @@ async def test_a_database_that_cannot_be_reached_gives_503_json(
         monkeypatch: pytest.MonkeyPatch, stack: None) -> None:
     down = replace(SETTINGS, db_port=free_port(), read_db_host="127.0.0.1",
                    read_db_port=free_port())  # the replica and its fallback
-    client = await _client(monkeypatch, down)
+    client = await queries_client(monkeypatch, down)
     try:
         status, body = await _get(client, "/devices/any-device/latest")
     finally:
