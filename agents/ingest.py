@@ -428,6 +428,7 @@ def _refused_by_database(
 from sinks.dead_letter_search import DeadLetterSearch  # noqa: E402
 from sinks.postgres import DatabaseTLSError, check_tls, create_pool  # noqa: E402
 from streams.app import app, device_topics, pipeline_stats, settings  # noqa: E402
+from streams.faust_internals import our_consumer  # noqa: E402
 from streams.subscription import follow_device_topics, followed_devices  # noqa: E402
 from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner, kafka_client_kwargs  # noqa: E402
 from streams.worker import EXIT_INGEST_FAILED, exit_without_committing  # noqa: E402
@@ -468,7 +469,7 @@ async def ingest(stream: StreamT) -> None:
         # Subscribes the agent's topics as iterating its stream would; their records then
         # come through the consumer's feed, never through the stream.
         aiter(stream.channel)
-        await run_or_exit(pipeline.run(app.consumer.feed, followed_devices(settings)))
+        await run_or_exit(pipeline.run(our_consumer(app).feed, followed_devices(settings)))
     finally:
         pipeline_stats.unregister_pool("ingest")
         await pool.close()

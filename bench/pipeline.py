@@ -419,7 +419,7 @@ class Bench:
             finally:
                 worker.stop(timeout=30)
         latencies.sort()
-        result = {
+        result: dict[str, Any] = {
             "rate_points_per_s": rate_points,
             "probes": len(latencies),
             "latency_p50_s": _quantile(latencies, 0.5),

@@ -88,19 +88,20 @@ def device_of_topic(topic: str) -> str | None:
     return device_id if DEVICE_ID_PATTERN.fullmatch(device_id) else None
 
 
-def expected_device(topic: str, key: bytes | None) -> str | None:
+def expected_device(topic: str, key: bytes | None) -> str:
     """The device every reading of a message must belong to.
 
     On a device topic it is the topic's suffix (the key is not looked at). On the shared
     topic it is the message key: a reading whose ``device_id`` differs from it is invalid,
-    like a reading on another device's topic. A missing or undecodable key is returned as
-    a string no valid reading can match, never as None (None would accept any device).
+    like a reading on another device's topic. A missing or undecodable key, or a topic of
+    neither kind, gives a string no valid reading can match, never None (None would accept
+    any device).
     """
     if topic == SHARED_TOPIC:
         if key is None:
             return ""
         return bytes(key).decode("utf-8", "replace")
-    return device_of_topic(topic)
+    return device_of_topic(topic) or ""
 
 
 def is_ingest_topic(topic: str) -> bool:

@@ -83,6 +83,7 @@ def test_on_the_shared_topic_the_key_names_the_device() -> None:
     assert expected_device(SHARED_TOPIC, b"sensor-001") == "sensor-001"
     # A missing or undecodable key matches no reading (None would accept any device).
     assert expected_device(SHARED_TOPIC, None) == ""
+    assert expected_device("other-topic", b"sensor-001") == ""
     assert expected_device(SHARED_TOPIC, b"\xff") == "\ufffd"
 
 
