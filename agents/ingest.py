@@ -449,11 +449,11 @@ async def ingest(stream: StreamT) -> None:
         return await app.producer.send(DEAD_LETTER_TOPIC, letter.key, letter.value, None, None, None)
 
     config = IngestConfig(
-        batch_points=settings.sink_batch_points,
-        linger=settings.sink_linger,
-        retention=timedelta(days=settings.retention_days),
-        max_backoff=settings.db_retry_max_backoff,
-        writers=settings.sink_writers,
+        batch_points=settings.sink.batch_points,
+        linger=settings.sink.linger,
+        retention=timedelta(days=settings.storage.retention_days),
+        max_backoff=settings.db.retry_max_backoff,
+        writers=settings.sink.writers,
     )
     try:
         pipeline = IngestPipeline(
@@ -462,8 +462,8 @@ async def ingest(stream: StreamT) -> None:
                                                     kafka_client_kwargs(settings))),
             publish_dead_letter, config,
             pipeline_stats, commit_offsets=app.consumer.commit,
-            event_clock=EventClock(int(settings.aggregate_grace * 1_000_000),
-                                   settings.event_clock_max_devices),
+            event_clock=EventClock(int(settings.sink.aggregate_grace * 1_000_000),
+                                   settings.sink.event_clock_max_devices),
             draining=lambda: app.rebalancing or app.should_stop,
         )
         # Subscribes the agent's topics as iterating its stream would; their records then

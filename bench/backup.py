@@ -298,21 +298,21 @@ async def create_database(server: Server) -> Settings:
     """The owner, workers' and read-only roles and the bench database with TimescaleDB and the schema
     migrated (privileges granted as ``migrate`` does), on ``server``; settings that connect
     to it as the workers' role."""
-    settings = bench_settings(db_port=server.port)
+    settings = bench_settings(server.port)
     owner = settings.as_owner()
     statements = [(f"CREATE ROLE {user} LOGIN PASSWORD '{password.replace(chr(39), chr(39) * 2)}'",
                    "postgres")
-                  for user, password in ((owner.db_user, owner.db_password),
-                                         (settings.db_user, settings.db_password),
-                                         (settings.read_db_user, settings.read_db_password))]
-    statements += [(f"CREATE DATABASE {settings.db_name} OWNER {owner.db_user}", "postgres"),
-                   ("CREATE EXTENSION timescaledb", settings.db_name)]
+                  for user, password in ((owner.db.user, owner.db.password),
+                                         (settings.db.user, settings.db.password),
+                                         (settings.read_db.user, settings.read_db.password))]
+    statements += [(f"CREATE DATABASE {settings.db.name} OWNER {owner.db.user}", "postgres"),
+                   ("CREATE EXTENSION timescaledb", settings.db.name)]
     for sql, database in statements:
         psql_super(sql, database, socket_dir=str(server.socket_dir), port=server.port)
     conn = await connect(settings)  # as the owner
     try:
         await migrate(conn)
-        await grant_privileges(conn, settings.db_user, settings.read_db_user)
+        await grant_privileges(conn, settings.db.user, settings.read_db.user)
     finally:
         await conn.close()
     return settings
@@ -419,7 +419,7 @@ async def restore(repo: Repository, root: Path, servers: list[Server],
     # The backup brought the source's postgresql.conf (port, archiving): replaced.
     restored.configure(tuning | control_settings(restored) | {"archive_mode": "off"})
     restored.start()
-    restored_settings = replace(settings, db_port=restored.port)
+    restored_settings = replace(settings, db=replace(settings.db, port=restored.port))
     await wait_promoted(restored_settings, restored)
     seconds = time.perf_counter() - t0
     conn = await connect(restored_settings)
@@ -443,8 +443,8 @@ async def wait_promoted(settings: Settings, server: Server, timeout: float = 180
     while True:
         try:
             conn = await asyncpg.connect(
-                host=settings.db_host, port=settings.db_port, user=settings.db_user,
-                password=settings.db_password, database=settings.db_name, timeout=5)
+                host=settings.db.host, port=settings.db.port, user=settings.db.user,
+                password=settings.db.password, database=settings.db.name, timeout=5)
             try:
                 if not await conn.fetchval("SELECT pg_is_in_recovery()"):
                     return

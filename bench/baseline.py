@@ -26,15 +26,15 @@ topics = [t for t in os.environ.get("BENCH_TOPICS", "").split(",") if t]
 run = os.environ.get("BENCH_RUN", "")
 
 app = faust.App(
-    settings.app_id,
-    broker=[f"kafka://{b}" for b in settings.kafka_brokers.split(",")],
+    settings.worker.app_id,
+    broker=[f"kafka://{b}" for b in settings.kafka.brokers.split(",")],
     store="memory://",
-    datadir=f"{settings.data_dir}/{settings.app_id}",
+    datadir=f"{settings.worker.data_dir}/{settings.worker.app_id}",
     key_serializer="raw",
     value_serializer="raw",
-    web_port=settings.web_port,
-    broker_session_timeout=settings.broker_session_timeout,
-    broker_heartbeat_interval=max(settings.broker_session_timeout / 10, 0.5),
+    web_port=settings.web.port,
+    broker_session_timeout=settings.kafka.session_timeout,
+    broker_heartbeat_interval=max(settings.kafka.session_timeout / 10, 0.5),
     consumer_auto_offset_reset="earliest",
 )
 

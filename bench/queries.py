@@ -43,7 +43,6 @@ import random
 import statistics
 import subprocess
 import time
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -86,7 +85,7 @@ def psql_super(sql: str, database: str = "postgres", attempts: int = 30,
 
 def create_database() -> None:
     psql_super(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-    psql_super(f"CREATE DATABASE {DB_NAME} OWNER {bench_settings().db_owner_user}")
+    psql_super(f"CREATE DATABASE {DB_NAME} OWNER {bench_settings().db.owner_user}")
     psql_super("CREATE EXTENSION IF NOT EXISTS timescaledb", DB_NAME)
 
 
@@ -94,17 +93,17 @@ def drop_database() -> None:
     psql_super(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
 
 
-def bench_settings(**changes: Any) -> Settings:
-    base = Settings.from_env({"DB_PORT": str(PG_PORT), "DB_NAME": DB_NAME})
-    return replace(base, **changes)
+def bench_settings(port: int = PG_PORT) -> Settings:
+    """Settings for the bench database on the bench server's ``port``."""
+    return Settings.from_env({"DB_PORT": str(port), "DB_NAME": DB_NAME})
 
 
 async def connect(settings: Settings) -> asyncpg.Connection:
     """A connection as the owner role: the benchmarks seed, VACUUM and clean up tables."""
     owner = settings.as_owner()
     return await asyncpg.connect(
-        host=owner.db_host, port=owner.db_port, user=owner.db_user,
-        password=owner.db_password, database=owner.db_name, statement_cache_size=0,
+        host=owner.db.host, port=owner.db.port, user=owner.db.user,
+        password=owner.db.password, database=owner.db.name, statement_cache_size=0,
         command_timeout=None)
 
 
@@ -138,8 +137,8 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
 
 async def load(settings: Settings, args: argparse.Namespace, end: datetime) -> dict[str, Any]:
     pool = await asyncpg.create_pool(
-        min_size=1, max_size=1, host=settings.db_host, port=settings.db_port,
-        user=settings.db_user, password=settings.db_password, database=settings.db_name,
+        min_size=1, max_size=1, host=settings.db.host, port=settings.db.port,
+        user=settings.db.user, password=settings.db.password, database=settings.db.name,
         statement_cache_size=0, command_timeout=None)
     sink = TimescaleSink(pool)
     batch: list[tuple[int, str, str, float]] = []
@@ -233,8 +232,8 @@ def bench_worker(settings: Settings, **env: str) -> WorkerProcess:
     nothing; ``env`` adds to or overrides its environment (``bench.startup``'s worker
     consumes)."""
     return WorkerProcess("bench", **{
-        "DB_HOST": settings.db_host, "DB_PORT": str(settings.db_port),
-        "DB_NAME": settings.db_name, "DEVICE_FILTER": "^bench-queries-consumes-nothing-$",
+        "DB_HOST": settings.db.host, "DB_PORT": str(settings.db.port),
+        "DB_NAME": settings.db.name, "DEVICE_FILTER": "^bench-queries-consumes-nothing-$",
         "MAINTENANCE_INTERVAL": "0", **env})
 
 
@@ -493,7 +492,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     conn = await connect(settings)
     try:
         await migrate(conn)
-        await grant_privileges(conn, settings.db_user, settings.read_db_user)
+        await grant_privileges(conn, settings.db.user, settings.read_db.user)
         results["postgres"] = await conn.fetchval("SHOW server_version")
         results["timescaledb_license"] = await conn.fetchval("SHOW timescaledb.license")
     finally:
@@ -526,7 +525,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results["aggregate_1m_raw_rows"] = await time_big_aggregate(settings, end, args.agg_runs)
     if results["timescaledb_license"] == "timescale":
         print("compressing the raw chunks past COMPRESS_AFTER_DAYS ...", flush=True)
-        results["compression"] = await time_compression(settings, settings.compress_after_days)
+        results["compression"] = await time_compression(settings,
+                                                         settings.storage.compress_after_days)
     if not args.skip_retention:
         print("timing a retention run ...", flush=True)
         results["retention"] = await time_retention(settings, args)

@@ -20,7 +20,6 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +91,7 @@ async def one_run(count: int, readings: int, devices_n: int) -> dict[str, Any]:
         workers = [first] + [
             WorkerProcess(f"bench-shared-{count}-{n}", APP_ID=first.env["APP_ID"], **env).start()
             for n in range(2, count + 1)]
-        settings = replace(broker.settings(), topic_mode="shared")
+        settings = broker.settings(TOPIC_MODE="shared")
         start_ms = int(time.time() * 1000) - 3 * 3600 * 1000
 
         async def reached(points: int) -> bool:

@@ -205,7 +205,7 @@ def _worker(settings: Settings, broker: PrivateBroker) -> WorkerProcess:
     """A consuming worker on ``broker`` and, straight, the private server."""
     return bench_worker(
         settings, **broker.worker_env(), TOPIC_MODE="shared", DEVICE_FILTER="",
-        DB_USER=settings.db_user, DB_PASSWORD=settings.db_password,
+        DB_USER=settings.db.user, DB_PASSWORD=settings.db.password,
         DB_STATEMENT_CACHE="true", MAINTENANCE_INTERVAL="0")
 
 

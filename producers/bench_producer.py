@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from dataclasses import replace
 from typing import Callable
 
 import cramjam
@@ -65,8 +64,7 @@ async def main() -> None:
     parser.add_argument("--codecs", default=",".join(CODECS))
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
-    settings = replace(Settings.from_env({"KAFKA_BROKERS": args.brokers}),
-                       topic_mode=args.topic_mode)
+    settings = Settings.from_env({"KAFKA_BROKERS": args.brokers, "TOPIC_MODE": args.topic_mode})
     print(f"{args.readings} readings x {args.metrics} metrics, {args.devices} devices, "
           f"up to {args.per_message} readings/message, {args.topic_mode} topics, "
           f"broker {args.brokers}")

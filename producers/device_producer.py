@@ -149,14 +149,14 @@ class ProducerConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> "ProducerConfig":
-        compression = settings.producer_compression
+        compression = settings.producer.compression
         assert compression in COMPRESSIONS
         values: dict[str, Any] = {
-            "max_message_bytes": settings.producer_batch_bytes,
-            "linger": settings.producer_linger,
+            "max_message_bytes": settings.producer.batch_bytes,
+            "linger": settings.producer.linger,
             "compression": None if compression == "none" else compression,
-            "buffer_bytes": settings.producer_buffer_bytes,
-            "delivery_timeout": settings.producer_delivery_timeout,
+            "buffer_bytes": settings.producer.buffer_bytes,
+            "delivery_timeout": settings.producer.delivery_timeout,
         }
         values.update(overrides)
         known = {f.name for f in fields(cls)}
@@ -213,8 +213,8 @@ class DeviceProducer:
     def __init__(self, settings: Settings, config: ProducerConfig | None = None) -> None:
         self._settings = settings
         self._config = config or ProducerConfig.from_settings(settings)
-        self._retention = timedelta(days=settings.retention_days)
-        self._mode = settings.topic_mode
+        self._retention = timedelta(days=settings.storage.retention_days)
+        self._mode = settings.topics.mode
         self._producer = self._new_kafka_producer()  # fails now on an unusable codec
         self._kafka_stopped = False
         self._topics: TopicProvisioner | None = None
@@ -245,7 +245,7 @@ class DeviceProducer:
         return AIOKafkaProducer(
             **kafka_client_kwargs(self._settings),
             acks="all",
-            enable_idempotence=self._settings.kafka_idempotent_producer,
+            enable_idempotence=self._settings.producer.idempotent,
             compression_type=config.compression,
             linger_ms=5,
             max_batch_size=MAX_VALUE_BYTES + _REQUEST_OVERHEAD,
@@ -294,19 +294,19 @@ class DeviceProducer:
                 elapsed = monotonic() - started
                 if elapsed + backoff >= timeout:
                     raise BrokerUnavailable(
-                        f"no Kafka broker reachable at {self._settings.kafka_brokers} after "
+                        f"no Kafka broker reachable at {self._settings.kafka.brokers} after "
                         f"{attempt} attempt(s) in {elapsed:.1f}s: {_describe(exc)}"
                     ) from exc
                 log.warning("Kafka not reachable at %s (attempt %d): %s; retrying",
-                            self._settings.kafka_brokers, attempt, exc)
+                            self._settings.kafka.brokers, attempt, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             except BaseException as exc:
                 await self._producer.stop()
                 self._kafka_stopped = True
-                if self._settings.kafka_idempotent_producer and isinstance(exc, KafkaError):
+                if self._settings.producer.idempotent and isinstance(exc, KafkaError):
                     raise ProducerStartError(
-                        f"the broker at {self._settings.kafka_brokers} refused to start an "
+                        f"the broker at {self._settings.kafka.brokers} refused to start an "
                         f"idempotent producer ({_describe(exc)}); set "
                         f"KAFKA_IDEMPOTENT_PRODUCER=false for brokers without idempotent "
                         f"producing (the local Tansu broker)"

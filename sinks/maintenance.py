@@ -115,11 +115,11 @@ class RetentionSettings:
     @classmethod
     def from_settings(cls, settings: Settings) -> "RetentionSettings":
         return cls(
-            raw_days=settings.retention_days,
-            minute_days=settings.aggregate_1m_retention_days,
-            hour_days=settings.aggregate_1h_retention_days,
-            compress_after_days=settings.compress_after_days,
-            archive_dir=settings.archive_dir,
+            raw_days=settings.storage.retention_days,
+            minute_days=settings.storage.aggregate_1m_retention_days,
+            hour_days=settings.storage.aggregate_1h_retention_days,
+            compress_after_days=settings.storage.compress_after_days,
+            archive_dir=settings.storage.archive_dir,
         )
 
     def aggregate_days(self, table: str) -> int:

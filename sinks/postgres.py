@@ -53,13 +53,13 @@ def is_transient(exc: BaseException) -> bool:
 def connect_kwargs(settings: Settings, *, host: str | None = None) -> dict[str, Any]:
     """asyncpg connection arguments for the configured database."""
     return {
-        "host": host or settings.db_host,
-        "port": settings.db_port,
-        "user": settings.db_user,
-        "password": settings.db_password,
-        "database": settings.db_name,
-        "statement_cache_size": 100 if settings.db_statement_cache else 0,
-        "ssl": tls_argument(settings.db_sslmode, settings.db_sslrootcert),
+        "host": host or settings.db.host,
+        "port": settings.db.port,
+        "user": settings.db.user,
+        "password": settings.db.password,
+        "database": settings.db.name,
+        "statement_cache_size": 100 if settings.db.statement_cache else 0,
+        "ssl": tls_argument(settings.db.sslmode, settings.db.sslrootcert),
         "command_timeout": 60,
         "server_settings": {"application_name": "devicestream"},
     }
@@ -85,15 +85,15 @@ async def check_tls(settings: Settings) -> None:
     """With DB_SSLMODE verify-ca or verify-full, connect once and raise DatabaseTLSError,
     naming the settings, when the server's certificate does not verify. Any other failure
     (the database down, say) is left to the callers' retries."""
-    if settings.db_sslmode not in ("verify-ca", "verify-full"):
+    if settings.db.sslmode not in ("verify-ca", "verify-full"):
         return
     try:
         conn = await asyncpg.connect(**connect_kwargs(settings), timeout=10)
     except ssl.SSLCertVerificationError as exc:
         raise DatabaseTLSError(
-            f"DB_SSLMODE={settings.db_sslmode}: the certificate of "
-            f"{settings.db_host}:{settings.db_port} does not verify against DB_SSLROOTCERT="
-            f"{settings.db_sslrootcert or '(unset: the system CAs)'}: {exc.verify_message}"
+            f"DB_SSLMODE={settings.db.sslmode}: the certificate of "
+            f"{settings.db.host}:{settings.db.port} does not verify against DB_SSLROOTCERT="
+            f"{settings.db.sslrootcert or '(unset: the system CAs)'}: {exc.verify_message}"
         ) from None
     except Exception:  # noqa: BLE001 -- not ours to judge here
         return
@@ -104,7 +104,7 @@ async def create_pool(settings: Settings, *, max_size: int | None = None) -> asy
     """A connection pool to the database (through pgBouncer by default)."""
     return await asyncpg.create_pool(
         min_size=0,
-        max_size=max_size or settings.db_pool_size,
+        max_size=max_size or settings.db.pool_size,
         max_inactive_connection_lifetime=60,
         **connect_kwargs(settings),
     )

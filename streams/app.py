@@ -17,30 +17,31 @@ from web.access import read_access
 from web.errors import json_errors
 
 settings = Settings.from_env()
-Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # Faust makes only its own folder
+Path(settings.worker.data_dir).mkdir(parents=True, exist_ok=True)  # Faust makes only its own folder
 
 app = App(
-    settings.app_id,
-    broker=[f"kafka://{broker}" for broker in settings.kafka_brokers.split(",")],
+    settings.worker.app_id,
+    broker=[f"kafka://{broker}" for broker in settings.kafka.brokers.split(",")],
     broker_credentials=broker_credentials(settings),
     store="memory://",
-    datadir=f"{settings.data_dir}/{settings.app_id}",
+    datadir=f"{settings.worker.data_dir}/{settings.worker.app_id}",
     key_serializer="raw",
     value_serializer="raw",
-    web_port=settings.web_port,
-    web_bind=settings.web_bind,
-    web_application_options={"middlewares": [json_errors, read_access(settings.read_token)]},
-    broker_session_timeout=settings.broker_session_timeout,
-    broker_heartbeat_interval=max(settings.broker_session_timeout / 10, 0.5),
-    broker_rebalance_timeout=max(settings.broker_session_timeout * 3, 30),
+    web_port=settings.web.port,
+    web_bind=settings.web.bind,
+    web_application_options={"middlewares": [json_errors, read_access(settings.web.read_token)]},
+    broker_session_timeout=settings.kafka.session_timeout,
+    broker_heartbeat_interval=max(settings.kafka.session_timeout / 10, 0.5),
+    broker_rebalance_timeout=max(settings.kafka.session_timeout * 3, 30),
     consumer_auto_offset_reset="earliest",
     producer_acks=-1,
-    topic_partitions=settings.device_topic_partitions,
+    topic_partitions=settings.topics.partitions,
     stream_wait_empty=True,
-    fetch_max_wait=settings.kafka_fetch_max_wait,
+    fetch_max_wait=settings.kafka.fetch_max_wait,
     feed_topics=is_ingest_topic,
     Worker=worker_class(
-        settings.shutdown_timeout, prepare=lambda: subscribe_existing(device_topics, settings)
+        settings.worker.shutdown_timeout,
+        prepare=lambda: subscribe_existing(device_topics, settings),
     ),
 )
 

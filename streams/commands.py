@@ -29,7 +29,7 @@ async def migrate(self: AppCommand) -> None:
     conn = await connect(settings.as_owner())
     try:
         applied = await apply_migrations(conn)
-        granted = await grant_privileges(conn, settings.db_user, settings.read_db_user)
+        granted = await grant_privileges(conn, settings.db.user, settings.read_db.user)
     finally:
         await conn.close()
     if applied:
@@ -47,7 +47,7 @@ def _ingest_url(ctx: click.Context, param: click.Parameter, value: str | None) -
     if not value.startswith(("http://", "https://")) or not value.rstrip("/").endswith("/ingest"):
         raise click.BadParameter("must be an http(s) URL of a worker's /ingest, e.g. "
                                  "http://127.0.0.1:6066/ingest")
-    if not (settings.device_token_secret or settings.ingest_token):
+    if not (settings.web.device_token_secret or settings.web.ingest_token):
         raise click.UsageError("--ingest-url needs DEVICE_TOKEN_SECRET (device tokens) or "
                                "INGEST_TOKEN (a gateway's)")
     return value.rstrip("/")
@@ -105,25 +105,26 @@ async def simulate(
         self.say(progress.line())
 
     if ingest_url is not None:
-        secret = settings.device_token_secret
+        secret = settings.web.device_token_secret
         client = (IngestClient(ingest_url, token_for=lambda d: derive_device_token(secret, d))
-                  if secret else IngestClient(ingest_url, gateway=settings.ingest_token))
+                  if secret else IngestClient(ingest_url, gateway=settings.web.ingest_token))
         self.say(f"simulating {devices} devices x {metrics} metrics at "
                  f"{'max' if not rate else f'{rate:g}'} readings/s to {ingest_url} "
                  f"({'device tokens' if secret else 'the gateway token'})")
         async with client:
             await run_fleet(client, fleet, report)
         return
-    run_settings = replace(settings, topic_mode=topic_mode) if topic_mode else settings
+    run_settings = (replace(settings, topics=replace(settings.topics, mode=topic_mode))
+                    if topic_mode else settings)
     overrides: dict[str, object] = {"max_batch_readings": per_message}
     if compression is not None:
         overrides["compression"] = None if compression == "none" else compression
     if linger is not None:
         overrides["linger"] = linger
     config = ProducerConfig.from_settings(run_settings, **overrides)
-    layout = "one shared topic" if run_settings.topic_mode == "shared" else "per-device topics"
+    layout = "one shared topic" if run_settings.topics.mode == "shared" else "per-device topics"
     self.say(f"simulating {devices} devices x {metrics} metrics at "
-             f"{'max' if not rate else f'{rate:g}'} readings/s to {settings.kafka_brokers} "
+             f"{'max' if not rate else f'{rate:g}'} readings/s to {settings.kafka.brokers} "
              f"({layout}, {config.compression or 'no'} compression)")
     async with DeviceProducer(run_settings, config) as producer:
         await run_fleet(producer, fleet, report)
@@ -158,7 +159,7 @@ async def replay(self: AppCommand, since: datetime, dry_run: bool) -> None:
 def _token_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """DEVICE_ID checked, and DEVICE_TOKEN_SECRET present, before anything runs: a usage
     error (exit 2) otherwise."""
-    if not settings.device_token_secret:
+    if not settings.web.device_token_secret:
         raise click.UsageError("DEVICE_TOKEN_SECRET is not set: device tokens derive from it")
     try:
         return check_device_id(value)
@@ -170,4 +171,4 @@ def _token_device(ctx: click.Context, param: click.Parameter, value: str) -> str
 async def device_token(self: AppCommand, device_id: str) -> None:
     """Print DEVICE_ID's token for POST /ingest (Authorization: Bearer <token>) on the last
     line, derived from DEVICE_TOKEN_SECRET: give it to that device only."""
-    print(derive_device_token(settings.device_token_secret, device_id))
+    print(derive_device_token(settings.web.device_token_secret, device_id))

@@ -49,16 +49,16 @@ async def maintenance(self: AppCommand, wait: float, changed_only: bool) -> None
         self.say(line)
 
 
-if settings.maintenance_interval > 0:
+if settings.storage.maintenance_interval > 0:
 
-    @app.timer(min(float(settings.maintenance_interval), CHECK_SECONDS), on_leader=True,
+    @app.timer(min(float(settings.storage.maintenance_interval), CHECK_SECONDS), on_leader=True,
                name="storage_maintenance")
     async def storage_maintenance() -> None:
         """On the leader: run maintenance when the last run is older than the interval."""
         try:
             report = await maintain(
                 settings, _holder("leader"),
-                due_after=timedelta(seconds=settings.maintenance_interval),
+                due_after=timedelta(seconds=settings.storage.maintenance_interval),
                 full_analyze=False)
         except LeaseTaken as exc:
             log.info("storage maintenance skipped: %s", exc)

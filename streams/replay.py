@@ -374,8 +374,9 @@ async def replay(settings: Settings, group: str, wanted: Callable[[str], bool],
         tps = await kafka.partitions(wanted)
         if not tps:
             raise ReplayError(
-                f"no topic on {settings.kafka_brokers} is followed by this app "
-                f"(TOPIC_MODE={settings.topic_mode}, DEVICE_FILTER={settings.device_filter!r}): "
+                f"no topic on {settings.kafka.brokers} is followed by this app "
+                f"(TOPIC_MODE={settings.topics.mode}, "
+                f"DEVICE_FILTER={settings.topics.device_filter!r}): "
                 "nothing to replay")
         plan = await plan_replay(kafka, group, tps, since)
         for line in plan.lines():
@@ -422,7 +423,7 @@ def _stop_workers_first(group: str, state: GroupState, settings: Settings) -> st
         "position and commits over a rewind, so nothing was committed. Stop every worker of "
         f"the group (APP_ID={group}) and run replay again: a worker stopped with SIGTERM "
         "leaves the group at once, a killed one after its session timeout "
-        f"(BROKER_SESSION_TIMEOUT, {settings.broker_session_timeout:g} s). The local Tansu "
+        f"(BROKER_SESSION_TIMEOUT, {settings.kafka.session_timeout:g} s). The local Tansu "
         "broker (Tansu 0.6) keeps listing a stopped worker until another worker joins, and "
         "refuses commits from outside the group meanwhile: there, replay only works on a "
         "group whose workers left it."

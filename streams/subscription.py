@@ -37,7 +37,7 @@ async def subscribe_existing(channel: GrowingTopic, settings: Settings) -> None:
     them (one rebalance fewer at start; on the local broker a worker sometimes stopped
     fetching after a later rebalance).
     """
-    if settings.topic_mode == SHARED:
+    if settings.topics.mode == SHARED:
         return
     try:
         async with TopicProvisioner(settings) as topics:
@@ -45,7 +45,7 @@ async def subscribe_existing(channel: GrowingTopic, settings: Settings) -> None:
     except Exception as exc:  # the discovery loop will find them later
         log.warning("listing device topics before start failed: %s: %s", type(exc).__name__, exc)
         return
-    new = _add_followed(channel, names, re.compile(settings.device_filter))
+    new = _add_followed(channel, names, re.compile(settings.topics.device_filter))
     log.info("starting with %d device topic(s)", len(new))
 
 
@@ -65,10 +65,10 @@ async def follow_device_topics(
     return.
     """
     set_resubscribe_delay(app, RESUBSCRIBE_DELAY_SECONDS)
-    if settings.topic_mode == SHARED:
+    if settings.topics.mode == SHARED:
         await _follow_shared_topic(channel, topics, settings)
         return
-    wanted = re.compile(settings.device_filter)
+    wanted = re.compile(settings.topics.device_filter)
     while True:
         try:
             names = await topics.list_device_topics()
@@ -80,7 +80,7 @@ async def follow_device_topics(
             if new:
                 log.info("subscribing to %d new device topic(s): %s%s", len(new),
                          ", ".join(new[:10]), " ..." if len(new) > 10 else "")
-        await asyncio.sleep(settings.topic_discovery_interval)
+        await asyncio.sleep(settings.topics.discovery_interval)
 
 
 async def _follow_shared_topic(
@@ -91,7 +91,7 @@ async def _follow_shared_topic(
             await topics.ensure([SHARED_TOPIC])
         except Exception as exc:  # the broker may be restarting: try again
             log.warning("creating topic %s failed: %s: %s", SHARED_TOPIC, type(exc).__name__, exc)
-            await asyncio.sleep(settings.topic_discovery_interval)
+            await asyncio.sleep(settings.topics.discovery_interval)
             continue
         if channel.add_topics([SHARED_TOPIC]):
             log.info("shared topic mode: subscribing to %s", SHARED_TOPIC)
@@ -106,7 +106,7 @@ def followed_devices(settings: Settings) -> Callable[[str], bool] | None:
     acked untouched (Faust commits an offset only once every message before it is acked,
     so that is safe).
     """
-    if settings.topic_mode != SHARED or not settings.device_filter:
+    if settings.topics.mode != SHARED or not settings.topics.device_filter:
         return None
-    wanted = re.compile(settings.device_filter)
+    wanted = re.compile(settings.topics.device_filter)
     return lambda device_id: wanted.match(device_id) is not None

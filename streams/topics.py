@@ -124,27 +124,27 @@ class KafkaClientKwargs(TypedDict):
 def kafka_client_kwargs(settings: Settings) -> KafkaClientKwargs:
     """Connection arguments every Kafka client of ours shares (servers, TLS, SASL)."""
     kwargs: KafkaClientKwargs = {
-        "bootstrap_servers": settings.kafka_brokers.split(","),
-        "security_protocol": settings.kafka_security_protocol,
+        "bootstrap_servers": settings.kafka.brokers.split(","),
+        "security_protocol": settings.kafka.security_protocol,
     }
-    if "SSL" in settings.kafka_security_protocol:
+    if "SSL" in settings.kafka.security_protocol:
         kwargs["ssl_context"] = kafka_ssl_context(settings)
-    if settings.kafka_security_protocol.startswith("SASL"):
-        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        kwargs["sasl_plain_username"] = settings.kafka_sasl_username
-        kwargs["sasl_plain_password"] = settings.kafka_sasl_password
+    if settings.kafka.security_protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = settings.kafka.sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.kafka.sasl_username
+        kwargs["sasl_plain_password"] = settings.kafka.sasl_password
     return kwargs
 
 
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
     """The same TLS/SASL settings in the form Faust's own clients take."""
-    protocol = settings.kafka_security_protocol
+    protocol = settings.kafka.security_protocol
     context = kafka_ssl_context(settings) if "SSL" in protocol else None
     if protocol.startswith("SASL"):
         return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=settings.kafka_sasl_password,
-            mechanism=settings.kafka_sasl_mechanism,
+            username=settings.kafka.sasl_username,
+            password=settings.kafka.sasl_password,
+            mechanism=settings.kafka.sasl_mechanism,
             ssl_context=context,
         )
     return faust.SSLCredentials(context) if context else None
@@ -152,7 +152,7 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
 
 def kafka_ssl_context(settings: Settings) -> ssl.SSLContext:
     """TLS context for the brokers: the system's CAs, or ``KAFKA_CA_FILE``."""
-    return create_ssl_context(cafile=settings.kafka_ca_file or None)
+    return create_ssl_context(cafile=settings.kafka.ca_file or None)
 
 
 class TopicProvisioner:
@@ -172,7 +172,7 @@ class TopicProvisioner:
         }
         self._admin = AIOKafkaAdminClient(
             **kafka_client_kwargs(settings),
-            request_timeout_ms=int(max(settings.producer_delivery_timeout, 5.0) * 1000),
+            request_timeout_ms=int(max(settings.producer.delivery_timeout, 5.0) * 1000),
         )
         self._known: set[str] = set()
         self._creating: dict[str, asyncio.Future[None]] = {}
@@ -221,10 +221,10 @@ class TopicProvisioner:
             await asyncio.shield(other)
 
     async def _create(self, topics: list[str], partitions: int | None) -> None:
-        count = partitions or self._settings.device_topic_partitions
+        count = partitions or self._settings.topics.partitions
         response = await self._admin.create_topics(
             [
-                NewTopic(t, count, self._settings.topic_replication_factor,
+                NewTopic(t, count, self._settings.topics.replication_factor,
                          topic_configs=self._configs)
                 for t in topics
             ],

@@ -151,7 +151,7 @@ async def create_topics(names: list[str], partitions: int | None = None) -> None
 
 async def delete_topics(names: list[str]) -> None:
     """Delete topics (the local broker keeps every topic, and each worker lists them all)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=SETTINGS.kafka_brokers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=SETTINGS.kafka.brokers)
     await admin.start()
     try:
         for start in range(0, len(names), 500):
@@ -164,7 +164,7 @@ class RawProducer:
     """Publishes exact bytes (including bad ones) to exact topics; for tests only."""
 
     def __init__(self) -> None:
-        self._producer = AIOKafkaProducer(bootstrap_servers=SETTINGS.kafka_brokers,
+        self._producer = AIOKafkaProducer(bootstrap_servers=SETTINGS.kafka.brokers,
                                           max_request_size=16 * 1024 * 1024)
 
     async def __aenter__(self) -> "RawProducer":
@@ -228,10 +228,10 @@ async def read_dead_letters(topics: set[str], expect: int, *, keys: set[bytes] |
     a letter published twice shows up twice; gives up after ``timeout`` seconds with what
     it found (the caller's count assertion then fails).
     """
-    consumer = AIOKafkaConsumer(DEAD_LETTER_TOPIC, bootstrap_servers=SETTINGS.kafka_brokers,
+    consumer = AIOKafkaConsumer(DEAD_LETTER_TOPIC, bootstrap_servers=SETTINGS.kafka.brokers,
                                 auto_offset_reset="earliest", group_id=None,
                                 fetch_max_bytes=8 * 1024 * 1024)
-    offsets = BrokerOffsets(SETTINGS.kafka_brokers)
+    offsets = BrokerOffsets(SETTINGS.kafka.brokers)
     await consumer.start()
     found: list[dict[str, Any]] = []
     ends: dict[TopicPartition, int] | None = None
@@ -446,7 +446,7 @@ class Stream:
         start_ms = int(time.time() * 1000) - 3600 * 1000
         total = int(self.rate * self.seconds)
         began = time.monotonic()
-        settings = replace(SETTINGS, topic_mode=self.topic_mode)
+        settings = replace(SETTINGS, topics=replace(SETTINGS.topics, mode=self.topic_mode))
         async with DeviceProducer(settings, ProducerConfig(max_batch_readings=20)) as good, \
                 RawProducer() as bad:
             for i in range(total):

@@ -93,7 +93,8 @@ def restored(moment: datetime) -> Iterator[Settings]:
         assert done.returncode == 0, done.stderr
         url = done.stdout.strip().splitlines()[-1]
         assert url == f"postgresql://devicestream@127.0.0.1:{port}/devicestream"
-        yield replace(SETTINGS, db_host="127.0.0.1", db_port=port, db_statement_cache=True)
+        yield replace(SETTINGS, db=replace(SETTINGS.db, host="127.0.0.1", port=port,
+                                           statement_cache=True))
     finally:
         make("restore-stop", PORT=str(port))
 
@@ -174,10 +175,10 @@ async def test_restore_to_a_time_then_replay_gives_back_every_reading_exactly_on
         # copy of the group (docs/backups.md#replay-after-a-restore).
         assert worker.stop() == 0
         tps = [TopicPartition(device_topic(d), p) for d in everyone
-               for p in range(SETTINGS.device_topic_partitions)]
-        left = await committed_offsets(SETTINGS.kafka_brokers, worker.env["APP_ID"], tps)
+               for p in range(SETTINGS.topics.partitions)]
+        left = await committed_offsets(SETTINGS.kafka.brokers, worker.env["APP_ID"], tps)
         group = unique("pitr-replay-")
-        await commit_offsets(SETTINGS.kafka_brokers, group,
+        await commit_offsets(SETTINGS.kafka.brokers, group,
                              {tp: offset for tp, offset in left.items() if offset is not None})
         done = await asyncio.to_thread(run_replay, rfc3339(moment), APP_ID=group,
                                        DEVICE_FILTER=device_filter)
@@ -185,7 +186,7 @@ async def test_restore_to_a_time_then_replay_gives_back_every_reading_exactly_on
         assert "read back and verified" in done.stdout
 
         start_worker("pitr-replay", APP_ID=group, DEVICE_FILTER=device_filter,
-                     DB_HOST=restore.db_host, DB_PORT=str(restore.db_port),
+                     DB_HOST=restore.db.host, DB_PORT=str(restore.db.port),
                      DB_STATEMENT_CACHE="true")
         await wait_for(lambda: rows_at_least(everyone, total, restore), 90, "C replayed")
         await asyncio.sleep(2)  # anything extra would show up now

@@ -93,7 +93,7 @@ async def test_pgbouncer_restarted_mid_stream_loses_nothing(start_worker) -> Non
     worker = start_worker("pgbrestart", DEVICE_FILTER=only)
     await wait_for(lambda: rows_at_least(devices, 1000), 90, "rows to flow")
     # The stack's pgBouncer: the process listening on its port (never others by name).
-    pgbouncer = psutil.Process(listener_pid(SETTINGS.db_port))
+    pgbouncer = psutil.Process(listener_pid(SETTINGS.db.port))
     assert pgbouncer.name() == "pgbouncer", pgbouncer
     pgbouncer.send_signal(signal.SIGINT)
     await asyncio.sleep(5)
@@ -147,7 +147,7 @@ async def test_in_shared_mode_three_workers_split_device_data_and_a_sigkill_lose
 async def _publish_one_each(settings: Settings, devices: list[str], metric: str) -> None:
     async with TopicProvisioner(settings) as topics:
         await topics.ensure(device_topic(d) for d in devices)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_brokers)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.brokers)
     await producer.start()
     try:
         for device in devices:

@@ -78,8 +78,8 @@ class IngestCredentials:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "IngestCredentials":
-        secrets = (settings.device_token_secret, settings.device_token_secret_previous)
-        return cls(settings.ingest_token, tuple(s for s in secrets if s))
+        secrets = (settings.web.device_token_secret, settings.web.device_token_secret_previous)
+        return cls(settings.web.ingest_token, tuple(s for s in secrets if s))
 
     @property
     def required(self) -> bool:

@@ -278,8 +278,8 @@ class DatabaseSampler:
         self._settings = settings
         self._registered_pools = pools
         self._pool: asyncpg.Pool | None = None
-        self._admin = AdminConsole(settings.db_host, settings.db_port, settings.db_user,
-                                   settings.db_password, timeout=QUERY_TIMEOUT_SECONDS)
+        self._admin = AdminConsole(settings.db.host, settings.db.port, settings.db.user,
+                                   settings.db.password, timeout=QUERY_TIMEOUT_SECONDS)
         self._last_success: float | None = None
 
     async def measure(self) -> dict[str, Any]:
@@ -322,7 +322,7 @@ class DatabaseSampler:
         if self._pool is None:
             self._pool = await create_pool(self._settings, max_size=1)
         async with self._pool.acquire(timeout=QUERY_TIMEOUT_SECONDS) as conn:
-            return await postgres_state(conn, self._settings.compress_after_days)
+            return await postgres_state(conn, self._settings.storage.compress_after_days)
 
     async def close(self) -> None:
         await self._admin.close()

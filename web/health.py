@@ -37,7 +37,7 @@ FETCH_SILENCE_SECONDS = 30.0
 STALL_EXIT_DELAY_SECONDS = 30.0  # two scrapes at Prometheus' usual 15 s
 WATCH_INTERVAL_SECONDS = 1.0
 
-watchdog = StallWatchdog(settings.stall_seconds)
+watchdog = StallWatchdog(settings.worker.stall_seconds)
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ async def watch_for_stalls() -> None:
         log.error("ingest stalled: %d partitions have had lag and no commit for %.0fs "
                   "while the database was up: %s", len(stalled), watchdog.stall_seconds,
                   _names(stalled, most=50))
-    if (stalled and settings.stall_exit and watchdog.stalled_since is not None
+    if (stalled and settings.worker.stall_exit and watchdog.stalled_since is not None
             and sample.taken_at - watchdog.stalled_since >= STALL_EXIT_DELAY_SECONDS):
         exit_without_committing(
             EXIT_STALLED, f"ingest stalled on {len(stalled)} partitions (STALL_EXIT=true)")

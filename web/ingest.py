@@ -178,7 +178,7 @@ class IngestPublisher:
                     await producer.stop()
                     raise
                 self._producer = producer
-                log.info("POST /ingest: producer connected to %s", self._settings.kafka_brokers)
+                log.info("POST /ingest: producer connected to %s", self._settings.kafka.brokers)
         return self._producer
 
     async def close(self) -> None:
@@ -197,7 +197,7 @@ class IngestHandler:
         self._settings = settings
         self._publisher = publisher
         self._credentials = IngestCredentials.from_settings(settings)
-        self._retention = timedelta(days=settings.retention_days)
+        self._retention = timedelta(days=settings.storage.retention_days)
 
     async def handle(self, request: Any) -> Answer:
         header = request.headers.get("Authorization")

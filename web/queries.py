@@ -85,7 +85,7 @@ class Limits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Limits":
-        return cls(timedelta(hours=settings.query_raw_max_range), settings.query_max_rows)
+        return cls(timedelta(hours=settings.query.raw_max_range), settings.query.max_rows)
 
 
 def parse_time(name: str, value: str) -> datetime:
@@ -301,9 +301,9 @@ def read_connect_kwargs(settings: Settings, host: str, port: int,
     kwargs = connect_kwargs(settings, host=host)
     kwargs["port"] = port
     kwargs["database"] = database
-    kwargs["user"], kwargs["password"] = settings.read_db_user, settings.read_db_password
+    kwargs["user"], kwargs["password"] = settings.read_db.user, settings.read_db.password
     kwargs["statement_cache_size"] = 0
-    kwargs["command_timeout"] = settings.query_timeout
+    kwargs["command_timeout"] = settings.query.timeout
     kwargs["server_settings"] = {"application_name": "devicestream-queries"}
     return kwargs
 
@@ -318,23 +318,23 @@ def read_route(settings: Settings) -> ReadRoute:
     set; e.g. pgBouncer's read entry) and the primary's, opened on first use and shown in
     the stats as ``read`` (the one reads go to normally) and ``read-primary`` (the
     fallback)."""
-    replica = (read_connect_kwargs(settings, settings.read_db_host or settings.db_host,
-                                   settings.read_db_port or settings.db_port,
-                                   settings.read_db_name or settings.db_name)
-               if settings.read_db_host or settings.read_db_port or settings.read_db_name
+    replica = (read_connect_kwargs(settings, settings.read_db.host or settings.db.host,
+                                   settings.read_db.port or settings.db.port,
+                                   settings.read_db.name or settings.db.name)
+               if settings.read_db.host or settings.read_db.port or settings.read_db.name
                else None)
 
     async def open_pool(target: str, kwargs: Mapping[str, Any]) -> asyncpg.Pool:
         pool = await asyncpg.create_pool(
-            min_size=0, max_size=settings.read_db_pool_size,
+            min_size=0, max_size=settings.read_db.pool_size,
             max_inactive_connection_lifetime=60, reset=_keep_session, **kwargs)
         pipeline_stats.register_pool(
             "read-primary" if replica is not None and target == "primary" else "read", pool)
         return pool
 
     return ReadRoute(settings, open_pool, replica,
-                     read_connect_kwargs(settings, settings.db_host, settings.db_port,
-                                         settings.db_name))
+                     read_connect_kwargs(settings, settings.db.host, settings.db.port,
+                                         settings.db.name))
 
 
 # ------------------------------------------------------------------------------ queries
@@ -609,7 +609,7 @@ class DeviceView(View):
         try:
             return await super().dispatch(request)
         except asyncio.TimeoutError:
-            raise ClientError(f"query took longer than {settings.query_timeout:g}s", 503,
+            raise ClientError(f"query took longer than {settings.query.timeout:g}s", 503,
                               {"Retry-After": RETRY_AFTER_SECONDS}) from None
 
     def answer(self, body: Any, status: int = 200,

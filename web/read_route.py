@@ -52,7 +52,7 @@ class ReadRoute:
     def __init__(self, settings: Settings, open_pool: PoolFactory,
                  replica_kwargs: Mapping[str, Any] | None,
                  primary_kwargs: Mapping[str, Any]) -> None:
-        self.max_lag = settings.read_max_lag_seconds
+        self.max_lag = settings.read_db.max_lag_seconds
         self._open_pool = open_pool
         self._kwargs = {"primary": primary_kwargs}
         if replica_kwargs is not None:

@@ -62,9 +62,9 @@ def followed_topics(config: Settings) -> Callable[[str], bool]:
     """Whether the workers (of this consumer group) consume a topic, by the same rules as
     ``streams.subscription``: in ``TOPIC_MODE=shared`` the one shared topic, otherwise the
     device topics whose device ``DEVICE_FILTER`` matches."""
-    if getattr(config, "topic_mode", "per-device") == "shared":
+    if config.topics.mode == "shared":
         return lambda topic: topic == SHARED_TOPIC
-    device_filter = re.compile(getattr(config, "device_filter", ""))
+    device_filter = re.compile(config.topics.device_filter)
 
     def followed(topic: str) -> bool:
         device = device_of_topic(topic)
@@ -126,7 +126,7 @@ async def _measure_lag_of_new_assignment(sender: Any, assigned: Any, **kwargs: A
 @app.task
 async def warn_of_an_open_web_server() -> None:
     """Say at start-up when the web views answer anyone beyond this host."""
-    warning = open_web_warning(settings.web_bind, settings.read_token)
+    warning = open_web_warning(settings.web.bind, settings.web.read_token)
     if warning:
         log.warning(warning)
 

@@ -18,7 +18,7 @@ from streams.settings import Settings
 from tests.producers.helpers import FakeKafka, reading
 
 SETTINGS = Settings.from_env({})
-SHARED = replace(SETTINGS, topic_mode="shared")
+SHARED = replace(SETTINGS, topics=replace(SETTINGS.topics, mode="shared"))
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from tests.stack import SETTINGS, fleet
 pytestmark = pytest.mark.integration
 
 
-async def consume(topics: list[str], *, brokers: str = SETTINGS.kafka_brokers,
+async def consume(topics: list[str], *, brokers: str = SETTINGS.kafka.brokers,
                   keys: set[bytes] | None = None, expect: int,
                   timeout: float = 15.0) -> list[Any]:
     """Messages on ``topics`` (only ``keys`` when given), until ``expect`` of them came."""
@@ -70,10 +70,10 @@ async def test_readings_arrive_as_json_arrays_of_one_device_keyed_by_its_id(
 
 async def test_device_topics_are_created_with_the_configured_partitions_and_configs(stack) -> None:
     (device,), _ = fleet("prod-topic-", 1)
-    settings = replace(SETTINGS, device_topic_partitions=3)
+    settings = replace(SETTINGS, topics=replace(SETTINGS.topics, partitions=3))
     async with DeviceProducer(settings) as producer:
         await producer.send(device, reading(device)["time"], {"t": 1}, wait=True)
-    admin = AIOKafkaAdminClient(bootstrap_servers=SETTINGS.kafka_brokers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=SETTINGS.kafka.brokers)
     await admin.start()
     try:
         (described,) = await admin.describe_topics([device_topic(device)])
@@ -95,20 +95,21 @@ async def test_prepare_creates_every_device_topic_and_learns_its_partitions(stac
         await producer.prepare(devices)
         cluster = producer._producer.client.cluster
         known = {d: cluster.partitions_for_topic(device_topic(d)) for d in devices}
-    admin = AIOKafkaAdminClient(bootstrap_servers=SETTINGS.kafka_brokers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=SETTINGS.kafka.brokers)
     await admin.start()
     try:
         described = await admin.describe_topics([device_topic(d) for d in devices])
     finally:
         await admin.close()
-    expected = set(range(SETTINGS.device_topic_partitions))
+    expected = set(range(SETTINGS.topics.partitions))
     assert all(partitions == expected for partitions in known.values())
     assert [len(t["partitions"]) for t in described] == [len(expected)] * len(devices)
 
 
 async def test_shared_mode_publishes_to_device_data_keyed_by_device(stack) -> None:
     devices, _ = fleet("prod-shared-", 3)
-    async with DeviceProducer(replace(SETTINGS, topic_mode="shared")) as producer:
+    shared = replace(SETTINGS, topics=replace(SETTINGS.topics, mode="shared"))
+    async with DeviceProducer(shared) as producer:
         await producer.send_many([reading(d, i) for d in devices for i in range(4)], wait=True)
     messages = await consume([SHARED_TOPIC], keys={d.encode() for d in devices}, expect=3)
     assert sorted(m.key.decode() for m in messages) == sorted(devices)
@@ -121,7 +122,7 @@ async def test_a_refused_reading_never_reaches_the_broker(stack) -> None:
     async with DeviceProducer(SETTINGS) as producer:
         with pytest.raises(InvalidReadingError):
             await producer.send_many([reading(device), {"device_id": device, "metrics": {}}])
-    admin = AIOKafkaAdminClient(bootstrap_servers=SETTINGS.kafka_brokers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=SETTINGS.kafka.brokers)
     await admin.start()
     try:
         assert device_topic(device) not in await admin.list_topics(), "no topic, no message"

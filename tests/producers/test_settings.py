@@ -13,7 +13,7 @@ def test_producer_defaults_snappy_bounded_buffer_and_delivery_timeout() -> None:
     assert config.compression == "snappy"
     assert (config.linger, config.max_message_bytes, config.buffer_bytes,
             config.delivery_timeout) == (0.05, 512 * 1024, 32 * 1024 * 1024, 30.0)
-    assert settings.kafka_idempotent_producer is False and settings.ingest_token == ""
+    assert settings.producer.idempotent is False and settings.web.ingest_token == ""
 
 
 def test_producer_settings_come_from_the_environment() -> None:
@@ -45,7 +45,7 @@ def test_a_bad_token_is_not_echoed_and_the_token_is_redacted() -> None:
         Settings.from_env({"INGEST_TOKEN": "sec ret"})
     assert "sec ret" not in str(refused.value)
     shown = Settings.from_env({"INGEST_TOKEN": "s3cret"}).redacted()
-    assert shown["ingest_token"] == "***" and "s3cret" not in repr(shown)
+    assert shown["web"]["ingest_token"] == "***" and "s3cret" not in repr(shown)
 
 
 def test_a_previous_device_secret_needs_a_current_one_of_32_characters() -> None:
@@ -56,6 +56,7 @@ def test_a_previous_device_secret_needs_a_current_one_of_32_characters() -> None
                            "DEVICE_TOKEN_SECRET_PREVIOUS": "p" * 31})
     both = Settings.from_env({"DEVICE_TOKEN_SECRET": "n" * 32,
                               "DEVICE_TOKEN_SECRET_PREVIOUS": "p" * 40})
-    assert (both.device_token_secret, both.device_token_secret_previous) == ("n" * 32, "p" * 40)
+    assert (both.web.device_token_secret, both.web.device_token_secret_previous) == (
+        "n" * 32, "p" * 40)
     shown = repr(both.redacted())
     assert "n" * 32 not in shown and "p" * 40 not in shown

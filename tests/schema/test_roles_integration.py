@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 
 STORAGE_TABLES = ("storage.readings", "storage.readings_1m", "storage.readings_1h",
                   "storage.series", "public.devices", "public.dead_letters")
-READER = replace(SETTINGS, db_user=SETTINGS.read_db_user, db_password=SETTINGS.read_db_password)
+READER = replace(SETTINGS, db=replace(SETTINGS.db, user=SETTINGS.read_db.user,
+                                      password=SETTINGS.read_db.password))
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ async def _refused(conn: asyncpg.Connection, sql: str) -> str:
 
 
 async def test_the_workers_role_is_no_superuser_and_owns_nothing(workers) -> None:
-    assert await workers.fetchval("SELECT current_user") == SETTINGS.db_user
+    assert await workers.fetchval("SELECT current_user") == SETTINGS.db.user
     assert not await workers.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
     owned = await workers.fetch(
         "SELECT c.oid::regclass::text AS name FROM pg_class c "
@@ -58,7 +59,7 @@ async def test_the_workers_role_is_no_superuser_and_owns_nothing(workers) -> Non
     assert [r["name"] for r in owned] == []
     assert await workers.fetchval(
         "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
-    ) == SETTINGS.db_owner_user
+    ) == SETTINGS.db.owner_user
 
 
 @pytest.mark.parametrize("table", STORAGE_TABLES)
@@ -117,9 +118,9 @@ async def test_only_the_workers_role_may_call_the_maintenance_functions(workers)
 async def test_granting_skips_a_missing_role_and_the_owner_itself(stack: None) -> None:
     conn = await db_connect(SETTINGS.as_owner())
     try:
-        granted = await grant_privileges(conn, "no_such_role_here", SETTINGS.db_owner_user)
+        granted = await grant_privileges(conn, "no_such_role_here", SETTINGS.db.owner_user)
         assert granted == []
-        assert await grant_privileges(conn, SETTINGS.db_user, SETTINGS.read_db_user) == [
-            SETTINGS.db_user, SETTINGS.read_db_user]
+        assert await grant_privileges(conn, SETTINGS.db.user, SETTINGS.read_db.user) == [
+            SETTINGS.db.user, SETTINGS.read_db.user]
     finally:
         await conn.close()

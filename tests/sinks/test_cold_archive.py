@@ -223,7 +223,7 @@ async def _old_moments(days_past_horizon: list[int]) -> list[datetime]:
     """Moments (at minute 7 of hour 12) that many days older than the retention horizon."""
     conn = await db_connect()
     try:
-        horizon = (await retention_plan(conn, SETTINGS.retention_days)).horizon_days
+        horizon = (await retention_plan(conn, SETTINGS.storage.retention_days)).horizon_days
     finally:
         await conn.close()
     today = datetime.now(timezone.utc).replace(hour=12, minute=7, second=0, microsecond=0)
@@ -264,8 +264,8 @@ def _duckdb_rows(path: Path) -> Counter[Row]:
 
 async def _maintain(archive_dir: Path | str) -> MaintenanceReport:
     report = await asyncio.wait_for(
-        maintain(replace(SETTINGS, archive_dir=str(archive_dir)), unique("test-archive-"),
-                 wait=120), 300)
+        maintain(replace(SETTINGS, storage=replace(SETTINGS.storage, archive_dir=str(archive_dir))),
+                 unique("test-archive-"), wait=120), 300)
     assert report is not None
     return report
 
@@ -329,7 +329,7 @@ async def test_archiving_a_chunk_again_reuses_its_verified_file(
         stack: None, tmp_path: Path) -> None:
     devices, _ = fleet("archive-again-", 2)
     moment = datetime.now(timezone.utc).replace(hour=9, minute=3, second=0, microsecond=0) \
-        - timedelta(days=SETTINGS.retention_days // 3)  # inside retention: no run drops it
+        - timedelta(days=SETTINGS.storage.retention_days // 3)  # inside retention: no run drops it
     await _seed(devices, [moment, moment + timedelta(seconds=5)])
     chunk = await _chunk_at(moment)
     assert chunk is not None
@@ -373,14 +373,14 @@ async def test_a_trimmed_chunk_is_archived_whole_and_its_file_kept_when_dropped(
         stack: None, tmp_path: Path) -> None:
     (keeper, other), _ = fleet("archive-trim-", 2)
     moment = datetime.now(timezone.utc).replace(hour=12, minute=7, second=0, microsecond=0) \
-        - timedelta(days=SETTINGS.retention_days + 7)  # past RETENTION_DAYS: trimmed
+        - timedelta(days=SETTINGS.storage.retention_days + 7)  # past RETENTION_DAYS: trimmed
     await _seed([keeper, other], [moment, moment + timedelta(seconds=5)])
     chunk = await _chunk_at(moment)
     assert chunk is not None
     conn = await db_connect()
     try:
         await conn.execute("UPDATE devices SET retention_days = $2 WHERE device_id = $1",
-                           keeper, SETTINGS.retention_days + 100)
+                           keeper, SETTINGS.storage.retention_days + 100)
         # An earlier run may have trimmed this chunk already: let this one trim it again.
         await conn.execute("DELETE FROM storage.chunk_maintenance WHERE chunk = $1", chunk.name)
         rows = await _rows_of(chunk)

@@ -53,13 +53,13 @@ async def test_compression_and_retention_policies_are_set_and_kept(timescale_lic
     assert settings["storage.readings_1h"] == ("series_id", "bucket DESC")
     for table in HYPERTABLES:
         assert intervals[(table, "policy_compression")] == timedelta(
-            days=SETTINGS.compress_after_days)
+            days=SETTINGS.storage.compress_after_days)
     assert intervals[("storage.readings", "policy_retention")] == timedelta(
         days=report.horizon_days)
     assert intervals[("storage.readings_1m", "policy_retention")] == timedelta(
-        days=SETTINGS.aggregate_1m_retention_days)
+        days=SETTINGS.storage.aggregate_1m_retention_days)
     assert intervals[("storage.readings_1h", "policy_retention")] == timedelta(
-        days=SETTINGS.aggregate_1h_retention_days)
+        days=SETTINGS.storage.aggregate_1h_retention_days)
     assert (state["available"], state["state"]) == (True, "enabled")
 
     again = await maintain(SETTINGS, unique("tsl-"), wait=120)

@@ -21,7 +21,7 @@ from tests.stack import REPLICA_PORT, REPO, SETTINGS, fleet
 pytestmark = pytest.mark.integration
 
 CA = REPO / ".stack" / "tls" / "ca.crt"
-PORTS = {"postgresql": 55432, "pgbouncer": SETTINGS.db_port}
+PORTS = {"postgresql": 55432, "pgbouncer": SETTINGS.db.port}
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,8 @@ def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tls_settings(port: int, mode: str, rootcert: Path | str) -> Settings:
-    return replace(SETTINGS, db_host="127.0.0.1", db_port=port, db_sslmode=mode,
-                   db_sslrootcert=str(rootcert))
+    return replace(SETTINGS, db=replace(SETTINGS.db, host="127.0.0.1", port=port, sslmode=mode,
+                                        sslrootcert=str(rootcert)))
 
 
 @pytest.mark.parametrize("server", PORTS)

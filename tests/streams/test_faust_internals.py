@@ -51,7 +51,7 @@ async def test_a_commit_sends_only_assigned_partitions_once_each() -> None:
 async def test_the_fetch_wait_comes_from_the_settings_not_faust_s_fixed_1500_ms() -> None:
     thread = ConsumerThread(new_consumer(), loop=asyncio.get_running_loop())
     consumer = thread._create_worker_consumer(app.transport)
-    assert consumer._fetch_max_wait_ms == int(settings.kafka_fetch_max_wait * 1000) == 250
+    assert consumer._fetch_max_wait_ms == int(settings.kafka.fetch_max_wait * 1000) == 250
 
 
 def test_the_installed_versions_are_the_tested_ones_and_others_are_refused() -> None:

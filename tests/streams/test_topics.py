@@ -48,8 +48,8 @@ def test_non_device_topics_are_not_taken_for_device_topics(topic: str) -> None:
 
 
 def test_topic_mode_defaults_to_per_device_and_refuses_unknown_modes() -> None:
-    assert Settings.from_env({}).topic_mode == "per-device"
-    assert Settings.from_env({"TOPIC_MODE": "shared"}).topic_mode == "shared"
+    assert Settings.from_env({}).topics.mode == "per-device"
+    assert Settings.from_env({"TOPIC_MODE": "shared"}).topics.mode == "shared"
     with pytest.raises(ConfigError, match="TOPIC_MODE must be one of per-device, shared"):
         Settings.from_env({"TOPIC_MODE": "per_device"})
 

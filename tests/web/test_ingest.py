@@ -63,8 +63,9 @@ def ingest_routes() -> aiohttp_web.Application:
 def use_ingest_settings(monkeypatch: pytest.MonkeyPatch, token: str = "", secret: str = "",
          previous: str = "") -> ingest.IngestPublisher:
     FakeProducer.instances.clear()
-    run_settings = replace(settings, ingest_token=token, device_token_secret=secret,
-                           device_token_secret_previous=previous)
+    run_settings = replace(settings, web=replace(settings.web, ingest_token=token,
+                                                 device_token_secret=secret,
+                                                 device_token_secret_previous=previous))
     publisher = ingest.IngestPublisher(run_settings, FakeProducer)
     monkeypatch.setattr(ingest, "publisher", publisher)
     monkeypatch.setattr(ingest, "handler", ingest.IngestHandler(run_settings, publisher))

@@ -64,7 +64,7 @@ async def web_ready(worker: Worker, timeout: float = 60) -> None:
 
 
 async def topic_exists(topic: str) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=SETTINGS.kafka_brokers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=SETTINGS.kafka.brokers)
     await admin.start()
     try:
         return topic in await admin.list_topics()

@@ -247,8 +247,8 @@ async def test_bad_parameters_get_400_and_unknown_devices_404_as_json(
 
 async def test_a_database_that_cannot_be_reached_gives_503_json(
         monkeypatch: pytest.MonkeyPatch, stack: None) -> None:
-    down = replace(SETTINGS, db_port=free_port(), read_db_host="127.0.0.1",
-                   read_db_port=free_port())  # the replica and its fallback
+    down = replace(SETTINGS, db=replace(SETTINGS.db, port=free_port()),  # the fallback
+                   read_db=replace(SETTINGS.read_db, host="127.0.0.1", port=free_port()))
     client = await queries_client(monkeypatch, down)
     try:
         status, body = await _get(client, "/devices/any-device/latest")
