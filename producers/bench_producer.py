@@ -17,9 +17,9 @@ import orjson
 
 from producers.device_producer import DeviceProducer, ProducerConfig
 from producers.simulator import Fleet, FleetConfig
-from streams.settings import Settings
+from streams.settings import Compression, Settings, TopicMode
 
-CODECS = ["none", "snappy", "lz4", "zstd", "gzip"]
+CODECS = ["none", "snappy", "lz4", "zstd", "gzip"]  # Compression values, in bench order
 
 
 def _compressed_size(codec: str, value: bytes) -> int:
@@ -36,7 +36,7 @@ async def bench(settings: Settings, codec: str, readings: int, devices: int, met
                 per_message: int, prefix: str) -> tuple[float, int, int]:
     fleet = Fleet(FleetConfig(devices=devices, metrics=metrics, prefix=prefix, seed=1))
     config = ProducerConfig.from_settings(
-        settings, compression=None if codec == "none" else codec,
+        settings, compression=Compression(codec).codec,
         max_batch_readings=per_message)
     batch = 1000
     # Generated before the clock starts: the figure is the producer's cost, not the fleet's.
@@ -60,7 +60,8 @@ async def main() -> None:
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--metrics", type=int, default=5)
     parser.add_argument("--per-message", type=int, default=100)
-    parser.add_argument("--topic-mode", choices=["per-device", "shared"], default="per-device")
+    parser.add_argument("--topic-mode", choices=[m.value for m in TopicMode],
+                        default=TopicMode.PER_DEVICE.value)
     parser.add_argument("--codecs", default=",".join(CODECS))
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()

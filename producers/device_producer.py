@@ -50,7 +50,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from schema.validation import MAX_VALUE_BYTES, Reading, ValidationWindow, validate_reading
-from streams.settings import COMPRESSIONS, Settings
+from streams.settings import Settings
 from streams.topics import InvalidDeviceId, TopicProvisioner, kafka_client_kwargs, topic_for
 
 log = logging.getLogger(__name__)
@@ -149,12 +149,10 @@ class ProducerConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> "ProducerConfig":
-        compression = settings.producer.compression
-        assert compression in COMPRESSIONS
         values: dict[str, Any] = {
             "max_message_bytes": settings.producer.batch_bytes,
             "linger": settings.producer.linger,
-            "compression": None if compression == "none" else compression,
+            "compression": settings.producer.compression.codec,
             "buffer_bytes": settings.producer.buffer_bytes,
             "delivery_timeout": settings.producer.delivery_timeout,
         }

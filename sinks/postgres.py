@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from streams.settings import Settings
+from streams.settings import Settings, SslMode
 
 # Errors after which the same statement can succeed later: the server or the bouncer went
 # away, is starting, shed load, or two transactions collided. InternalClientError is a
@@ -66,14 +66,14 @@ def connect_kwargs(settings: Settings, *, host: str | None = None) -> dict[str, 
 
 
 @lru_cache(maxsize=8)
-def tls_argument(mode: str, rootcert: str) -> str | ssl.SSLContext:
+def tls_argument(mode: SslMode, rootcert: str) -> str | ssl.SSLContext:
     """asyncpg's ``ssl`` for DB_SSLMODE: the mode itself, or for verify-ca / verify-full a
     context trusting DB_SSLROOTCERT (the system's CAs when unset), checking the host name
     for verify-full. Such a context never falls back to a plaintext connection."""
-    if mode not in ("verify-ca", "verify-full"):
-        return mode
+    if not mode.verifies:
+        return mode.value
     context = ssl.create_default_context(cafile=rootcert or None)
-    context.check_hostname = mode == "verify-full"
+    context.check_hostname = mode is SslMode.VERIFY_FULL
     return context
 
 
@@ -85,13 +85,13 @@ async def check_tls(settings: Settings) -> None:
     """With DB_SSLMODE verify-ca or verify-full, connect once and raise DatabaseTLSError,
     naming the settings, when the server's certificate does not verify. Any other failure
     (the database down, say) is left to the callers' retries."""
-    if settings.db.sslmode not in ("verify-ca", "verify-full"):
+    if not settings.db.sslmode.verifies:
         return
     try:
         conn = await asyncpg.connect(**connect_kwargs(settings), timeout=10)
     except ssl.SSLCertVerificationError as exc:
         raise DatabaseTLSError(
-            f"DB_SSLMODE={settings.db.sslmode}: the certificate of "
+            f"DB_SSLMODE={settings.db.sslmode.value}: the certificate of "
             f"{settings.db.host}:{settings.db.port} does not verify against DB_SSLROOTCERT="
             f"{settings.db.sslrootcert or '(unset: the system CAs)'}: {exc.verify_message}"
         ) from None

@@ -17,7 +17,7 @@ from sinks.postgres import connect
 from streams.app import app, settings
 from streams.replay import ReplayError, parse_since
 from streams.replay import replay as replay_offsets
-from streams.settings import COMPRESSIONS, TOPIC_MODES
+from streams.settings import Compression, TopicMode
 from streams.topics import InvalidDeviceId, check_device_id
 from web.credentials import device_token as derive_device_token
 
@@ -68,12 +68,12 @@ def _ingest_url(ctx: click.Context, param: click.Parameter, value: str | None) -
            help="Stop after this many readings (0 = no limit)."),
     option("--prefix", default="sim-", show_default=True, help="Device id prefix."),
     option("--seed", type=int, default=None, help="Random seed (repeatable values)."),
-    option("--compression", type=click.Choice(list(COMPRESSIONS)), default=None,
+    option("--compression", type=click.Choice([c.value for c in Compression]), default=None,
            help="Message compression  [default: PRODUCER_COMPRESSION, snappy]"),
     option("--linger", type=click.FloatRange(0), default=None,
            help="Seconds a device's readings may wait to fill a message  "
                 "[default: PRODUCER_LINGER, 0.05]"),
-    option("--topic-mode", type=click.Choice(list(TOPIC_MODES)), default=None,
+    option("--topic-mode", type=click.Choice([m.value for m in TopicMode]), default=None,
            help="per-device: device-data-{id} topics; shared: one device-data topic "
                 "keyed by device  [default: TOPIC_MODE, per-device]"),
     option("--ingest-url", default=None, callback=_ingest_url,
@@ -114,15 +114,16 @@ async def simulate(
         async with client:
             await run_fleet(client, fleet, report)
         return
-    run_settings = (replace(settings, topics=replace(settings.topics, mode=topic_mode))
+    run_settings = (replace(settings, topics=replace(settings.topics, mode=TopicMode(topic_mode)))
                     if topic_mode else settings)
     overrides: dict[str, object] = {"max_batch_readings": per_message}
     if compression is not None:
-        overrides["compression"] = None if compression == "none" else compression
+        overrides["compression"] = Compression(compression).codec
     if linger is not None:
         overrides["linger"] = linger
     config = ProducerConfig.from_settings(run_settings, **overrides)
-    layout = "one shared topic" if run_settings.topics.mode == "shared" else "per-device topics"
+    layout = ("one shared topic" if run_settings.topics.mode is TopicMode.SHARED
+              else "per-device topics")
     self.say(f"simulating {devices} devices x {metrics} metrics at "
              f"{'max' if not rate else f'{rate:g}'} readings/s to {settings.kafka.brokers} "
              f"({layout}, {config.compression or 'no'} compression)")

@@ -375,7 +375,7 @@ async def replay(settings: Settings, group: str, wanted: Callable[[str], bool],
         if not tps:
             raise ReplayError(
                 f"no topic on {settings.kafka.brokers} is followed by this app "
-                f"(TOPIC_MODE={settings.topics.mode}, "
+                f"(TOPIC_MODE={settings.topics.mode.value}, "
                 f"DEVICE_FILTER={settings.topics.device_filter!r}): "
                 "nothing to replay")
         plan = await plan_replay(kafka, group, tps, since)

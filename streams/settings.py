@@ -4,8 +4,8 @@ Every variable has a default that fits the local stack, so nothing needs configu
 developer machine. A bad value fails at start-up with a message naming the variable.
 
 ``Settings`` holds one frozen, typed group per concern; each group reads its own variables
-(``from_env``) and documents each field with its variable. A field is named after its
-variable without the group's prefix (``DB_HOST`` -> ``settings.db.host``):
+(``from_env``) and documents each field with its variable. A field is mostly named after
+its variable without the group's prefix (``DB_HOST`` -> ``settings.db.host``):
 
 ==============  ========================  ====================================================
 attribute       class                     variables
@@ -27,6 +27,10 @@ attribute       class                     variables
                                           shutdown
 ==============  ========================  ====================================================
 
+The variables that name one of a few choices are enums (``TopicMode``, ``Compression``,
+``SslMode``, ``SecurityProtocol``, ``SaslMechanism``): compare with their members, and hand a
+library the member's ``.value``.
+
 Tests and tools change one value with ``dataclasses.replace`` on the group and the root:
 ``replace(settings, db=replace(settings.db, port=5433))``.
 """
@@ -36,7 +40,8 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping
+from enum import Enum, StrEnum
+from typing import Any, Mapping, TypeVar
 
 from schema.validation import MAX_VALUE_BYTES
 
@@ -88,11 +93,79 @@ def _str(env: Mapping[str, str], name: str, default: str) -> str:
     return default if raw is None or raw == "" else raw
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = _str(env, name, default).strip().lower()
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {env.get(name)!r}")
-    return value
+class TopicMode(StrEnum):
+    """``TOPIC_MODE``: where devices publish their readings."""
+
+    PER_DEVICE = "per-device"  # each device its own topic device-data-{device_id} (the design's)
+    SHARED = "shared"  # every device the one topic device-data, keyed by device id
+
+
+class Compression(StrEnum):
+    """``PRODUCER_COMPRESSION``: the codec of the messages ``DeviceProducer`` builds."""
+
+    SNAPPY = "snappy"
+    LZ4 = "lz4"
+    ZSTD = "zstd"
+    GZIP = "gzip"
+    NONE = "none"
+
+    @property
+    def codec(self) -> str | None:
+        """The Kafka client's ``compression_type``: the name, None for none."""
+        return None if self is Compression.NONE else self.value
+
+
+class SslMode(StrEnum):
+    """``DB_SSLMODE``: TLS to the database, as libpq and asyncpg name the modes."""
+
+    DISABLE = "disable"
+    ALLOW = "allow"
+    PREFER = "prefer"
+    REQUIRE = "require"
+    VERIFY_CA = "verify-ca"
+    VERIFY_FULL = "verify-full"
+
+    @property
+    def verifies(self) -> bool:
+        """Whether the server's certificate is verified (and plaintext never used)."""
+        return self in (SslMode.VERIFY_CA, SslMode.VERIFY_FULL)
+
+
+class SecurityProtocol(StrEnum):
+    """``KAFKA_SECURITY_PROTOCOL``: how every Kafka client of ours talks to the brokers."""
+
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+    @property
+    def uses_tls(self) -> bool:
+        return self in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL)
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL)
+
+
+class SaslMechanism(StrEnum):
+    """``KAFKA_SASL_MECHANISM``: how a SASL client authenticates."""
+
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _choice(env: Mapping[str, str], name: str, default: _E) -> _E:
+    """One member of ``default``'s enum, named by its value in any case."""
+    members = {member.value.lower(): member for member in type(default)}
+    value = _str(env, name, default.value).strip().lower()
+    if value not in members:
+        raise ConfigError(f"{name} must be one of {', '.join(members)}, got {env.get(name)!r}")
+    return members[value]
 
 
 def _regex(env: Mapping[str, str], name: str, default: str) -> str:
@@ -143,9 +216,9 @@ def _is_secret(name: str) -> bool:
     return "password" in name or "token" in name or "secret" in name
 
 
-# TOPIC_MODE: one topic per device (the design's default) or one shared topic keyed by device.
-TOPIC_MODES = ("per-device", "shared")
-COMPRESSIONS = ("snappy", "lz4", "zstd", "gzip", "none")
+def _shown(value: object) -> object:
+    """A value as ``redacted`` shows it: an enum by its value."""
+    return value.value if isinstance(value, Enum) else value
 
 
 @dataclass(frozen=True)
@@ -154,9 +227,9 @@ class KafkaSettings:
 
     brokers: str = "127.0.0.1:9092"
     """``KAFKA_BROKERS``: comma-separated bootstrap servers."""
-    security_protocol: str = "PLAINTEXT"
+    security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
     """``KAFKA_SECURITY_PROTOCOL``: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
-    sasl_mechanism: str = "PLAIN"
+    sasl_mechanism: SaslMechanism = SaslMechanism.PLAIN
     """``KAFKA_SASL_MECHANISM``: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."""
     sasl_username: str = ""
     """``KAFKA_SASL_USERNAME``: SASL user."""
@@ -173,14 +246,8 @@ class KafkaSettings:
     def from_env(cls, env: Mapping[str, str]) -> "KafkaSettings":
         return cls(
             brokers=_str(env, "KAFKA_BROKERS", cls.brokers),
-            security_protocol=_choice(
-                env, "KAFKA_SECURITY_PROTOCOL", cls.security_protocol,
-                ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl"),
-            ).upper(),
-            sasl_mechanism=_choice(
-                env, "KAFKA_SASL_MECHANISM", cls.sasl_mechanism,
-                ("plain", "scram-sha-256", "scram-sha-512"),
-            ).upper(),
+            security_protocol=_choice(env, "KAFKA_SECURITY_PROTOCOL", cls.security_protocol),
+            sasl_mechanism=_choice(env, "KAFKA_SASL_MECHANISM", cls.sasl_mechanism),
             sasl_username=_str(env, "KAFKA_SASL_USERNAME", cls.sasl_username),
             sasl_password=_str(env, "KAFKA_SASL_PASSWORD", cls.sasl_password),
             ca_file=_str(env, "KAFKA_CA_FILE", cls.ca_file),
@@ -195,7 +262,7 @@ class KafkaSettings:
 class TopicSettings:
     """The layout of the device topics, and which devices this worker follows."""
 
-    mode: str = "per-device"
+    mode: TopicMode = TopicMode.PER_DEVICE
     """``TOPIC_MODE``: ``per-device`` (topic ``device-data-{device_id}``) or ``shared`` (one
     topic ``device-data`` keyed by device id)."""
     device_filter: str = ""
@@ -220,7 +287,7 @@ class TopicSettings:
                 env, "TOPIC_DISCOVERY_INTERVAL", cls.discovery_interval, minimum=0.5
             ),
             device_filter=_regex(env, "DEVICE_FILTER", cls.device_filter),
-            mode=_choice(env, "TOPIC_MODE", cls.mode, TOPIC_MODES),
+            mode=_choice(env, "TOPIC_MODE", cls.mode),
         )
 
 
@@ -228,7 +295,7 @@ class TopicSettings:
 class ProducerSettings:
     """How ``DeviceProducer`` batches, compresses and delivers readings."""
 
-    compression: str = "snappy"
+    compression: Compression = Compression.SNAPPY
     """``PRODUCER_COMPRESSION``: snappy, lz4, zstd, gzip or none."""
     linger: float = 0.05
     """``PRODUCER_LINGER``: seconds a device's readings may wait to fill one message."""
@@ -245,7 +312,7 @@ class ProducerSettings:
     def from_env(cls, env: Mapping[str, str]) -> "ProducerSettings":
         settings = cls(
             idempotent=_bool(env, "KAFKA_IDEMPOTENT_PRODUCER", cls.idempotent),
-            compression=_choice(env, "PRODUCER_COMPRESSION", cls.compression, COMPRESSIONS),
+            compression=_choice(env, "PRODUCER_COMPRESSION", cls.compression),
             linger=_float(env, "PRODUCER_LINGER", cls.linger, minimum=0.0),
             batch_bytes=_int(env, "PRODUCER_BATCH_BYTES", cls.batch_bytes, minimum=1024),
             buffer_bytes=_int(
@@ -286,7 +353,7 @@ class DatabaseSettings:
     statement_cache: bool = False
     """``DB_STATEMENT_CACHE``: asyncpg's statement cache (pgBouncer >= 1.21 with
     ``max_prepared_statements``)."""
-    sslmode: str = "prefer"
+    sslmode: SslMode = SslMode.PREFER
     """``DB_SSLMODE``: disable, allow, prefer, require, verify-ca or verify-full."""
     sslrootcert: str = ""
     """``DB_SSLROOTCERT``: CA file for verify-ca/verify-full; empty: the system's CAs."""
@@ -304,10 +371,7 @@ class DatabaseSettings:
             owner_user=_str(env, "DB_OWNER_USER", cls.owner_user),
             owner_password=_str(env, "DB_OWNER_PASSWORD", cls.owner_password),
             pool_size=_int(env, "DB_POOL_SIZE", cls.pool_size, minimum=1),
-            sslmode=_choice(
-                env, "DB_SSLMODE", cls.sslmode,
-                ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
-            ),
+            sslmode=_choice(env, "DB_SSLMODE", cls.sslmode),
             sslrootcert=_readable_file(env, "DB_SSLROOTCERT"),
             statement_cache=_bool(env, "DB_STATEMENT_CACHE", cls.statement_cache),
             retry_max_backoff=_float(
@@ -574,7 +638,7 @@ class Settings:
         """The settings as a dict of groups with secrets masked, safe to log."""
         return {
             group.name: {
-                f.name: "***" if _is_secret(f.name) else getattr(values, f.name)
+                f.name: "***" if _is_secret(f.name) else _shown(getattr(values, f.name))
                 for f in fields(values)
             }
             for group in fields(self)

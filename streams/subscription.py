@@ -20,8 +20,8 @@ from typing import Callable, Iterable
 from faust.types import AppT
 
 from streams.faust_internals import GrowingTopic, set_resubscribe_delay
-from streams.settings import Settings
-from streams.topics import SHARED, SHARED_TOPIC, TopicProvisioner, device_of_topic
+from streams.settings import Settings, TopicMode
+from streams.topics import SHARED_TOPIC, TopicProvisioner, device_of_topic
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ async def subscribe_existing(channel: GrowingTopic, settings: Settings) -> None:
     them (one rebalance fewer at start; on the local broker a worker sometimes stopped
     fetching after a later rebalance).
     """
-    if settings.topics.mode == SHARED:
+    if settings.topics.mode is TopicMode.SHARED:
         return
     try:
         async with TopicProvisioner(settings) as topics:
@@ -65,7 +65,7 @@ async def follow_device_topics(
     return.
     """
     set_resubscribe_delay(app, RESUBSCRIBE_DELAY_SECONDS)
-    if settings.topics.mode == SHARED:
+    if settings.topics.mode is TopicMode.SHARED:
         await _follow_shared_topic(channel, topics, settings)
         return
     wanted = re.compile(settings.topics.device_filter)
@@ -106,7 +106,7 @@ def followed_devices(settings: Settings) -> Callable[[str], bool] | None:
     acked untouched (Faust commits an offset only once every message before it is acked,
     so that is safe).
     """
-    if settings.topics.mode != SHARED or not settings.topics.device_filter:
+    if settings.topics.mode is not TopicMode.SHARED or not settings.topics.device_filter:
         return None
     wanted = re.compile(settings.topics.device_filter)
     return lambda device_id: wanted.match(device_id) is not None

@@ -28,14 +28,11 @@ from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 
 from schema.validation import DEVICE_ID_PATTERN
-from streams.settings import Settings
+from streams.settings import Settings, TopicMode
 
 DEVICE_TOPIC_PREFIX = "device-data-"
 SHARED_TOPIC = "device-data"
 DEAD_LETTER_TOPIC = "device-data.dlq"
-
-PER_DEVICE = "per-device"
-SHARED = "shared"
 
 # Configs every topic we create gets. 7 days like the production broker's default; the
 # producer compresses (snappy by default) and the broker keeps the producer's batches.
@@ -64,17 +61,17 @@ def device_topic(device_id: str) -> str:
     return DEVICE_TOPIC_PREFIX + check_device_id(device_id)
 
 
-def topic_for(device_id: str, mode: str) -> str:
-    """The topic a device publishes to in ``mode`` (``per-device`` or ``shared``).
+def topic_for(device_id: str, mode: TopicMode) -> str:
+    """The topic a device publishes to in ``mode``.
 
     The id is checked in both modes: an invalid one never reaches the broker.
     """
-    if mode == SHARED:
+    if mode is TopicMode.SHARED:
         check_device_id(device_id)
         return SHARED_TOPIC
-    if mode == PER_DEVICE:
+    if mode is TopicMode.PER_DEVICE:
         return device_topic(device_id)
-    raise ValueError(f"topic mode must be {PER_DEVICE} or {SHARED}, got {mode!r}")
+    raise ValueError(f"topic mode must be a TopicMode, got {mode!r}")
 
 
 def device_of_topic(topic: str) -> str | None:
@@ -125,12 +122,12 @@ def kafka_client_kwargs(settings: Settings) -> KafkaClientKwargs:
     """Connection arguments every Kafka client of ours shares (servers, TLS, SASL)."""
     kwargs: KafkaClientKwargs = {
         "bootstrap_servers": settings.kafka.brokers.split(","),
-        "security_protocol": settings.kafka.security_protocol,
+        "security_protocol": settings.kafka.security_protocol.value,
     }
-    if "SSL" in settings.kafka.security_protocol:
+    if settings.kafka.security_protocol.uses_tls:
         kwargs["ssl_context"] = kafka_ssl_context(settings)
-    if settings.kafka.security_protocol.startswith("SASL"):
-        kwargs["sasl_mechanism"] = settings.kafka.sasl_mechanism
+    if settings.kafka.security_protocol.uses_sasl:
+        kwargs["sasl_mechanism"] = settings.kafka.sasl_mechanism.value
         kwargs["sasl_plain_username"] = settings.kafka.sasl_username
         kwargs["sasl_plain_password"] = settings.kafka.sasl_password
     return kwargs
@@ -139,12 +136,12 @@ def kafka_client_kwargs(settings: Settings) -> KafkaClientKwargs:
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
     """The same TLS/SASL settings in the form Faust's own clients take."""
     protocol = settings.kafka.security_protocol
-    context = kafka_ssl_context(settings) if "SSL" in protocol else None
-    if protocol.startswith("SASL"):
+    context = kafka_ssl_context(settings) if protocol.uses_tls else None
+    if protocol.uses_sasl:
         return faust.SASLCredentials(
             username=settings.kafka.sasl_username,
             password=settings.kafka.sasl_password,
-            mechanism=settings.kafka.sasl_mechanism,
+            mechanism=settings.kafka.sasl_mechanism.value,
             ssl_context=context,
         )
     return faust.SSLCredentials(context) if context else None

@@ -25,7 +25,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from bench.private_broker import PrivateBroker, free_port  # noqa: F401 (the tests import them from here)
 from bench.worker_process import WorkerProcess, fleet, unique  # noqa: F401 (likewise)
 from sinks.postgres import connect_kwargs
-from streams.settings import Settings
+from streams.settings import Settings, TopicMode
 from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner
 from web.kafka_offsets import BrokerOffsets
 from web.periodic import PeriodicSample
@@ -424,7 +424,7 @@ class Stream:
 
     def __init__(self, devices: list[str], readings_per_s: float, seconds: float,
                  metrics: int = 2, bad_every: int = 200, conflict_every: int = 50,
-                 topic_mode: str = "per-device") -> None:
+                 topic_mode: TopicMode = TopicMode.PER_DEVICE) -> None:
         self.devices = devices
         self.topic_mode = topic_mode
         self.rate = readings_per_s

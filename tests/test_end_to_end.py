@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from streams.settings import TopicMode
 from streams.topics import SHARED_TOPIC, device_topic
 from tests.stack import (
     RawProducer,
@@ -30,18 +31,18 @@ pytestmark = pytest.mark.integration
 class TopicLayout:
     """Where the scenario's messages go in one topic mode."""
 
-    mode: str
+    mode: TopicMode
 
     def topic(self, device: str) -> str:
-        return SHARED_TOPIC if self.mode == "shared" else device_topic(device)
+        return SHARED_TOPIC if self.mode is TopicMode.SHARED else device_topic(device)
 
     async def create(self, devices: list[str], partitions: int | None = None) -> None:
         """Provision the devices' topics, as a producer would before publishing."""
         await create_topics(sorted({self.topic(d) for d in devices}),
-                            partitions=None if self.mode == "shared" else partitions)
+                            partitions=None if self.mode is TopicMode.SHARED else partitions)
 
 
-LAYOUTS = [TopicLayout("per-device"), TopicLayout("shared")]
+LAYOUTS = [TopicLayout(mode) for mode in TopicMode]
 
 
 def _iso(moment: datetime) -> str:
@@ -133,7 +134,7 @@ async def _stored_rows(devices: list[str]) -> dict[tuple[str, str, int], float]:
     return found
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout.mode)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout.mode.value)
 async def test_readings_land_exactly_once_and_invalid_ones_are_dead_lettered(
     start_worker, layout: TopicLayout,
 ) -> None:
@@ -144,7 +145,8 @@ async def test_readings_land_exactly_once_and_invalid_ones_are_dead_lettered(
     async with RawProducer() as producer:
         for device in early:
             await _send_device_mix(producer, layout, device, expect)
-        worker = start_worker(f"e2e-{layout.mode}", DEVICE_FILTER=only, TOPIC_MODE=layout.mode)
+        worker = start_worker(f"e2e-{layout.mode.value}", DEVICE_FILTER=only,
+                              TOPIC_MODE=layout.mode.value)
         await wait_for(lambda: rows_at_least(early, 1), 90, "the worker to store the first rows")
         # Devices that appear after the worker started are picked up while it runs (their
         # topics are created now, with 4 partitions as auto-created ones get, per-device).
@@ -166,7 +168,7 @@ async def test_readings_land_exactly_once_and_invalid_ones_are_dead_lettered(
     for record in letters:
         assert record["error"] and isinstance(record["raw"], str)
         assert isinstance(record["partition"], int)
-        if layout.mode == "per-device":
+        if layout.mode is TopicMode.PER_DEVICE:
             assert record["_key"] == record["topic"].removeprefix("device-data-").encode()
         else:
             assert record["topic"] == SHARED_TOPIC

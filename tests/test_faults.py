@@ -11,7 +11,7 @@ import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.settings import Settings
+from streams.settings import Settings, TopicMode
 from streams.topics import SHARED_TOPIC, TopicProvisioner, device_topic
 from tests.stack import (
     REPO,
@@ -126,7 +126,7 @@ async def test_in_shared_mode_three_workers_split_device_data_and_a_sigkill_lose
     go to one worker at a time); one is SIGKILLed mid-stream, and rows, aggregates and dead
     letters stay exact."""
     devices, only = fleet("shared-kill-", 30)
-    stream = Stream(devices, readings_per_s=1000, seconds=45, topic_mode="shared")
+    stream = Stream(devices, readings_per_s=1000, seconds=45, topic_mode=TopicMode.SHARED)
     env = {"DEVICE_FILTER": only, "TOPIC_MODE": "shared", "SINK_BATCH_POINTS": "2000"}
     first = start_worker("shared-kill-1", **env)
     workers = [first] + [start_worker(f"shared-kill-{n}", APP_ID=first.env["APP_ID"], **env)

@@ -22,7 +22,7 @@ from faust.web.exceptions import MethodNotAllowed
 
 from streams.app import app, device_topics, pipeline_stats, settings
 from streams.faust_internals import our_consumer
-from streams.settings import Settings
+from streams.settings import Settings, TopicMode
 from streams.topics import SHARED_TOPIC, device_of_topic, kafka_client_kwargs
 from web.access import open_web_warning
 from web.database import DatabaseSampler
@@ -62,7 +62,7 @@ def followed_topics(config: Settings) -> Callable[[str], bool]:
     """Whether the workers (of this consumer group) consume a topic, by the same rules as
     ``streams.subscription``: in ``TOPIC_MODE=shared`` the one shared topic, otherwise the
     device topics whose device ``DEVICE_FILTER`` matches."""
-    if config.topics.mode == "shared":
+    if config.topics.mode is TopicMode.SHARED:
         return lambda topic: topic == SHARED_TOPIC
     device_filter = re.compile(config.topics.device_filter)
 

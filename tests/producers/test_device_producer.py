@@ -14,11 +14,11 @@ from producers import (
     InvalidReadingError,
     ProducerConfig,
 )
-from streams.settings import Settings
+from streams.settings import Settings, TopicMode
 from tests.producers.helpers import FakeKafka, reading
 
 SETTINGS = Settings.from_env({})
-SHARED = replace(SETTINGS, topics=replace(SETTINGS.topics, mode="shared"))
+SHARED = replace(SETTINGS, topics=replace(SETTINGS.topics, mode=TopicMode.SHARED))
 
 
 @pytest.fixture

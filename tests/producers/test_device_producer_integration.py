@@ -20,7 +20,7 @@ from producers import (
     ProducerConfig,
     ProducerStartError,
 )
-from streams.settings import Settings
+from streams.settings import Settings, TopicMode
 from streams.topics import SHARED_TOPIC, InvalidDeviceId, device_topic
 from tests.producers.helpers import reading
 from tests.stack import SETTINGS, fleet
@@ -108,7 +108,7 @@ async def test_prepare_creates_every_device_topic_and_learns_its_partitions(stac
 
 async def test_shared_mode_publishes_to_device_data_keyed_by_device(stack) -> None:
     devices, _ = fleet("prod-shared-", 3)
-    shared = replace(SETTINGS, topics=replace(SETTINGS.topics, mode="shared"))
+    shared = replace(SETTINGS, topics=replace(SETTINGS.topics, mode=TopicMode.SHARED))
     async with DeviceProducer(shared) as producer:
         await producer.send_many([reading(d, i) for d in devices for i in range(4)], wait=True)
     messages = await consume([SHARED_TOPIC], keys={d.encode() for d in devices}, expect=3)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sinks.postgres import DatabaseTLSError, check_tls, connect
-from streams.settings import ConfigError, Settings
+from streams.settings import ConfigError, Settings, SslMode
 from tests.stack import REPLICA_PORT, REPO, SETTINGS, fleet
 
 pytestmark = pytest.mark.integration
@@ -34,25 +34,25 @@ def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "ca.crt"
 
 
-def tls_settings(port: int, mode: str, rootcert: Path | str) -> Settings:
+def tls_settings(port: int, mode: SslMode, rootcert: Path | str) -> Settings:
     return replace(SETTINGS, db=replace(SETTINGS.db, host="127.0.0.1", port=port, sslmode=mode,
                                         sslrootcert=str(rootcert)))
 
 
 @pytest.mark.parametrize("server", PORTS)
 async def test_verify_full_connects_with_tls_to_postgresql_and_pgbouncer(server) -> None:
-    conn = await connect(tls_settings(PORTS[server], "verify-full", CA))
+    conn = await connect(tls_settings(PORTS[server], SslMode.VERIFY_FULL, CA))
     try:
         # through pgBouncer this is its own connection to PostgreSQL: TLS too
         assert await conn.fetchval(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") is True
     finally:
         await conn.close()
-    await check_tls(tls_settings(PORTS[server], "verify-full", CA))
+    await check_tls(tls_settings(PORTS[server], SslMode.VERIFY_FULL, CA))
 
 
 async def test_verify_full_connects_with_tls_to_the_read_replica(replica) -> None:
-    conn = await connect(tls_settings(REPLICA_PORT, "verify-full", CA))
+    conn = await connect(tls_settings(REPLICA_PORT, SslMode.VERIFY_FULL, CA))
     try:
         row = await conn.fetchrow(
             "SELECT pg_is_in_recovery() AS standby, ssl FROM pg_stat_ssl "
@@ -65,7 +65,7 @@ async def test_verify_full_connects_with_tls_to_the_read_replica(replica) -> Non
 @pytest.mark.parametrize("server", PORTS)
 async def test_a_certificate_of_another_ca_is_refused_naming_the_setting(server,
                                                                          other_ca) -> None:
-    settings = tls_settings(PORTS[server], "verify-full", other_ca)
+    settings = tls_settings(PORTS[server], SslMode.VERIFY_FULL, other_ca)
     with pytest.raises(ssl.SSLCertVerificationError):
         await connect(settings)
     with pytest.raises(DatabaseTLSError, match=f"DB_SSLROOTCERT={other_ca}"):

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from streams.settings import ConfigError, Settings
+from streams.settings import (
+    Compression,
+    ConfigError,
+    SaslMechanism,
+    SecurityProtocol,
+    Settings,
+    SslMode,
+    TopicMode,
+)
 
 
 def test_defaults_point_at_the_local_stack() -> None:
@@ -118,7 +126,8 @@ def test_every_field_documents_the_variable_it_is_read_from() -> None:
         assert isinstance(node, ast.ClassDef)
         body = node.body
         for at, statement in enumerate(body):
-            if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)):
+            if not (isinstance(statement, ast.AnnAssign)
+                    and isinstance(statement.target, ast.Name)):
                 continue
             name = f"{group.name}.{statement.target.id}"
             doc = body[at + 1] if at + 1 < len(body) else None
@@ -130,3 +139,43 @@ def test_every_field_documents_the_variable_it_is_read_from() -> None:
         assert sorted(documented[v].split(".")[0] for v in reads) == [group.name] * len(reads)
     assert len(documented) == len({f"{g.name}.{f.name}" for g in fields(Settings)
                                    for f in fields(getattr(Settings(), g.name))})
+
+
+def test_the_choices_are_enums_named_in_any_case() -> None:
+    default = Settings.from_env({})
+    assert (default.topics.mode, default.producer.compression, default.db.sslmode,
+            default.kafka.security_protocol, default.kafka.sasl_mechanism) == (
+        TopicMode.PER_DEVICE, Compression.SNAPPY, SslMode.PREFER, SecurityProtocol.PLAINTEXT,
+        SaslMechanism.PLAIN)
+    chosen = Settings.from_env({"TOPIC_MODE": "SHARED", "PRODUCER_COMPRESSION": "Zstd",
+                                "DB_SSLMODE": "VERIFY-FULL", "KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+                                "KAFKA_SASL_MECHANISM": "scram-sha-512"})
+    assert chosen.topics.mode is TopicMode.SHARED
+    assert chosen.producer.compression is Compression.ZSTD
+    assert chosen.db.sslmode is SslMode.VERIFY_FULL
+    assert chosen.kafka.security_protocol is SecurityProtocol.SASL_SSL
+    assert chosen.kafka.sasl_mechanism is SaslMechanism.SCRAM_SHA_512
+    shown = chosen.redacted()  # by value, as the variables name them
+    assert (shown["topics"]["mode"], shown["kafka"]["security_protocol"]) == ("shared", "SASL_SSL")
+    assert type(shown["db"]["sslmode"]) is str
+
+
+@pytest.mark.parametrize("name, choices", [
+    ("TOPIC_MODE", "per-device, shared"),
+    ("PRODUCER_COMPRESSION", "snappy, lz4, zstd, gzip, none"),
+    ("DB_SSLMODE", "disable, allow, prefer, require, verify-ca, verify-full"),
+    ("KAFKA_SECURITY_PROTOCOL", "plaintext, ssl, sasl_plaintext, sasl_ssl"),
+    ("KAFKA_SASL_MECHANISM", "plain, scram-sha-256, scram-sha-512"),
+])
+def test_a_value_outside_the_choices_fails_listing_them(name: str, choices: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"{name} must be one of {choices}, got 'x'")):
+        Settings.from_env({name: "x"})
+
+
+def test_what_the_enums_tell_their_users() -> None:
+    assert [p for p in SecurityProtocol if p.uses_tls] == [SecurityProtocol.SSL,
+                                                            SecurityProtocol.SASL_SSL]
+    assert [p for p in SecurityProtocol if p.uses_sasl] == [SecurityProtocol.SASL_PLAINTEXT,
+                                                             SecurityProtocol.SASL_SSL]
+    assert [m for m in SslMode if m.verifies] == [SslMode.VERIFY_CA, SslMode.VERIFY_FULL]
+    assert [c.codec for c in Compression] == ["snappy", "lz4", "zstd", "gzip", None]

@@ -14,7 +14,7 @@ from agents.ingest import Batch
 from schema.validation import ValidationWindow
 from tests.records import record, tp_of
 
-from streams.settings import ConfigError, Settings
+from streams.settings import ConfigError, Settings, TopicMode
 from streams.subscription import follow_device_topics, followed_devices
 from streams.topics import (
     DEAD_LETTER_TOPIC,
@@ -48,20 +48,22 @@ def test_non_device_topics_are_not_taken_for_device_topics(topic: str) -> None:
 
 
 def test_topic_mode_defaults_to_per_device_and_refuses_unknown_modes() -> None:
-    assert Settings.from_env({}).topics.mode == "per-device"
-    assert Settings.from_env({"TOPIC_MODE": "shared"}).topics.mode == "shared"
+    assert Settings.from_env({}).topics.mode is TopicMode.PER_DEVICE
+    assert Settings.from_env({"TOPIC_MODE": "Shared"}).topics.mode is TopicMode.SHARED
     with pytest.raises(ConfigError, match="TOPIC_MODE must be one of per-device, shared"):
         Settings.from_env({"TOPIC_MODE": "per_device"})
 
 
 def test_each_mode_names_the_topic_a_device_publishes_to() -> None:
-    assert topic_for("sensor-001", "per-device") == "device-data-sensor-001"
-    assert topic_for("sensor-001", "shared") == "device-data"
+    assert topic_for("sensor-001", TopicMode.PER_DEVICE) == "device-data-sensor-001"
+    assert topic_for("sensor-001", TopicMode.SHARED) == "device-data"
+    with pytest.raises(ValueError, match="topic mode must be a TopicMode"):
+        topic_for("sensor-001", "shared")  # type: ignore[arg-type]  # a string is no mode
 
 
-@pytest.mark.parametrize("mode", ["per-device", "shared"])
+@pytest.mark.parametrize("mode", list(TopicMode))
 @pytest.mark.parametrize("bad", ["", "a b", "x" * 129, "é"])
-def test_invalid_device_ids_are_refused_in_both_modes(mode: str, bad: str) -> None:
+def test_invalid_device_ids_are_refused_in_both_modes(mode: TopicMode, bad: str) -> None:
     with pytest.raises(InvalidDeviceId):
         topic_for(bad, mode)
 
@@ -187,6 +189,10 @@ def test_kafka_tls_and_sasl_settings_reach_every_client() -> None:
     kwargs = kafka_client_kwargs(secure)
     assert (kwargs["security_protocol"], kwargs["sasl_mechanism"], kwargs["sasl_plain_username"],
             kwargs["sasl_plain_password"]) == ("SASL_SSL", "SCRAM-SHA-512", "worker", "pw")
+    assert type(kwargs["security_protocol"]) is str and type(kwargs["sasl_mechanism"]) is str
     assert kwargs["ssl_context"] is not None
+    sasl_only = kafka_client_kwargs(
+        Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}))
+    assert "ssl_context" not in sasl_only and sasl_only["sasl_mechanism"] == "PLAIN"
     credentials = broker_credentials(secure)
     assert (credentials.username, credentials.mechanism.value) == ("worker", "SCRAM-SHA-512")
