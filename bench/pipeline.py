@@ -530,7 +530,8 @@ def _report(summary: dict[str, Any], runs: list[Run]) -> str:
     if soak:
         lines += ["", f"Soak: {soak['seconds']:.0f} s at {soak['rate_points_per_s']:,.0f} "
                   f"points/s: RSS {soak['rss_mb_start']} MB at the start, "
-                  f"{soak['rss_mb_end']} MB at the end."]
+                  f"{soak['rss_mb_end']} MB at the end; probe latency p50 "
+                  f"{soak['latency_p50_s']} s, p99 {soak['latency_p99_s']} s."]
     lines += ["", "![throughput](throughput.png)", "", "## Runs", "",
               "CPU seconds per million points during the run: of the worker, of the database "
               "(every PostgreSQL and pgBouncer process), of the broker and of the publishers "
@@ -592,8 +593,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name}: latency at {ours / 2:,.0f} points/s: p50 {latency['latency_p50_s']} s, "
               f"p99 {latency['latency_p99_s']} s ({latency['probes']} probes)")
     if args.soak and "batched" in args.workloads:
-        soak = await bench.latency(WORKLOADS["batched"], summary["points_per_s_batched"] / 2,
-                                   args.soak, soak=True)
+        rate = args.soak_rate or summary["points_per_s_batched"] / 2
+        soak = await bench.latency(WORKLOADS["batched"], rate, args.soak, soak=True)
         summary["soak"] = {"seconds": args.soak, **soak}
         print(f"soak: RSS {soak['rss_mb_start']} MB -> {soak['rss_mb_end']} MB")
     summary["run_details"] = [asdict(r) for r in runs]
@@ -615,6 +616,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--soak", type=float, default=600.0,
                         help="seconds of soak at half load (0 = none)")
+    parser.add_argument("--soak-rate", type=float, default=0.0,
+                        help="points/s of the soak (default: half the batched median), to "
+                             "compare soaks across runs at the same load")
     parser.add_argument("--output-dir", type=Path, default=RESULTS,
                         help="where latest.json, report.md and throughput.png go")
     return parser.parse_args()
