@@ -31,19 +31,26 @@ RESUBSCRIBE_DELAY_SECONDS = 1.0
 
 
 async def subscribe_existing(channel: GrowingTopic, settings: Settings) -> None:
-    """Put the device topics that exist now into the first subscription.
+    """Put the topics that exist now into the first subscription.
 
     Called before the app starts, so a worker's first partition assignment already holds
-    them (one rebalance fewer at start; on the local broker a worker sometimes stopped
-    fetching after a later rebalance).
+    them: one consumer-group join at start, not a second one once they are added (on the
+    local broker a join takes seconds, and a worker sometimes stopped fetching after a
+    later rebalance). In shared mode that is ``device-data``, created if missing.
     """
-    if settings.topics.mode is TopicMode.SHARED:
-        return
     try:
         async with TopicProvisioner(settings) as topics:
-            names = await topics.list_device_topics()
+            if settings.topics.mode is TopicMode.SHARED:
+                await topics.ensure([SHARED_TOPIC])
+                names = [SHARED_TOPIC]
+            else:
+                names = await topics.list_device_topics()
     except Exception as exc:  # the discovery loop will find them later
-        log.warning("listing device topics before start failed: %s: %s", type(exc).__name__, exc)
+        log.warning("preparing the first subscription failed: %s: %s", type(exc).__name__, exc)
+        return
+    if settings.topics.mode is TopicMode.SHARED:
+        channel.add_topics(names)
+        log.info("shared topic mode: starting with %s", SHARED_TOPIC)
         return
     new = _add_followed(channel, names, re.compile(settings.topics.device_filter))
     log.info("starting with %d device topic(s)", len(new))

@@ -184,3 +184,6 @@ async def test_readings_land_exactly_once_and_invalid_ones_are_dead_lettered(
     assert sorted(r["device_id"] for r in devices_rows) == sorted(devices)
     assert all(r["first_ok"] and r["last_ok"] for r in devices_rows)
     assert "Traceback" not in worker.log_text()
+    if layout.mode is TopicMode.SHARED:
+        # device-data was in the first subscription: one group join, no rebalance after it
+        assert worker.log_text().count("Joined group") == 1
