@@ -40,10 +40,10 @@ async def bench(settings: Settings, codec: str, readings: int, devices: int, met
         max_batch_readings=per_message)
     batch = 1000
     # Generated before the clock starts: the figure is the producer's cost, not the fleet's.
-    calls = [[fleet.next_reading() for _ in range(batch)] for _ in range(readings // batch)]
+    calls = [fleet.next_readings(batch) for _ in range(readings // batch)]
     async with DeviceProducer(settings, config) as producer:
         # Provision the topics first: creation is a one-time cost, not throughput.
-        await producer.send_many([fleet.next_reading() for _ in range(devices)], wait=True)
+        await producer.send_many(fleet.next_readings(devices), wait=True)
         started = time.perf_counter()
         for call in calls:
             await producer.send_many(call)

@@ -539,6 +539,20 @@ class DeviceProducer:
     async def _publish_all(self) -> None:
         for message in list(self._buffers.values()):
             await self._publish(message)
+        self._shrink_emptied()
+
+    def _shrink_emptied(self) -> None:
+        """Give back the table of ``_buffers`` and ``_unsettled`` once they are empty.
+
+        A dict or set keeps the table of its largest size when its entries are deleted. In
+        shared mode a burst to many devices buffers a message per device (up to
+        ``buffer_bytes``): without this, a producer that went quiet after a burst to a
+        million devices would keep a slot per message of that burst.
+        """
+        if not self._buffers:
+            self._buffers.clear()  # clear() frees the table; deleting entries does not
+        if not self._unsettled:
+            self._unsettled.clear()
 
     async def _publish(self, message: _Message) -> None:
         """Hand one message to the Kafka client (with the lock held)."""
@@ -604,6 +618,8 @@ class DeviceProducer:
             await asyncio.wait([m.done for m in self._unsettled if m.done is not None],
                                timeout=max(latest - monotonic(), 0.0) + 0.01)
             self._expire_overdue(monotonic())
+        self._expire_overdue(monotonic())  # forget the settled ones now, not at the next tick
+        self._shrink_emptied()
 
     def _expire_overdue(self, now: float) -> None:
         """Fail each message the broker has not acknowledged by its deadline."""
@@ -645,5 +661,6 @@ class DeviceProducer:
                         if message.since > cutoff:
                             break
                         await self._publish(message)
+                    self._shrink_emptied()
             except Exception as exc:  # never dies: the next round tries again
                 log.warning("publishing lingering readings failed: %s", _describe(exc))

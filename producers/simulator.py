@@ -7,10 +7,18 @@ provisioning and backpressure included), or posts to a worker's ``POST /ingest``
 from __future__ import annotations
 
 import asyncio
-import random
+import operator
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, overload
+
+import numpy as np
+
+
+# Readings generated and handed over in one send_many call, at most: a fleet running behind
+# its rate (a slow broker) catches up in calls of this size, not in one list of everything due.
+MAX_CALL_READINGS = 10_000
 
 
 class ReadingSender(Protocol):
@@ -54,29 +62,100 @@ class Progress:
                 f"({self.points / elapsed:,.0f} points/s)")
 
 
+class DeviceIds(Sequence[str]):
+    """The fleet's device ids, ``f"{prefix}{index:05d}"``, made from the index when asked for
+    (a million-device fleet keeps no million strings)."""
+
+    def __init__(self, prefix: str, count: int) -> None:
+        self.prefix = prefix
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [f"{self.prefix}{i:05d}" for i in range(*index.indices(self._count))]
+        i = operator.index(index)
+        if i < 0:
+            i += self._count
+        if not 0 <= i < self._count:
+            raise IndexError("device index out of range")
+        return f"{self.prefix}{i:05d}"
+
+
 class Fleet:
-    """Generates readings; each device keeps its own strictly increasing clock."""
+    """Generates readings, round-robin over the devices; each device keeps its own strictly
+    increasing clock and a random walk per metric (uniform(0, 100) start, gauss(0, 1) steps,
+    sent rounded to 3 decimals).
+
+    Per device it keeps only ``8 * (metrics + 1)`` bytes: the walks' values in one float64
+    array of shape (devices, metrics) and the last times in one int64 array; ids are made
+    from the index. Readings are generated in blocks of consecutive devices, vectorised.
+    The same ``seed`` gives the same ids and values, however the readings are asked for.
+    """
 
     def __init__(self, config: FleetConfig) -> None:
         self.config = config
-        self._random = random.Random(config.seed)
-        self.device_ids = [f"{config.prefix}{i:05d}" for i in range(config.devices)]
-        self._names = [f"metric_{j}" for j in range(config.metrics)]
-        self._values = {d: [self._random.uniform(0, 100) for _ in self._names]
-                        for d in self.device_ids}
-        self._last_ms = dict.fromkeys(self.device_ids, 0)
-        self._next = 0
+        # numpy takes no negative seed; random.Random (and so --seed) took any int, as abs().
+        seed = None if config.seed is None else abs(config.seed)
+        self._random = np.random.default_rng(seed)
+        self.device_ids = DeviceIds(config.prefix, config.devices)
+        self._names = tuple(f"metric_{j}" for j in range(config.metrics))
+        self._values = self._random.uniform(0, 100, (config.devices, config.metrics))
+        self._last_ms = np.zeros(config.devices, dtype=np.int64)
+        self._next = 0  # readings generated so far
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the fleet's per-device state takes (its two arrays)."""
+        return int(self._values.nbytes + self._last_ms.nbytes)
 
     def next_reading(self) -> dict[str, object]:
-        device = self.device_ids[self._next % len(self.device_ids)]
-        self._next += 1
-        stamp = max(int(time.time() * 1000), self._last_ms[device] + 1)
-        self._last_ms[device] = stamp
-        values = self._values[device]
-        for i in range(len(values)):
-            values[i] += self._random.gauss(0, 1)
-        return {"device_id": device, "time": stamp,
-                "metrics": {name: round(v, 3) for name, v in zip(self._names, values)}}
+        return self.next_readings(1)[0]
+
+    def next_readings(self, count: int) -> list[dict[str, object]]:
+        """The next ``count`` readings, in the order ``next_reading()`` would give them."""
+        out: list[dict[str, object]] = []
+        devices = self.config.devices
+        while len(out) < count:
+            first = self._next % devices
+            left = count - len(out)
+            if first or left < devices:  # up to the last device (a block never wraps)
+                block, passes = min(left, devices - first), 1
+            else:  # whole rounds over a fleet smaller than the call, together
+                block, passes = devices, left // devices
+            self._extend(out, first, block, passes)
+            self._next += block * passes
+        return out
+
+    def _extend(self, out: list[dict[str, object]], first: int, block: int,
+                passes: int) -> None:
+        """Readings of devices ``first .. first + block - 1``, ``passes`` rounds of them."""
+        end = first + block
+        # walk[0]: the values now; walk[p]: after the p-th step. cumsum adds the steps one
+        # after the other, as one reading at a time would (the same floats, bit for bit).
+        walk = np.empty((passes + 1, block, self.config.metrics))
+        walk[0] = self._values[first:end]
+        self._random.standard_normal(out=walk[1:])
+        np.cumsum(walk, axis=0, out=walk)
+        self._values[first:end] = walk[-1]
+        # Each device's clock: the time now, or 1 ms after its last reading if that is later.
+        last = self._last_ms[first:end]
+        start = np.maximum(last + 1, int(time.time() * 1000))
+        last[:] = start + (passes - 1)
+        stamps = (start + np.arange(passes)[:, None]).ravel().tolist()
+        rows = np.round(walk[1:], 3).reshape(passes * block, -1).tolist()
+        prefix, names = self.config.prefix, self._names
+        ids = [f"{prefix}{index:05d}" for index in range(first, end)] * passes
+        out.extend({"device_id": device, "time": stamp, "metrics": dict(zip(names, row))}
+                   for device, stamp, row in zip(ids, stamps, rows))
 
 
 async def run_fleet(
@@ -101,10 +180,12 @@ async def run_fleet(
             due = min(due, config.count - progress.readings)
             if due <= 0 and progress.readings >= config.count:
                 break
-        if due > 0:
-            await producer.send_many([fleet.next_reading() for _ in range(due)])
-            progress.readings += due
-            progress.points += due * config.metrics
+        while due > 0:  # in calls of at most MAX_CALL_READINGS, however far behind
+            batch = fleet.next_readings(min(due, MAX_CALL_READINGS))
+            await producer.send_many(batch)
+            due -= len(batch)
+            progress.readings += len(batch)
+            progress.points += len(batch) * config.metrics
         if now >= next_report:
             report(progress)
             next_report = now + report_every

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import tracemalloc
 from dataclasses import replace
 from datetime import datetime
 
@@ -183,6 +185,41 @@ async def test_acknowledged_messages_leave_no_deadline_behind(kafka) -> None:
         await asyncio.sleep(0.2)  # a few rounds of the deadline watcher
         assert not producer._deadlines, "a long stream of messages would grow it without end"
     assert len(kafka.sent) == 50
+
+
+async def test_shared_mode_keeps_nothing_per_device_after_flush(kafka) -> None:
+    devices = 10_000
+    async with DeviceProducer(SHARED, config(linger=60)) as producer:
+        await producer.send_many([reading("warm-up")])
+        await producer.flush()
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for start in range(0, devices, 1000):
+                await producer.send_many(reading(f"d{i}") for i in range(start, start + 1000))
+            assert len(producer._buffers) == devices, "a message being filled per device"
+            await producer.flush()
+            assert len(kafka.sent) == devices + 1
+            kafka.sent.clear()  # the fake broker's record of them
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert not producer._buffers and not producer._unsettled and not producer._deadlines
+        assert producer._tracked == {"device-data"}
+    # Emptied dicts and sets kept their largest tables, and acknowledged messages waited for
+    # the deadline watcher: 0.75 MB (75 bytes per device of the burst) stayed after flush.
+    assert held < 64 * 1024, f"{held} bytes ({held / devices:.1f} per device) kept after flush"
+
+
+async def test_per_device_mode_still_provisions_each_topic_once_across_flushes(kafka) -> None:
+    async with DeviceProducer(SETTINGS) as producer:
+        for i in range(3):
+            await producer.send_many([reading("d1", i), reading("d2", i)])
+            await producer.flush()
+    assert kafka.created == ["device-data-d1", "device-data-d2"]
+    assert sorted(kafka.metadata_asked) == ["device-data-d1", "device-data-d2"]
 
 
 async def test_send_waits_when_the_buffer_is_full_and_never_holds_more(monkeypatch) -> None:
