@@ -42,7 +42,7 @@ async def subscribe_existing(channel: GrowingTopic, settings: Settings) -> None:
         async with TopicProvisioner(settings) as topics:
             if settings.topics.mode is TopicMode.SHARED:
                 await topics.ensure([SHARED_TOPIC])
-                names = [SHARED_TOPIC]
+                names = {SHARED_TOPIC}
             else:
                 names = await topics.list_device_topics()
     except Exception as exc:  # the discovery loop will find them later
