@@ -231,10 +231,7 @@ class DeviceProducer:
         self._expiry_task: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
-        self.readings_sent = 0  # handed to the Kafka client
-        self.messages_sent = 0
         self.readings_delivered = 0  # acknowledged by the broker
-        self.failed_messages = 0
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -563,8 +560,6 @@ class DeviceProducer:
         self._unsettled.add(message)
         message.deadline = monotonic() + self._config.delivery_timeout
         self._deadlines.append(message)
-        self.readings_sent += len(message.items)
-        self.messages_sent += 1
         try:
             future = await self._producer.send(
                 message.topic, value=message.value(), key=message.device_id.encode())
@@ -594,7 +589,6 @@ class DeviceProducer:
             done.set_result(None)
             return
         failure = Failure(message.device_id, message.topic, len(message.items), error)
-        self.failed_messages += 1
         if message.unwaited:
             self._failures.append(failure)
         log.warning("not delivered: %s", failure)

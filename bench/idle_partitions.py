@@ -1,4 +1,4 @@
-"""What many partitions cost a consumer: ``python -m producers.bench_partitions --help``.
+"""What many partitions cost a consumer: ``python -m bench.idle_partitions --help``.
 
 For each count N, creates N topics of 10 partitions (as per-device topics are), starts one
 group consumer (aiokafka, the client Faust's workers use) subscribed to all of them, and

@@ -1,4 +1,4 @@
-"""Producer throughput per compression codec: ``python -m producers.bench_producer --help``.
+"""Producer throughput per compression codec: ``python -m bench.producer_codecs --help``.
 
 Publishes simulated readings through DeviceProducer as fast as it accepts them and waits for
 the broker's acknowledgement of all of them, once per codec; prints readings/s, points/s and
