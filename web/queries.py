@@ -29,7 +29,6 @@ time bounds and touches only the chunks in range.
 """
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import contextvars
@@ -37,7 +36,6 @@ import logging
 import operator
 import re
 import struct
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -53,7 +51,8 @@ from sinks.postgres import connect_kwargs
 from streams.app import app, pipeline_stats, settings
 from streams.settings import Settings
 from web.errors import RETRY_AFTER_SECONDS, ClientError
-from web.pg_wire import read_values
+from web.packed_buckets import in_bucket_order, unpack_buckets
+from web.pg_wire import copy_rows
 from web.read_route import ReadRoute
 
 log = logging.getLogger(__name__)
@@ -433,7 +432,7 @@ class DeviceQueries:
                     rows = await conn.fetch(_with_metric(RAW_AGGREGATES, metric),
                                             *_args(metric, device_id, start, end, limit + 1))
                 else:
-                    rows = [(row[0].decode(), *row[1:]) for row in await _copy_rows(
+                    rows = [(row[0].decode(), *row[1:]) for row in await copy_rows(
                         conn, aggregates_copy_sql(_TABLES[resolution], device_id, metric,
                                                   start, end, limit + 1))]
                 if not rows and not await conn.fetchval(KNOWN_DEVICE, device_id):
@@ -442,14 +441,14 @@ class DeviceQueries:
         series: dict[str, dict[str, Any]] = {}
         for row in sorted(rows, key=_FIRST):
             if resolution == "raw":
-                times, values = _in_bucket_order(list(row)[1:])
+                times, values = in_bucket_order(list(row)[1:])
                 if len(times) > limit:
                     truncated = True
                     times, values = times[:limit], values[:limit]
                 series[row[0]] = {"bucket": times, "count": [1] * len(values), "sum": values,
                                   "min": values, "max": values}
             else:
-                buckets, counts, sums, lows, highs, cut = _unpack_buckets(row[1], limit)
+                buckets, counts, sums, lows, highs, cut = unpack_buckets(row[1], limit)
                 truncated = truncated or cut
                 series[row[0]] = {"bucket": buckets, "count": counts, "sum": sums,
                                   "min": lows, "max": highs}
@@ -457,116 +456,6 @@ class DeviceQueries:
                 "start": start, "end": end, "limit": limit, "truncated": truncated,
                 "count": sum(len(c["count"]) for c in series.values()),
                 "aggregates": series}
-
-
-_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-_INT16 = struct.Struct(">h").unpack_from
-_INT32 = struct.Struct(">i").unpack_from
-
-
-async def _copy_rows(conn: asyncpg.Connection, query: str) -> list[tuple[Any, ...]]:
-    """The rows of ``COPY (query) TO STDOUT (FORMAT binary)``: each column as bytes (its
-    type's binary send format: UTF-8 for text), NULL as None."""
-    chunks: list[bytes] = []
-
-    async def collect(chunk: bytes) -> None:
-        chunks.append(chunk)
-
-    await conn.copy_from_query(query, output=collect, format="binary")
-    data = b"".join(chunks)
-    if not data.startswith(_COPY_SIGNATURE):
-        raise ValueError("not a binary COPY stream")
-    pos = len(_COPY_SIGNATURE) + 4  # flags
-    pos += 4 + _INT32(data, pos)[0]  # header extension
-    rows: list[tuple[Any, ...]] = []
-    while True:
-        fields = _INT16(data, pos)[0]
-        pos += 2
-        if fields == -1:
-            return rows
-        row, pos = read_values(data, pos, fields)
-        rows.append(tuple(row))
-
-
-_SWAP = sys.byteorder == "little"  # the packed values are big-endian (network order)
-assert array.array("q").itemsize == array.array("d").itemsize == 8
-_FIELDS = 5  # bucket, count, sum, min, max: 8 bytes each
-_PG_EPOCH = 946_684_800  # 2000-01-01 in Unix seconds: timestamptz_send counts from there
-
-
-def _unpack_buckets(packed: bytes, limit: int) -> tuple[Any, list[int], list[float],
-                                                        list[float], list[float], bool]:
-    """The columns of one metric from AGGREGATES_COPY's ``packed``, its first ``limit``
-    buckets in bucket order: (bucket texts, counts, sums, mins, maxs, truncated).
-
-    The bucket column comes as one pre-encoded JSON fragment from a cache keyed by the
-    packed bucket values: every metric of every device with the same buckets shares it.
-    """
-    values = array.array("q")
-    values.frombytes(packed)
-    if _SWAP:
-        values.byteswap()  # per 8 bytes: right for the doubles too
-    truncated = len(values) > limit * _FIELDS
-    ints = memoryview(values)[:limit * _FIELDS]
-    floats = ints.cast("B").cast("d")
-    stamps = ints[0::_FIELDS]
-    # (memoryview.tolist gives ints or floats by the view's format)
-    rest: list[list[Any]] = [ints[1::_FIELDS].tolist(), floats[2::_FIELDS].tolist(),
-                             floats[3::_FIELDS].tolist(), floats[4::_FIELDS].tolist()]
-    key = stamps.tobytes()
-    buckets = _BUCKET_JSON.get(key)
-    if buckets is None:
-        us = stamps.tolist()
-        if us != sorted(us):  # never seen; linear for sorted input, keys are unique
-            us, *rest = _in_bucket_order([us, *rest])
-            counts, sums, mins, maxs = rest
-            return (_bucket_texts(us), counts, sums, mins, maxs, truncated)
-        buckets = _bucket_json(key, us)
-    counts, sums, mins, maxs = rest
-    return (buckets, counts, sums, mins, maxs, truncated)
-
-
-_BUCKET_TEXT: dict[int, str] = {}
-_BUCKET_TEXT_MAX = 200_000  # ~140 days of minutes; the cache starts over beyond
-_BUCKET_JSON: dict[bytes, orjson.Fragment] = {}
-_BUCKET_JSON_MAX_BYTES = 16 << 20  # encoded text; the cache starts over beyond
-_bucket_json_bytes = 0
-
-
-def _bucket_texts(stamps: list[int]) -> list[str]:
-    """Bucket starts (whole seconds, as microseconds since 2000-01-01) as RFC 3339 UTC
-    text, from a cache."""
-    try:
-        return list(map(_BUCKET_TEXT.__getitem__, stamps))  # the usual case, at C speed
-    except KeyError:
-        if len(_BUCKET_TEXT) + len(stamps) > _BUCKET_TEXT_MAX:
-            _BUCKET_TEXT.clear()
-        for us in stamps:
-            if us not in _BUCKET_TEXT:
-                _BUCKET_TEXT[us] = time.strftime(
-                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(us // 1_000_000 + _PG_EPOCH))
-        return list(map(_BUCKET_TEXT.__getitem__, stamps))
-
-
-def _bucket_json(key: bytes, stamps: list[int]) -> orjson.Fragment:
-    """The JSON array of the bucket texts of ``stamps`` (in order), cached under ``key``."""
-    global _bucket_json_bytes
-    text = orjson.dumps(_bucket_texts(stamps))
-    if _bucket_json_bytes + len(text) > _BUCKET_JSON_MAX_BYTES:
-        _BUCKET_JSON.clear()
-        _bucket_json_bytes = 0
-    fragment = _BUCKET_JSON[key] = orjson.Fragment(text)
-    _bucket_json_bytes += len(text)
-    return fragment
-
-
-def _in_bucket_order(columns: list[list[Any]]) -> list[list[Any]]:
-    """The columns of one metric, sorted by their first (time) column if they are not."""
-    times = columns[0]
-    if times == sorted(times):  # linear for sorted input; keys are unique
-        return columns
-    order = sorted(range(len(times)), key=times.__getitem__)
-    return [[column[i] for i in order] for column in columns]
 
 
 # ------------------------------------------------------------------------------ routes

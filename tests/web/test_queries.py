@@ -1,28 +1,20 @@
 """Parameter checking of the device query routes (no network)."""
 from __future__ import annotations
 
-import asyncio
-import math
-import struct
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
-import orjson
 import pytest
 from multidict import MultiDict
 
 from streams.settings import Settings
 from web.errors import ClientError
 from web.queries import (
-    _copy_rows,
-    _unpack_buckets,
     aggregates_copy_sql,
     check_device,
     check_limit,
     check_metric,
     check_params,
     check_range,
-    encode,
     parse_time,
     pick_resolution,
     read_connect_kwargs,
@@ -124,61 +116,6 @@ def test_without_read_settings_every_read_goes_to_the_primary() -> None:
     route = read_route(Settings.from_env({"DB_NAME": "other"}))
     assert route.replica is None and set(route._kwargs) == {"primary"}
     assert route._kwargs["primary"]["database"] == "other"
-
-
-def _packed(rows: list[tuple[int, int, float, float, float]]) -> bytes:
-    """AGGREGATES_COPY's packed column: (us since 2000, count, sum, min, max) big-endian."""
-    return b"".join(struct.pack(">qqddd", *row) for row in rows)
-
-
-def _us_2000(moment: datetime) -> int:
-    return int((moment - datetime(2000, 1, 1, tzinfo=timezone.utc)).total_seconds()) * 10**6
-
-
-def test_packed_buckets_unpack_exactly_in_order_and_to_the_limit() -> None:
-    hours = [_us_2000(NOW + i * HOUR) for i in range(4)]
-    rows = [(hours[i], i + 1, 0.1 * i, -0.0 if i == 0 else -1e300, 1e-300 * i) for i in range(4)]
-    texts = ["2026-11-28T17:00:00Z", "2026-11-28T18:00:00Z", "2026-11-28T19:00:00Z",
-             "2026-11-28T20:00:00Z"]
-    want = {"bucket": texts, "count": [1, 2, 3, 4], "sum": [r[2] for r in rows],
-            "min": [r[3] for r in rows], "max": [r[4] for r in rows]}
-
-    for packed in (_packed(rows), _packed(rows[2:] + rows[:2])):  # in order, or not
-        buckets, counts, sums, lows, highs, truncated = _unpack_buckets(packed, 10)
-        got = {"bucket": buckets, "count": counts, "sum": sums, "min": lows, "max": highs}
-        assert not truncated
-        assert orjson.loads(encode(got)) == want
-        assert encode(got) == encode(want)  # the cached bucket text is the same JSON
-        assert math.copysign(1, lows[0]) == -1  # -0.0 kept (the exact bits)
-
-    *columns, truncated = _unpack_buckets(_packed(rows), 3)
-    assert truncated and orjson.loads(encode(columns[0])) == texts[:3]
-    assert columns[1:] == [want[k][:3] for k in ("count", "sum", "min", "max")]
-
-
-class _CopyConnection:
-    def __init__(self, stream: bytes) -> None:
-        self.stream = stream
-
-    async def copy_from_query(self, query: str, output: Any, format: str) -> None:
-        assert format == "binary"
-        for i in range(0, len(self.stream), 7):  # in pieces, as the server sends them
-            await output(self.stream[i:i + 7])
-
-
-def test_binary_copy_rows_are_parsed_with_nulls() -> None:
-    def row(*fields: bytes | None) -> bytes:
-        out = struct.pack(">h", len(fields))
-        for field in fields:
-            out += struct.pack(">i", -1) if field is None else struct.pack(">i", len(field)) + field
-        return out
-
-    stream = (b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0) + row(b"temp", b"\x01\x02")
-              + row("é".encode(), None) + struct.pack(">h", -1))
-    rows = asyncio.run(_copy_rows(_CopyConnection(stream), "SELECT 1"))
-    assert rows == [(b"temp", b"\x01\x02"), ("é".encode(), None)]
-    with pytest.raises(ValueError):
-        asyncio.run(_copy_rows(_CopyConnection(b"x\ty\n"), "SELECT 1"))
 
 
 def test_aggregate_literals_are_quoted() -> None:
