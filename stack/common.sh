@@ -67,6 +67,20 @@ export LC_ALL=C.UTF-8
 log() { printf '[stack %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[stack %s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; exit 1; }
 
+# PostgreSQL's ports (55432, 55433) lie in Linux's ephemeral range (32768-60999): while
+# the server is down, a client's outgoing connection may be given one of them as its own
+# port (a connect to 127.0.0.1:55432 can even connect to itself), and the server then
+# cannot bind it until that connection closes. Reserving them keeps the kernel from
+# handing them out (until reboot; needs root, else the stack runs without).
+reserve_listen_ports() {
+    local file=/proc/sys/net/ipv4/ip_local_reserved_ports current
+    current=$(cat "$file" 2>/dev/null) || return 0
+    if printf '%s\n' "${current:+$current,}$PG_PORT-$REPLICA_PORT" >"$file" 2>/dev/null; then
+        return 0
+    fi
+    log "note: could not reserve ports $PG_PORT-$REPLICA_PORT in $file (not root?)"
+}
+
 # show_log FILE [N]: the last N lines of a log, indented, on stderr.
 show_log() {
     local file=$1 n=${2:-25}

@@ -504,6 +504,7 @@ EOF
 
 # ---------------------------------------------------------------- main
 
+reserve_listen_ports
 ensure_tansu            # first: it starts in milliseconds, no need to wait for it
 ensure_tls "$SERVER_TLS"
 ensure_postgres
