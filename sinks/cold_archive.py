@@ -44,6 +44,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sinks.copy_binary import (
+    FLOAT8, HEADER, INT4, PG_EPOCH_US, SIGNATURE, TIMESTAMPTZ, TRAILER, row_dtype,
+)
+
 log = logging.getLogger(__name__)
 
 RAW = "storage.readings"
@@ -61,17 +65,11 @@ _WRITER_OPTIONS = {
     "column_encoding": {"time": "DELTA_BINARY_PACKED"},
 }
 
-# PostgreSQL binary COPY: an 11-byte signature, flags and header-extension length, then
-# per row a field count and each field as (length, bytes); -1 as field count ends it. All
-# three columns are NOT NULL and fixed-width, so every row is exactly _ROW.itemsize bytes.
-_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-_HEADER = len(_SIGNATURE) + 8
-_TRAILER = b"\xff\xff"
-_ROW = np.dtype([("fields", ">i2"), ("time_len", ">i4"), ("time", ">i8"),
-                 ("series_len", ">i4"), ("series_id", ">i4"),
-                 ("value_len", ">i4"), ("value", ">f8")])
-# timestamptz travels as microseconds since 2000-01-01 UTC.
-_PG_EPOCH_US = 946_684_800_000_000
+# PostgreSQL binary COPY (sinks.copy_binary): a header, then per row a field count and
+# each field as (length, bytes); -1 as field count ends it. All three columns are NOT
+# NULL and fixed-width, so every row is exactly _ROW.itemsize bytes.
+_HEADER = len(HEADER)
+_ROW = row_dtype({"time": TIMESTAMPTZ, "series_id": INT4, "value": FLOAT8})
 
 
 class ArchiveError(RuntimeError):
@@ -202,7 +200,7 @@ class _ChunkWriter:
         """COPY output: whole row groups are written as soon as they are buffered."""
         self._buffer += data
         if not self._header_seen and len(self._buffer) >= _HEADER:
-            if not self._buffer.startswith(_SIGNATURE):
+            if not self._buffer.startswith(SIGNATURE):
                 raise ArchiveError("COPY output is not PostgreSQL's binary format")
             extension = int.from_bytes(self._buffer[_HEADER - 4:_HEADER], "big")
             del self._buffer[:_HEADER + extension]
@@ -215,17 +213,17 @@ class _ChunkWriter:
 
     async def finish(self) -> None:
         """The rows left before the trailer; closes the file (empty chunk: no row group)."""
-        if not (self._header_seen and self._buffer.endswith(_TRAILER)
-                and (len(self._buffer) - len(_TRAILER)) % _ROW.itemsize == 0):
+        if not (self._header_seen and self._buffer.endswith(TRAILER)
+                and (len(self._buffer) - len(TRAILER)) % _ROW.itemsize == 0):
             raise ArchiveError("COPY output ended without its trailer or mid-row")
-        rest = bytes(self._buffer[:-len(_TRAILER)])
+        rest = bytes(self._buffer[:-len(TRAILER)])
         self._buffer.clear()
         await asyncio.to_thread(self._write_last, rest)
 
     def _write(self, data: bytes) -> None:
         rows = np.frombuffer(data, dtype=_ROW)
-        if not ((rows["fields"] == 3).all() and (rows["time_len"] == 8).all()
-                and (rows["series_len"] == 4).all() and (rows["value_len"] == 8).all()):
+        if not ((rows["count"] == 3).all() and (rows["time_size"] == 8).all()
+                and (rows["series_id_size"] == 4).all() and (rows["value_size"] == 8).all()):
             raise ArchiveError("COPY row not of (timestamptz, integer, double precision)")
         at = np.minimum(np.searchsorted(self._ids, rows["series_id"]), len(self._ids) - 1)
         if not (len(self._ids) and (self._ids[at] == rows["series_id"]).all()):
@@ -234,7 +232,7 @@ class _ChunkWriter:
         table = pa.table([
             self._devices.take(positions),
             self._metrics.take(positions),
-            pa.array(rows["time"].astype(np.int64) + _PG_EPOCH_US, SCHEMA.field("time").type),
+            pa.array(rows["time"].astype(np.int64) + PG_EPOCH_US, SCHEMA.field("time").type),
             pa.array(rows["value"].astype(np.float64), pa.float64()),
         ], schema=SCHEMA)
         if self._writer is None:

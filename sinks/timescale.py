@@ -81,18 +81,30 @@ FROM unnest($1::text[], $2::text[]) AS u(device_id, metric)
 JOIN storage.series s USING (device_id, metric)
 """
 
-# Folds the newly inserted points into one aggregate table: an additive upsert, so only
-# points new to ``readings`` count, once each.
-_FOLD = """{name} AS (
+# Adds an aggregate row to the stored one of its (series, bucket): count and sum add, min
+# and max widen. Both paths fold with it.
+_ADD_TO_BUCKET = """ON CONFLICT (series_id, bucket) DO UPDATE
+        SET count = a.count + excluded.count, sum = a.sum + excluded.sum,
+            min = least(a.min, excluded.min), max = greatest(a.max, excluded.max)"""
+
+# Widens a device's first/last seen times. Both paths upsert devices with it.
+_WIDEN_SEEN = """ON CONFLICT (device_id) DO UPDATE
+        SET first_seen = least(d.first_seen, excluded.first_seen),
+            last_seen = greatest(d.last_seen, excluded.last_seen)"""
+
+
+def _fold_inserted(name: str, table: str, width: str) -> str:
+    """The CTE folding the newly inserted points into one aggregate table: an additive
+    upsert, so only points new to ``readings`` count, once each."""
+    return f"""{name} AS (
     INSERT INTO storage.{table} AS a (bucket, series_id, count, sum, min, max)
     SELECT time_bucket('{width}', time), series_id, count(*), sum(value), min(value), max(value)
     FROM inserted GROUP BY 2, 1 ORDER BY 2, 1
-    ON CONFLICT (series_id, bucket) DO UPDATE
-        SET count = a.count + excluded.count, sum = a.sum + excluded.sum,
-            min = least(a.min, excluded.min), max = greatest(a.max, excluded.max)
+    {_ADD_TO_BUCKET}
 )"""
 
-_MERGE = """
+
+_MERGE = f"""
 WITH staged AS MATERIALIZED (
     SELECT timestamptz 'epoch' + time_us * interval '1 microsecond' AS time, series_id, value,
            arrival
@@ -109,46 +121,38 @@ WITH staged AS MATERIALIZED (
           FROM staged GROUP BY series_id) t
     JOIN storage.series s USING (series_id)
     GROUP BY s.device_id ORDER BY s.device_id
-    ON CONFLICT (device_id) DO UPDATE
-        SET first_seen = least(d.first_seen, excluded.first_seen),
-            last_seen = greatest(d.last_seen, excluded.last_seen)
-), {minute}, {hour}
+    {_WIDEN_SEEN}
+), {_fold_inserted("minute", "readings_1m", "1 minute")},
+   {_fold_inserted("hour", "readings_1h", "1 hour")}
 SELECT count(*) FROM inserted
-""".format(
-    minute=_FOLD.format(name="minute", table="readings_1m", width="1 minute"),
-    hour=_FOLD.format(name="hour", table="readings_1h", width="1 hour"),
-)
+"""
 
-# Upserts aggregates folded by the sink (rows of bucket, series_id, count, sum, min, max).
-_UPSERT_FOLDED = """{name} AS (
+
+def _upsert_folded(name: str, table: str, first: int) -> str:
+    """The CTE upserting aggregate rows folded by the sink, given as the six array
+    parameters ``$first`` ... (bucket, series_id, count, sum, min, max)."""
+    p = [f"${n}" for n in range(first, first + 6)]
+    return f"""{name} AS (
     INSERT INTO storage.{table} AS a (bucket, series_id, count, sum, min, max)
     SELECT timestamptz 'epoch' + bucket * interval '1 microsecond', series_id, count, sum,
            min, max
-    FROM unnest(${0}::bigint[], ${1}::integer[], ${2}::bigint[], ${3}::float8[],
-                ${4}::float8[], ${5}::float8[]) AS u(bucket, series_id, count, sum, min, max)
+    FROM unnest({p[0]}::bigint[], {p[1]}::integer[], {p[2]}::bigint[], {p[3]}::float8[],
+                {p[4]}::float8[], {p[5]}::float8[]) AS u(bucket, series_id, count, sum, min, max)
     ORDER BY series_id, bucket
-    ON CONFLICT (series_id, bucket) DO UPDATE
-        SET count = a.count + excluded.count, sum = a.sum + excluded.sum,
-            min = least(a.min, excluded.min), max = greatest(a.max, excluded.max)
+    {_ADD_TO_BUCKET}
 )"""
 
+
 # The fast path's aggregates and devices, in the same lock order as ``_MERGE``'s.
-_FAST_FOLD = """
-WITH {minute}, {hour}
+_FAST_FOLD = f"""
+WITH {_upsert_folded("minute", "readings_1m", 1)}, {_upsert_folded("hour", "readings_1h", 7)}
 INSERT INTO devices AS d (device_id, first_seen, last_seen)
 SELECT device_id, timestamptz 'epoch' + first_us * interval '1 microsecond',
        timestamptz 'epoch' + last_us * interval '1 microsecond'
 FROM unnest($13::text[], $14::bigint[], $15::bigint[]) AS u(device_id, first_us, last_us)
 ORDER BY device_id
-ON CONFLICT (device_id) DO UPDATE
-    SET first_seen = least(d.first_seen, excluded.first_seen),
-        last_seen = greatest(d.last_seen, excluded.last_seen)
-""".format(
-    minute=_UPSERT_FOLDED.replace("{name}", "minute").replace("{table}", "readings_1m")
-    .format(*range(1, 7)),
-    hour=_UPSERT_FOLDED.replace("{name}", "hour").replace("{table}", "readings_1h")
-    .format(*range(7, 13)),
-)
+{_WIDEN_SEEN}
+"""
 
 _LAST_SEEN = """
 SELECT device_id, (extract(epoch FROM last_seen) * 1000000)::bigint AS us

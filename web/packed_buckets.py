@@ -12,10 +12,12 @@ from typing import Any
 
 import orjson
 
+from sinks.copy_binary import PG_EPOCH_US
+
 _SWAP = sys.byteorder == "little"  # the packed values are big-endian (network order)
 assert array.array("q").itemsize == array.array("d").itemsize == 8
 _FIELDS = 5  # bucket, count, sum, min, max: 8 bytes each
-_PG_EPOCH = 946_684_800  # 2000-01-01 in Unix seconds: timestamptz_send counts from there
+_PG_EPOCH = PG_EPOCH_US // 1_000_000  # in Unix seconds: timestamptz_send counts from there
 
 
 def unpack_buckets(packed: bytes, limit: int) -> tuple[Any, list[int], list[float],
