@@ -298,8 +298,7 @@ class IngestPipeline:
         started = time.monotonic()
         result = await self._retrying("write rows", lambda: self._store(batch), is_transient)
         self.stats.db_available = True
-        self.stats.record_batch(result.points, result.inserted, time.monotonic() - started,
-                                checked=result.checked, fallbacks=result.fallbacks)
+        self.stats.record_batch(result, time.monotonic() - started)
         if batch.dead_letters:
             await self._dead_letter(batch.dead_letters)
         return result
@@ -341,7 +340,7 @@ class IngestPipeline:
 
     async def _store_isolating_failures(self, batch: Batch) -> WriteResult:
         """Store the batch in halving groups of readings; dead-letter each one the database refuses."""
-        points = inserted = checked = fallbacks = 0
+        total = WriteResult(points=0, inserted=0)
         pending = [list(_located_readings(batch))]
         while pending:
             group = pending.pop()
@@ -356,11 +355,8 @@ class IngestPipeline:
                 else:
                     batch.dead_letters.append(_refused_by_database(*group[0], exc))
                 continue
-            points += result.points
-            inserted += result.inserted
-            checked += result.checked
-            fallbacks += result.fallbacks
-        return WriteResult(points, inserted, checked, fallbacks)
+            total += result
+        return total
 
     async def _dead_letter(self, letters: list[DeadLetter]) -> None:
         """Publish each dead letter once: staged in the outbox, published, marked."""

@@ -33,7 +33,8 @@ offsets only after this transaction has committed.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import astuple, dataclass
 from typing import Sequence
 
 import asyncpg
@@ -168,6 +169,26 @@ class WriteResult:
     inserted: int  # rows that were new to ``readings``
     checked: int = 0  # points written the checked way (all of them after a fallback)
     fallbacks: int = 0  # 1 when the fast path met a stored key and the batch was written again
+    resolve_seconds: float = 0.0  # finding the series' ids and marks, creating new series
+    copy_seconds: float = 0.0  # the COPYs of rows (fast and staged)
+    merge_seconds: float = 0.0  # inserting checked rows, folding aggregates, the commit
+
+    def __add__(self, other: "WriteResult") -> "WriteResult":
+        return WriteResult(*(a + b for a, b in zip(astuple(self), astuple(other))))
+
+
+class _Phases:
+    """Seconds one write spends in each phase, across its attempts."""
+
+    __slots__ = ("resolve", "copy", "merge")
+
+    def __init__(self) -> None:
+        self.resolve = self.copy = self.merge = 0.0
+
+    def result(self, points: int, inserted: int, checked: int, fallbacks: int = 0
+               ) -> WriteResult:
+        return WriteResult(points, inserted, checked, fallbacks, self.resolve, self.copy,
+                           self.merge)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,9 +211,11 @@ class TimescaleSink:
         """Store ``points`` exactly once; raises asyncpg errors unchanged."""
         if not points:
             return WriteResult(points=0, inserted=0)
-        cache = self._cache
+        cache, phases = self._cache, _Phases()
         async with self._pool.acquire() as conn:
+            started = time.perf_counter()
             slots = await self._slots(conn, points)
+            phases.resolve += time.perf_counter() - started
             generation = cache.generation
             count = len(points)
             columns = _Columns(np.fromiter([p[0] for p in points], np.int64, count),
@@ -200,17 +223,17 @@ class TimescaleSink:
                                np.fromiter([p[3] for p in points], np.float64, count))
             fast = columns.time_us > cache.marks[slots]
             try:
-                inserted, checked = await self._write(conn, columns, fast, slots)
+                inserted, checked = await self._write(conn, columns, fast, slots, phases)
             except asyncpg.UniqueViolationError as exc:
                 # Another writer (or an earlier attempt of this batch) stored some of them.
                 cache.forget(generation, slots)
                 log.info("batch of %d points met stored keys on the fast path (%s); "
                          "writing it the checked way", len(points), exc.detail or exc)
                 fast[:] = False
-                inserted, checked = await self._write(conn, columns, fast, slots)
-                return WriteResult(len(points), inserted, checked, fallbacks=1)
+                inserted, checked = await self._write(conn, columns, fast, slots, phases)
+                return phases.result(count, inserted, checked, fallbacks=1)
         cache.learn(generation, slots, columns.time_us)
-        return WriteResult(len(points), inserted, checked)
+        return phases.result(count, inserted, checked)
 
     async def last_seen(self, device_ids: Sequence[str]) -> dict[str, int]:
         """Each known device's newest stored reading time (microseconds since the epoch);
@@ -219,7 +242,7 @@ class TimescaleSink:
             return await self._last_seen(conn, device_ids)
 
     async def _write(self, conn: asyncpg.Connection, columns: _Columns, fast: np.ndarray,
-                     slots: np.ndarray) -> tuple[int, int]:
+                     slots: np.ndarray, phases: _Phases) -> tuple[int, int]:
         """One transaction: the ``fast`` points COPied straight in, the others checked;
         returns (rows inserted, points checked)."""
         fast_rows = first_of_each_key(columns.series_id, columns.time_us, np.flatnonzero(fast))
@@ -227,15 +250,20 @@ class TimescaleSink:
         inserted = 0
         async with conn.transaction():
             if len(fast_rows):
+                started = time.perf_counter()
                 await conn.copy_to_table(
                     "readings", schema_name="storage", columns=["time", "series_id", "value"],
                     format="binary", source=copy_rows(
                         timestamptz(columns.time_us[fast_rows]),
                         columns.series_id[fast_rows].astype(INT4),
                         columns.value[fast_rows].astype(FLOAT8)))
+                copied = time.perf_counter()
                 await conn.execute(_FAST_FOLD, *self._fold(columns, fast_rows, slots))
+                phases.copy += copied - started
+                phases.merge += time.perf_counter() - copied
                 inserted += len(fast_rows)
             if len(checked_rows):
+                started = time.perf_counter()
                 await conn.execute(_STAGING)
                 await conn.copy_to_table(
                     "batch_points_staging", format="binary", source=copy_rows(
@@ -243,7 +271,12 @@ class TimescaleSink:
                         columns.series_id[checked_rows].astype(INT4),
                         columns.value[checked_rows].astype(FLOAT8),
                         checked_rows.astype(INT4)))
+                copied = time.perf_counter()
                 inserted += await conn.fetchval(_MERGE)
+                phases.copy += copied - started
+                phases.merge += time.perf_counter() - copied
+            ending = time.perf_counter()
+        phases.merge += time.perf_counter() - ending  # the commit
         return inserted, len(checked_rows)
 
     def _fold(self, columns: _Columns, rows: np.ndarray, slots: np.ndarray) -> list[list]:

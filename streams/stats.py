@@ -11,12 +11,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from sinks.timescale import WriteResult
+
 RATE_WINDOW_SECONDS = 10.0
 _LATENCY_SAMPLES = 1024
 # Upper bounds (seconds) of the freshness histogram's buckets: from live data (under a
 # second) to backfills (days).
 FRESHNESS_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
                      21600.0, 86400.0)
+SINK_PHASES = ("resolve", "copy", "merge")  # WriteResult's *_seconds, in that order
 
 
 @dataclass
@@ -61,6 +64,9 @@ class PipelineStats:
     batches_total: int = 0
     checked_points_total: int = 0  # points the sink wrote the checked way (sinks.timescale)
     fast_path_fallbacks_total: int = 0  # batches whose fast path met stored keys
+    # Seconds the sink spent per phase of its writes (sinks.timescale.WriteResult).
+    sink_phase_seconds_total: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(SINK_PHASES, 0.0))
     last_batch_points: int = 0
     retries_total: int = 0
     db_available: bool = True
@@ -84,14 +90,17 @@ class PipelineStats:
     def unregister_pool(self, name: str) -> None:
         self.db_pools.pop(name, None)
 
-    def record_batch(self, points: int, rows: int, seconds: float, *, checked: int = 0,
-                     fallbacks: int = 0) -> None:
-        """One batch became durable."""
+    def record_batch(self, result: WriteResult, seconds: float) -> None:
+        """One batch became durable in ``seconds``."""
         self.batches_total += 1
-        self.last_batch_points = points
-        self.rows_written_total += rows
-        self.checked_points_total += checked
-        self.fast_path_fallbacks_total += fallbacks
+        self.last_batch_points = result.points
+        self.rows_written_total += result.inserted
+        self.checked_points_total += result.checked
+        self.fast_path_fallbacks_total += result.fallbacks
+        phases = self.sink_phase_seconds_total
+        phases["resolve"] += result.resolve_seconds
+        phases["copy"] += result.copy_seconds
+        phases["merge"] += result.merge_seconds
         self._write_seconds.append(seconds)
 
     def record_freshness(self, newest_us: Iterable[int], durable_us: int) -> None:

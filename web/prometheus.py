@@ -67,6 +67,13 @@ def pipeline_metrics(stats: PipelineStats) -> Iterator[Metric]:
         if value is not None:
             latency.add_metric([str(quantile)], value)
     yield latency
+    phases = CounterMetricFamily(
+        "devicestream_sink_phase_seconds",
+        "Seconds the sink spent finding series (resolve), in COPY (copy), and inserting "
+        "checked rows, folding aggregates and committing (merge)", labels=["phase"])
+    for phase, seconds in stats.sink_phase_seconds_total.items():
+        phases.add_metric([phase], seconds)
+    yield phases
     yield from _gauge("devicestream_sink_db_available",
                       "1 when the last database write succeeded", int(stats.db_available))
     freshness = stats.freshness

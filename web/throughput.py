@@ -29,6 +29,7 @@ def throughput_report(stats: PipelineStats) -> dict[str, Any]:
         "sink_retries_total": stats.retries_total,
         "sink_checked_points_total": stats.checked_points_total,
         "sink_fast_path_fallbacks_total": stats.fast_path_fallbacks_total,
+        "sink_phase_seconds_total": dict(stats.sink_phase_seconds_total),
         "write_latency_p50_seconds": stats.write_latency(0.5),
         "write_latency_p99_seconds": stats.write_latency(0.99),
         # Upper bounds of the freshness histogram's buckets (see /metrics).

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from sinks.timescale import WriteResult
 from streams.stats import PipelineStats
 from web.throughput import throughput_report
 
@@ -16,7 +17,8 @@ def test_totals_rates_and_sink_figures() -> None:
     stats.messages_total, stats.points_total = 500, 1500
     stats.dead_letters_total, stats.late_readings_total = 20, 3
     for seconds in [0.010, 0.020, 0.030, 0.040, 1.0]:
-        stats.record_batch(points=300, rows=290, seconds=seconds, checked=10, fallbacks=1)
+        stats.record_batch(WriteResult(300, 290, checked=10, fallbacks=1, resolve_seconds=0.5,
+                                       copy_seconds=0.25, merge_seconds=1.0), seconds)
     stats.sample(now=105.0)  # 5 s later
 
     report = throughput_report(stats)
@@ -33,6 +35,7 @@ def test_totals_rates_and_sink_figures() -> None:
     assert report["sink_last_batch_points"] == 300
     assert report["sink_checked_points_total"] == 5 * 10
     assert report["sink_fast_path_fallbacks_total"] == 5
+    assert report["sink_phase_seconds_total"] == {"resolve": 2.5, "copy": 1.25, "merge": 5.0}
     assert report["write_latency_p50_seconds"] == pytest.approx(0.030)
     assert report["write_latency_p99_seconds"] == pytest.approx(1.0)
 
