@@ -144,7 +144,7 @@ def _publish_process(settings: Settings, workload: Workload, devices: list[str],
     asyncio.run(run())
 
 
-def _probe_process(settings: Settings, probes: list[str], seconds: float, go: Any,
+def probe_process(settings: Settings, probes: list[str], seconds: float, go: Any,
                    results: Any) -> None:
     """Readings stamped with the wall clock at publish time, for the latency probes."""
     from producers.device_producer import DeviceProducer, ProducerConfig
@@ -408,7 +408,7 @@ class Bench:
                 readings = int(rate * seconds)
                 load = _start(self.ctx, _publish_process, broker.settings(), workload, devices,
                               readings, rate, go, results)
-                probe = _start(self.ctx, _probe_process, broker.settings(), probes, seconds, go,
+                probe = _start(self.ctx, probe_process, broker.settings(), probes, seconds, go,
                                results)
                 await self._ready(results, 2)
                 go.set()
@@ -422,8 +422,8 @@ class Bench:
         result: dict[str, Any] = {
             "rate_points_per_s": rate_points,
             "probes": len(latencies),
-            "latency_p50_s": _quantile(latencies, 0.5),
-            "latency_p99_s": _quantile(latencies, 0.99),
+            "latency_p50_s": quantile(latencies, 0.5),
+            "latency_p99_s": quantile(latencies, 0.99),
         }
         if soak:
             result.update(rss_mb_start=rss[0][1], rss_mb_end=rss[-1][1], rss_mb_samples=rss)
@@ -432,36 +432,43 @@ class Bench:
     async def _poll_probes(self, probes: list[str], seconds: float,
                            pid: int) -> tuple[list[float], list[tuple[float, float]]]:
         conn = await _db_connect()
-        latencies: list[float] = []
-        rss: list[tuple[float, float]] = []
-        seen: set[tuple[str, Any]] = set()
-        start = time.time()
-        next_rss = start
         try:
-            with tqdm(total=seconds, desc="steady load", unit="s", leave=False) as bar:
-                while time.time() < start + seconds + 5:
-                    async with conn.transaction():
-                        rows = await conn.fetch(
-                            "SELECT device_id, time FROM readings WHERE device_id = ANY($1) "
-                            "AND metric = 'probe' AND time > now() - interval '30 seconds'",
-                            probes)
-                    now = time.time()
-                    for row in rows:
-                        key = (row["device_id"], row["time"])
-                        if key not in seen:
-                            seen.add(key)
-                            latencies.append(now - row["time"].timestamp())
-                    if now >= next_rss:
-                        rss.append((round(now - start, 1), round(_rss_mb(pid), 1)))
-                        next_rss = now + 10
-                    bar.update(min(now - start, seconds) - bar.n)
-                    await asyncio.sleep(0.025)
+            return await poll_probes(conn, probes, seconds, pid)
         finally:
             await conn.close()
-        return latencies, rss
 
 
-def _quantile(values: list[float], q: float) -> float | None:
+async def poll_probes(conn: asyncpg.Connection, probes: list[str], seconds: float,
+                      pid: int) -> tuple[list[float], list[tuple[float, float]]]:
+    """Poll the probes' rows every 25 ms for ``seconds`` (+5): each probe reading's
+    publish-to-row latency, and the RSS of process ``pid`` every 10 s (seconds, MB)."""
+    latencies: list[float] = []
+    rss: list[tuple[float, float]] = []
+    seen: set[tuple[str, Any]] = set()
+    start = time.time()
+    next_rss = start
+    with tqdm(total=seconds, desc="steady load", unit="s", leave=False) as bar:
+        while time.time() < start + seconds + 5:
+            async with conn.transaction():
+                rows = await conn.fetch(
+                    "SELECT device_id, time FROM readings WHERE device_id = ANY($1) "
+                    "AND metric = 'probe' AND time > now() - interval '30 seconds'",
+                    probes)
+            now = time.time()
+            for row in rows:
+                key = (row["device_id"], row["time"])
+                if key not in seen:
+                    seen.add(key)
+                    latencies.append(now - row["time"].timestamp())
+            if now >= next_rss:
+                rss.append((round(now - start, 1), round(_rss_mb(pid), 1)))
+                next_rss = now + 10
+            bar.update(min(now - start, seconds) - bar.n)
+            await asyncio.sleep(0.025)
+    return latencies, rss
+
+
+def quantile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     return round(values[min(int(q * len(values)), len(values) - 1)], 4)

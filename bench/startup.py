@@ -178,7 +178,7 @@ async def run_size(conn: asyncpg.Connection, settings: Settings, root: Path,
         points = await publish_backlog(broker.settings(TOPIC_MODE="shared"), devices,
                                        args.readings, args.metrics,
                                        datetime.now(timezone.utc) - timedelta(hours=1))
-        worker = _worker(settings, broker)
+        worker = consuming_worker(settings, broker)
         reads_before = await table_reads(conn)
         try:
             figures = await measure(worker, conn, points, args.timeout)
@@ -186,7 +186,7 @@ async def run_size(conn: asyncpg.Connection, settings: Settings, root: Path,
             worker.stop()
         await asyncio.sleep(1)  # the worker's backends have flushed their table statistics
         reads_after = await table_reads(conn)
-        _discard(worker)
+        discard(worker)
     stored = await conn.fetchval("SELECT count(*) FROM storage.readings")
     if stored != points:
         raise RuntimeError(f"{size:,} devices: {stored:,} rows stored, {points:,} expected")
@@ -201,15 +201,16 @@ async def run_size(conn: asyncpg.Connection, settings: Settings, root: Path,
             "rows_read": {t: reads_after[t] - reads_before[t] for t in reads_before}}
 
 
-def _worker(settings: Settings, broker: PrivateBroker) -> WorkerProcess:
-    """A consuming worker on ``broker`` and, straight, the private server."""
+def consuming_worker(settings: Settings, broker: PrivateBroker) -> WorkerProcess:
+    """A worker consuming ``broker``'s shared topic, writing straight to the private server
+    of ``settings`` (no pgBouncer), maintenance off."""
     return bench_worker(
         settings, **broker.worker_env(), TOPIC_MODE="shared", DEVICE_FILTER="",
         DB_USER=settings.db.user, DB_PASSWORD=settings.db.password,
         DB_STATEMENT_CACHE="true", MAINTENANCE_INTERVAL="0")
 
 
-def _discard(worker: WorkerProcess) -> None:
+def discard(worker: WorkerProcess) -> None:
     """Remove a stopped worker's log and data dir (kept when it failed: see the error)."""
     worker.log_path.unlink(missing_ok=True)
     shutil.rmtree(worker.env["DATA_DIR"], ignore_errors=True)
