@@ -52,7 +52,7 @@ class Histogram:
 
 @dataclass
 class PipelineStats:
-    """Totals since the worker started."""
+    """Totals since the worker started, and the samples its rates come from."""
 
     messages_total: int = 0
     points_total: int = 0
