@@ -15,7 +15,7 @@ Invariants:
   earlier in the same batch, where the sink keeps arrival order), and anything before the
   offset this worker started from was durable before that offset was committed. So of two
   readings with the same key in one partition, the earlier one is stored, across retries,
-  crashes and rebalances (the sink's ``ON CONFLICT DO NOTHING`` keeps what is stored).
+  crashes and rebalances (the sink never replaces a stored key).
 - Faust commits a partition's offset only up to its oldest message not yet acked, so an
   offset is committed only after everything before it is durable. A crash at any moment
   replays uncommitted messages, and the idempotent sink turns the replay into no new rows.

@@ -1,1 +1,3 @@
-"""Benchmarks of the pipeline, run by ``make bench`` against the local stack."""
+"""Benchmarks of the pipeline, each run as ``python -m bench.<name>`` (``make bench`` runs
+``bench.pipeline`` and ``bench.ingest_auth``); results under bench/results/, figures in
+docs/performance.md."""

@@ -30,7 +30,7 @@ nor changed:
    ``bench/results/backup.json`` and prints the figures.
 
 MB is 10^6 bytes. Needs root (``runuser -u postgres``) and about 15 GB free under
-/var/tmp. Expect 10-15 minutes on 2 cores for 10M points.
+/var/tmp.
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ own, ``devicestream_bench``, so nobody else's data is touched:
    (``--keep`` keeps it for a look with psql).
 
 It needs root (``runuser -u postgres``) to create the database, the local broker on
-:9092 for the worker, and about 5 GB of disk. Expect 10-15 minutes on 2 cores.
+:9092 for the worker, and about 5 GB of disk.
 """
 from __future__ import annotations
 
@@ -305,8 +305,8 @@ async def time_routes(worker: WorkerProcess, args: argparse.Namespace,
                     await response.read()
             cold, _, _ = await timed(make)
             # A PostgreSQL backend pays a page fault the first time it touches a page of
-            # shared buffers (5.7 instead of 1.3 ms measured for the same 720-row scan):
-            # one call per device first, as a long-running worker's connections have.
+            # shared buffers (docs/performance.md#queries): one call per device first, as
+            # a long-running worker's connections have made.
             for device in devices:
                 async with session.get(base + make(device)) as response:
                     await response.read()

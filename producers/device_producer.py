@@ -167,7 +167,7 @@ class ProducerConfig:
 def encode_reading(reading: Reading) -> bytes:
     """The JSON of one validated reading, its time in RFC 3339 UTC (``Z``), microseconds kept.
 
-    orjson formats the datetime in C (strftime took most of the producer's time).
+    orjson formats the datetime in C; strftime would be most of the producer's time.
     """
     return orjson.dumps(
         {"device_id": reading.device_id, "time": reading.time, "metrics": reading.metrics},
@@ -441,8 +441,8 @@ class DeviceProducer:
         for all of them; InvalidDeviceId for an invalid id (nothing is created).
 
         Worth it before sending to many devices one message at a time (at a steady rate,
-        say): each device's first send would otherwise wait for requests of its own, which
-        for 1,000 devices on the local broker took about a minute.
+        say): each device's first send would otherwise wait for metadata requests of its own
+        (see ``_provision``).
         """
         if not self._started:
             raise RuntimeError("DeviceProducer not started: use `async with` or start()")
@@ -494,7 +494,8 @@ class DeviceProducer:
         """Create missing topics and learn all new ones' partitions in one metadata request.
 
         Left to itself the Kafka client asks for metadata on each new topic's first send,
-        every time for all the topics it tracks: 106 s for 1,000 new devices here.
+        every time for all the topics it tracks: quadratic in new topics
+        (docs/performance.md#what-profiling-found-and-fixed).
         """
         assert self._topics is not None
         await self._topics.ensure(sorted(topics))
@@ -629,8 +630,8 @@ class DeviceProducer:
         """Expire overdue messages as time passes.
 
         One task instead of a timer per message: the event loop keeps timers in a heap
-        ordered by Python-level comparisons, and one timer per one-reading message was
-        the producer's largest single cost (cProfile, 100k messages).
+        ordered by Python-level comparisons, and one timer per one-reading message would
+        be the producer's largest single cost.
         """
         tick = min(self._config.delivery_timeout / 10, 0.5)
         while True:

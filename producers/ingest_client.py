@@ -3,7 +3,7 @@
 Each device's readings go in requests of their own, with that device's token
 (``device_token(DEVICE_TOKEN_SECRET, device_id)``, docs/security.md#device-tokens), so the
 worker admits them as the device and nothing else. With a gateway token instead, one request carries
-every device's readings. A refused request (401, 403, 400) raises: nothing of it was
+every device's readings. A refused request (400, 401, 403, 413, ...) raises: nothing of it was
 published. A 503 is retried after the server's ``Retry-After``: sending a body again is
 safe, the database stores a (device, metric, time) once.
 """
@@ -16,7 +16,9 @@ from typing import Any, Callable, Mapping, Sequence
 import aiohttp
 import orjson
 
-MAX_READINGS_PER_REQUEST = 500  # far below the 1 MiB body limit for any reading
+# Readings per request: far below the 1 MiB body limit for readings of a few metrics (a
+# body over it is refused with 413, which raises).
+MAX_READINGS_PER_REQUEST = 500
 RETRIES = 5
 
 

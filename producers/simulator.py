@@ -103,7 +103,8 @@ class Fleet:
 
     def __init__(self, config: FleetConfig) -> None:
         self.config = config
-        # numpy takes no negative seed; random.Random (and so --seed) took any int, as abs().
+        # numpy takes no negative seed; --seed takes any int, seeded as its absolute value
+        # (as random.Random seeds).
         seed = None if config.seed is None else abs(config.seed)
         self._random = np.random.default_rng(seed)
         self.device_ids = DeviceIds(config.prefix, config.devices)

@@ -7,10 +7,9 @@ The file: ``<ARCHIVE_DIR>/readings_<range_start>_<range_end>_<chunk>.parquet``, 
 UTC as ``20260901T000000Z``, ``<chunk>`` the chunk table's name (``_hyper_1_42_chunk``).
 Columns ``device_id`` (string), ``metric`` (string), ``time`` (timestamp, microseconds,
 UTC), ``value`` (float64); rows in (series, time) order, zstd, time delta-encoded and the
-other columns dictionary-encoded, row groups of ``ROW_GROUP_ROWS``. For readings every 5 s
-at 0.01 resolution that is ~2 bytes per point (``python -m bench.archive``): a series'
-times are near-constant deltas and its values repeat; zstd alone gave 3.0, with the value
-byte-stream-split 4.6 (better only for full-precision values: 6.2 against 8.4).
+other columns dictionary-encoded, row groups of ``ROW_GROUP_ROWS``. Those encodings fit
+sensor series: a series' times are near-constant deltas and its values repeat (sizes, and
+the encodings compared: docs/performance.md#parquet-cold-archive).
 
 How, inside the caller's transaction: the chunk is locked against writes (``SHARE``), so
 the row count, the rows exported and whatever the caller removes afterwards are the same

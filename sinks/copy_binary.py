@@ -2,7 +2,7 @@
 
 asyncpg's ``copy_records_to_table`` looks the table's columns up and then encodes each value
 of each Python record in turn; a batch of points already held as numpy columns becomes one
-buffer here instead (``make bench``: docs/performance.md). ``sinks.cold_archive`` reads
+buffer here instead (docs/performance.md#sink-alone). ``sinks.cold_archive`` reads
 COPY output with the same row layout (``row_dtype``).
 """
 from __future__ import annotations

@@ -31,13 +31,14 @@ One run (``run_maintenance``) does, in this order, each step in its own transact
    ``(series_id, time)`` index (index probes, no chunk scan). Devices with no override
    (``RETENTION_DAYS``) are covered by steps 1 and 3 at chunk granularity, like
    ``drop_chunks`` itself; overrides are exact to the row.
-5. **Index compaction.** A raw chunk's unique index fills to ~55-70% while the chunk is
-   written (every series appends in the middle of the key space). Once a chunk is closed
-   (its end ``CLOSED_AFTER`` in the past) its index is rebuilt packed
-   (``fillfactor = 100``, ``REINDEX INDEX``), once: from ~45 to 28 bytes per point. Not
-   ``CONCURRENTLY``, which cannot run in the SECURITY DEFINER function the workers' role
-   calls: the chunk's late writes and the queries planned on it wait for the rebuild. Closed ``readings_1h`` chunks (7 days) are CLUSTERed
-   once on (series_id, bucket), so a long-range read of one device touches few pages.
+5. **Index compaction.** A raw chunk's unique index pages fill only partly while the
+   chunk is written (every series appends in the middle of the key space). Once a chunk is
+   closed (its end ``CLOSED_AFTER`` in the past) its index is rebuilt packed
+   (``fillfactor = 100``, ``REINDEX INDEX``), once (sizes: docs/storage.md#storage-layout).
+   Not ``CONCURRENTLY``, which cannot run in the SECURITY DEFINER function the workers' role
+   calls: the chunk's late writes and the queries planned on it wait for the rebuild.
+   Closed ``readings_1h`` chunks (7 days) are CLUSTERed once on (series_id, bucket), so a
+   long-range read of one device touches few pages.
 6. **ANALYZE** of the hypertables (``full``) or of the chunks changed since they were last
    analyzed, and of ``storage.series`` and ``devices``.
 7. **Compression.** ``SHOW timescaledb.license`` decides: ``timescale`` -> compression on
@@ -312,8 +313,8 @@ async def _drop_raw_chunk(conn: asyncpg.Connection, chunk: str, range_start: dat
 
 async def _archive(conn: asyncpg.Connection, chunk: str, range_start: datetime,
                    range_end: datetime, directory: Path) -> ArchivedChunk:
-    """``archive_chunk``, imported here: pyarrow (~30 MB of a worker's memory) is loaded
-    only where ARCHIVE_DIR is set."""
+    """``archive_chunk``, imported here: pyarrow, which costs a worker tens of MB of
+    memory, is loaded only where ARCHIVE_DIR is set."""
     from sinks.cold_archive import Chunk, archive_chunk
     return await archive_chunk(conn, Chunk(chunk, range_start, range_end), directory)
 
@@ -491,9 +492,9 @@ async def _cluster_hourly(conn: asyncpg.Connection, closed_before: datetime,
                           report: MaintenanceReport) -> None:
     """CLUSTER closed readings_1h chunks on (series_id, bucket), once each.
 
-    The chunk is locked (reads and late upserts of that week wait) for the rewrite: 1.4 s
-    for a 7-day chunk of 1,000 devices x 5 metrics (840k rows) here. Compressed chunks
-    (Timescale license) are already ordered by series and bucket.
+    The chunk is locked (reads and late upserts of that week wait) for the rewrite
+    (docs/storage.md#maintenance). Compressed chunks (Timescale license) are already
+    ordered by series and bucket.
     """
     async with conn.transaction():
         todo = await conn.fetch(_HOURLY_TO_CLUSTER, closed_before)

@@ -17,7 +17,7 @@ from streams.settings import Settings, SslMode
 
 # Errors after which the same statement can succeed later: the server or the bouncer went
 # away, is starting, shed load, or two transactions collided. InternalClientError is a
-# connection left mid-operation by such a failure: PostgreSQL stopping during a COPY made
+# connection left mid-operation by such a failure: PostgreSQL stopping during a COPY makes
 # the pool's reset on release raise it (the pool then drops that connection).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,

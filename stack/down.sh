@@ -12,7 +12,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 require_root
 acquire_lock
 
-# Tansu takes ~6.5 s to leave with clients connected: stop it alongside the others.
+# Tansu takes seconds to leave with clients connected: stop it alongside the others.
 stop_service tansu "$TANSU_PIDFILE" "$KAFKA_PORT" tansu TERM &
 tansu_job=$!
 

@@ -9,12 +9,13 @@
 # Idempotent: a service that already runs with the current settings is left alone.
 # Creates the roles devicestream_owner (owner of database devicestream, runs the
 # migrations), devicestream (the workers) and devicestream_reader (the query API), each
-# with its own name as password, and the timescaledb and pg_stat_statements extensions. WAL is archived continuously
-# (at most archive_timeout = 60 s late) into the pgBackRest repository
-# (BACKUP_REPO, default backup/ next to the data), whose stanza devicestream is
+# with its own name as password, and the timescaledb and pg_stat_statements extensions.
+# WAL is archived continuously (at most archive_timeout = 60 s late) into the pgBackRest
+# repository (BACKUP_REPO, default backup/ next to the data), whose stanza devicestream is
 # created here; `make backup` and `make restore` use it. With REPLICA=1 (`make stack-up
-# REPLICA=1`) a streaming replica runs on 127.0.0.1:55433 too (ensure_replica). PostgreSQL settings come from
-# stack/pg_tuning.py (computed from this host). Logs: .stack/log/.
+# REPLICA=1`) a streaming replica runs on 127.0.0.1:55433 too (ensure_replica).
+# PostgreSQL settings come from stack/pg_tuning.py (computed from this host). Logs:
+# .stack/log/.
 # If the cluster name devicestream is registered to another clone's data dir,
 # that cluster is stopped and unregistered (its data is kept; that clone's next
 # stack-up registers it again from its .stack/.../pgconf copy).
@@ -439,7 +440,8 @@ $extra" && changed=0
     stop_service pgbouncer "$PGB_PIDFILE" "$PGB_PORT" pgbouncer "$(pgbouncer_stop_signal)"
     log "starting pgBouncer $version"
     # pgBouncer refuses to run as root. It needs one fd per client and server
-    # connection (~1100 here), and runuser's PAM session resets the soft limit to 1024.
+    # connection (max_client_conn plus its server connections: over 1024), and runuser's
+    # PAM session resets the soft limit to 1024.
     local nofile=8192 hard
     hard=$(ulimit -Hn)
     if [[ $hard != unlimited ]] && ((hard < nofile)); then ulimit -Hn "$nofile" 2>/dev/null || nofile=$hard; fi

@@ -6,8 +6,7 @@ is named below with the public behaviour we rely on; ``tests/streams/test_faust_
 checks those behaviours against the real classes, and importing this module refuses any
 version of the three packages it was not tested with.
 
-Faust's own path, and what we change (measured with py-spy on faust-streaming 0.15.3,
-docs/performance.md):
+Faust's own path, and what we change (docs/performance.md#what-profiling-found-and-fixed):
 
 - Faust passes every fetched record through its conductor, a channel queue and a stream
   as a message and an event of its own. The records of ``App(feed_topics=...)`` skip
@@ -17,8 +16,8 @@ docs/performance.md):
   ``Consumer.ack_offsets``; Faust's own ``Consumer.ack(message)`` stays as it is for the
   records of other topics).
 - Its commit tests each partition against a freshly built assignment set, which costs
-  time in the square of the assigned partitions (15% of a worker's CPU with 1,000
-  partitions). ``ConsumerThread`` builds the set once per commit.
+  time in the square of the assigned partitions. ``ConsumerThread`` builds the set once
+  per commit.
 - It fixes the longest a fetch may wait for data at 1.5 s; ``App(fetch_max_wait=...)``
   (``KAFKA_FETCH_MAX_WAIT``) sets it.
 
@@ -145,9 +144,9 @@ class Consumer(faust_aiokafka.Consumer):
         already, register the gaps in their offsets (so that they do not hold commits
         back), note the last offset read. Returns the records not read before.
 
-        A gap is the offsets between two records (``_add_gap`` takes an inclusive end);
-        Faust's drain loop also puts the later record's own offset in it, and that one
-        repeated offset then held its commit back by one round.
+        A gap is the offsets between two records (``_add_gap`` takes an inclusive end).
+        Faust's drain loop also puts the later record's own offset in it, which holds that
+        offset's commit back by one round; this does not.
         """
         read = self._read_offset[tp]
         if read is not None and records[0].offset < read:

@@ -38,7 +38,8 @@ def _holder(kind: str) -> str:
                 "(default: the whole hypertables)."),
 )
 async def maintenance(self: AppCommand, wait: float, changed_only: bool) -> None:
-    """Run retention, ANALYZE and the compression check now, and report what was done."""
+    """Run retention, index compaction, ANALYZE and the compression check now, and
+    report what was done."""
     try:
         report = await maintain(settings, _holder("command"), full_analyze=not changed_only,
                                 wait=wait)

@@ -1,14 +1,14 @@
 """The ingest pipeline's input: each fetch's device-topic records at once, acked in bulk.
 
 Faust turns every fetched record into a message and an event and passes it through its
-conductor, a channel queue and a stream, one at a time: with one reading per message
-that was about half of the worker's main thread (py-spy, docs/performance.md), more than
-validating and storing the reading. The records of the topics a :class:`RecordFeed` wants
+conductor, a channel queue and a stream, one at a time: with one reading per message that
+path costs more than validating and storing the reading
+(docs/performance.md#what-profiling-found-and-fixed). The records of the topics a :class:`RecordFeed` wants
 skip that path: the consumer hands each fetch's records for them to the feed as aiokafka
 returned them, and the pipeline acks the offsets it has made durable with one call per
 batch, into the bookkeeping Faust's commits read. (Faust's "commit every N acks" does not
 count them: the pipeline commits at most once a second after a batch, and Faust's commit
-timer runs as before.)
+timer still runs.)
 
 What stays as in Faust's own path: a partition's offset is committed only up to its
 oldest record not acked (gaps in its offsets, such as transaction markers, are registered

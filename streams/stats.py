@@ -1,7 +1,8 @@
 """Counters of one worker's pipeline: totals since start and rates over a sliding window.
 
-The ingest pipeline bumps plain integers (cheap on the hot path); ``snapshot`` derives
-rates from samples taken once a second, so a web request never does more than read them.
+The ingest pipeline bumps plain integers (cheap on the hot path); ``rates`` derives rates
+from the samples ``sample`` takes once a second, so a web request never does more than read
+them.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class Histogram:
 
 @dataclass
 class PipelineStats:
-    """Totals since the worker started."""
+    """Totals since the worker started, and the samples its rates come from."""
 
     messages_total: int = 0
     points_total: int = 0

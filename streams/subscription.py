@@ -34,9 +34,10 @@ async def subscribe_existing(channel: GrowingTopic, settings: Settings) -> None:
     """Put the topics that exist now into the first subscription.
 
     Called before the app starts, so a worker's first partition assignment already holds
-    them: one consumer-group join at start, not a second one once they are added (on the
-    local broker a join takes seconds, and a worker sometimes stopped fetching after a
-    later rebalance). In shared mode that is ``device-data``, created if missing.
+    them: one consumer-group join at start, not a second one once they are added (a join
+    takes seconds on Tansu, and after a later rebalance a worker sometimes stopped
+    fetching; docs/performance.md#worker-start-up-against-a-large-fleet). In shared mode
+    that is ``device-data``, created if missing.
     """
     try:
         async with TopicProvisioner(settings) as topics:

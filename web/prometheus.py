@@ -4,8 +4,9 @@ A custom collector turns the in-memory counters and the latest background sample
 metric families at scrape time: a scrape never queries the broker or the database.
 Names follow Prometheus conventions: ``devicestream_`` prefix, base units (seconds,
 bytes), ``_total`` for counters. Lag is exported as totals (worker and group), not per
-partition: every device has its own topic, and a series per partition would grow with
-the fleet. The registry also carries prometheus_client's process collector (CPU, memory).
+partition: in per-device topic mode every device has its own topic, and a series per
+partition would grow with the fleet. The registry also carries prometheus_client's process
+collector (CPU, memory).
 """
 from __future__ import annotations
 

@@ -231,13 +231,10 @@ LIMIT $4
 # statement, one round trip, its own implicit transaction (safe through a transaction
 # pooler), where a parameterised query with the statement cache off costs Parse/Describe
 # and Bind/Execute round trips (and BEGIN/COMMIT in a transaction); every hand-over
-# between processes is a chance to wait for a busy core. Measured for 3,600 buckets (5
-# metrics x 720 hours), from sending the query to decoded columns, p50 of interleaved
-# runs: 3.7 ms as five arrays, 2.9 as five packed columns, and ~0.6 ms less packed as one
-# with timestamptz_send instead of date_part('epoch', ...); packing the values is about
-# half of the server's work. The literals are safe: ids and metric names match
-# their patterns (no quote) and are quoted anyway, times are our own ISO text. The
-# buckets follow the subquery's order (checked in Python, sorted there if ever not).
+# between processes is a chance to wait for a busy core (the layouts compared:
+# docs/performance.md#queries). The literals are safe: ids and metric names match their
+# patterns (no quote) and are quoted anyway, times are our own ISO text. The buckets
+# follow the subquery's order (checked in Python, sorted there if ever not).
 AGGREGATES_COPY = """
 SELECT s.metric, a.packed
 FROM storage.series s
@@ -530,7 +527,7 @@ class DeviceReadings(DeviceView):
 
 @app.page("/devices/{device_id}/aggregates")
 class DeviceAggregates(DeviceView):
-    """Downsampled rows of a device (1m, 1h, or raw for short ranges)."""
+    """Each metric's buckets of a device in a time range (1m, 1h, or raw points)."""
 
     async def get(self, request: Request, device_id: str) -> Response:
         params = check_params(request.query,
