@@ -453,7 +453,7 @@ async def ingest(stream: StreamT) -> None:
     )
     try:
         pipeline = IngestPipeline(
-            TimescaleSink(pool),
+            TimescaleSink(pool, cache_bytes=settings.sink.series_cache_mb << 20),
             DeadLetterOutbox(pool, DeadLetterSearch(DEAD_LETTER_TOPIC,
                                                     kafka_client_kwargs(settings))),
             publish_dead_letter, config,

@@ -43,14 +43,12 @@ import numpy as np
 from sinks.batch_fold import first_of_each_key, fold, runs
 from sinks.copy_binary import FLOAT8, INT4, INT8, copy_rows, timestamptz
 from sinks.series_cache import UNKNOWN, SeriesCache
+from streams.settings import SinkSettings
 
 log = logging.getLogger(__name__)
 
 # (time in microseconds since the epoch, device_id, metric, value)
 Point = tuple[int, str, str, float]
-
-# Series remembered per sink; past this many the cache starts over (ids are re-read).
-SERIES_CACHE_MAX = 500_000
 
 MINUTE_US = 60_000_000
 HOUR_US = 3_600_000_000
@@ -203,9 +201,10 @@ class _Columns:
 class TimescaleSink:
     """Writes batches of points; safe to call again with the same batch."""
 
-    def __init__(self, pool: asyncpg.Pool, *, cache_capacity: int = SERIES_CACHE_MAX) -> None:
+    def __init__(self, pool: asyncpg.Pool, *,
+                 cache_bytes: int = SinkSettings.series_cache_mb << 20) -> None:
         self._pool = pool
-        self._cache = SeriesCache(cache_capacity)
+        self._cache = SeriesCache(cache_bytes)
 
     async def write(self, points: Sequence[Point]) -> WriteResult:
         """Store ``points`` exactly once; raises asyncpg errors unchanged."""

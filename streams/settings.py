@@ -451,9 +451,12 @@ class SinkSettings:
     writers: int = 2
     """``SINK_WRITERS``: batches written at the same time, one connection each (below
     ``DB_POOL_SIZE``)."""
+    series_cache_mb: int = 512
+    """``SINK_SERIES_CACHE_MB``: MiB of series ids (and their newest stored times) the sink
+    keeps in memory, by its own estimate; past it the cache starts over."""
     aggregate_grace: float = 60.0
     """``AGGREGATE_GRACE``: seconds of event time after a bucket's end before it closes."""
-    event_clock_max_devices: int = 100_000
+    event_clock_max_devices: int = 1_000_000
     """``EVENT_CLOCK_MAX_DEVICES``: devices whose event-time clocks a worker keeps in memory."""
 
     @classmethod
@@ -462,6 +465,7 @@ class SinkSettings:
             batch_points=_int(env, "SINK_BATCH_POINTS", cls.batch_points, minimum=1),
             linger=_float(env, "SINK_LINGER", cls.linger, minimum=0.0),
             writers=_int(env, "SINK_WRITERS", cls.writers, minimum=1),
+            series_cache_mb=_int(env, "SINK_SERIES_CACHE_MB", cls.series_cache_mb, minimum=1),
             aggregate_grace=_float(env, "AGGREGATE_GRACE", cls.aggregate_grace, minimum=0.0),
             event_clock_max_devices=_int(
                 env, "EVENT_CLOCK_MAX_DEVICES", cls.event_clock_max_devices, minimum=1),

@@ -10,15 +10,16 @@ The clocks are kept in the worker's memory for the devices it has seen lately, a
 ``devices.last_seen`` (the newest stored reading time, which the sink keeps in the same
 transaction as the rows) when its readings first arrive, in bulk for a whole batch: so
 nothing is read at start-up, memory does not grow with the fleet, and the clocks survive
-a restart or a rebalance. Evicting a clock changes no count as long as the database holds
-it: the ingest pipeline evicts only between batches of a lane, when everything it has
-observed is durable. They are deliberately not a Faust table: on the local broker a worker
+a restart or a rebalance. They are a plain dict kept in order of use (a device observed
+moves to its end), a quarter smaller than an ``OrderedDict``. Evicting a clock changes no
+count as long as the database holds it: the ingest pipeline evicts only between batches of
+a lane, when everything it has observed is durable. They are deliberately not a Faust table: on the local broker a worker
 whose table recovered from a non-empty changelog stopped consuming after the rebalance
 (reproduced in 2 of 4 end-to-end runs).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from itertools import islice
 from typing import Iterable, Mapping, Sequence
 
 BUCKET_US = 60_000_000  # late is judged against the 1-minute buckets
@@ -27,10 +28,10 @@ BUCKET_US = 60_000_000  # late is judged against the 1-minute buckets
 class EventClock:
     """Tells late readings apart, per device, from the devices' event-time clocks."""
 
-    def __init__(self, grace_us: int, max_devices: int = 100_000) -> None:
+    def __init__(self, grace_us: int, max_devices: int = 1_000_000) -> None:
         self._grace_us = grace_us
         self._max_devices = max_devices
-        self._clocks: OrderedDict[str, int] = OrderedDict()
+        self._clocks: dict[str, int] = {}  # least recently used first
 
     def __len__(self) -> int:
         return len(self._clocks)
@@ -55,18 +56,17 @@ class EventClock:
         return how many were late by the clock before them."""
         clocks = self._clocks
         clock = clocks[device_id]
-        clocks.move_to_end(device_id)
         closed_before = clock - self._grace_us
         late = sum(1 for t in times_us if t - t % BUCKET_US + BUCKET_US <= closed_before)
         newest = max(times_us)
-        if newest > clock:
-            clocks[device_id] = newest
+        del clocks[device_id]  # and in again at the end: the most recently used
+        clocks[device_id] = max(clock, newest)
         return late
 
     def evict(self) -> int:
         """Drop the least recently used clocks beyond ``max_devices``; return how many."""
-        clocks, dropped = self._clocks, 0
-        while len(clocks) > self._max_devices:
-            clocks.popitem(last=False)
-            dropped += 1
-        return dropped
+        clocks = self._clocks
+        oldest = list(islice(clocks, max(len(clocks) - self._max_devices, 0)))
+        for device_id in oldest:
+            del clocks[device_id]
+        return len(oldest)

@@ -170,7 +170,7 @@ async def test_a_sink_whose_cache_starts_over_keeps_writing_exactly(stack) -> No
     devices = [unique("churn-") for _ in range(5)]
     pool = await create_pool(SETTINGS)
     try:
-        sink = TimescaleSink(pool, cache_capacity=4)  # fewer series than one batch holds
+        sink = TimescaleSink(pool, cache_bytes=1)  # less than one batch's series take
         results = [await sink.write([(T0 + step * 10 + i, d, m, float(i))
                                      for d in devices for m in ("x", "y") for i in range(10)])
                    for step in range(3)]

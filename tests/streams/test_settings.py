@@ -38,6 +38,7 @@ def test_environment_overrides_defaults() -> None:
     ("RETENTION_DAYS", "ninety"), ("RETENTION_DAYS", "0"), ("DB_PORT", "70000"),
     ("DEVICE_TOPIC_PARTITIONS", "-1"), ("KAFKA_IDEMPOTENT_PRODUCER", "maybe"),
     ("SINK_LINGER", "-1"), ("SINK_WRITERS", "0"), ("SINK_WRITERS", "4"),
+    ("SINK_SERIES_CACHE_MB", "0"),
     ("STALL_SECONDS", "0.5"), ("STALL_EXIT", "maybe"),
 ])
 def test_bad_values_fail_naming_the_variable(name: str, value: str) -> None:

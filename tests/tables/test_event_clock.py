@@ -53,3 +53,22 @@ def test_the_least_recently_seen_clocks_are_evicted_beyond_the_bound() -> None:
     clock.observe(*readings(T, device="a"))  # a is now the most recently seen
     assert clock.evict() == 1 and len(clock) == 2
     assert clock.missing(["a", "b", "c"]) == ["b"]
+
+
+def test_eviction_waits_for_evict_and_drops_the_least_recently_used_first() -> None:
+    clock = EventClock(grace_us=0, max_devices=3)
+    clock.load(["a", "b", "c", "d", "e"], {"a": T})
+    assert len(clock) == 5  # nothing dropped until evict()
+    clock.observe(*readings(T + 1, device="b"))
+    clock.observe(*readings(T + 2, device="a"))
+    clock.load(["c"], {})  # loading does not make a clock recent
+    assert clock.evict() == 2 and len(clock) == 3
+    assert sorted(clock.missing(["a", "b", "c", "d", "e"])) == ["c", "d"]
+    assert (clock.clock("a"), clock.clock("b"), clock.clock("e")) == (T + 2, T + 1, 0)
+    assert clock.evict() == 0
+
+
+def test_a_million_devices_fit_by_default() -> None:
+    clock = EventClock(grace_us=0)
+    clock.load((f"d{n}" for n in range(1_000_001)), {})
+    assert clock.evict() == 1 and clock.missing(["d0"]) == ["d0"]
