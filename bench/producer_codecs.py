@@ -18,6 +18,7 @@ import orjson
 from producers.device_producer import DeviceProducer, ProducerConfig
 from producers.simulator import Fleet, FleetConfig
 from streams.settings import Compression, Settings, TopicMode
+from streams.topics import PUBLISHING_MODES
 
 CODECS = ["none", "snappy", "lz4", "zstd", "gzip"]  # Compression values, in bench order
 
@@ -60,7 +61,7 @@ async def main() -> None:
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--metrics", type=int, default=5)
     parser.add_argument("--per-message", type=int, default=100)
-    parser.add_argument("--topic-mode", choices=[m.value for m in TopicMode],
+    parser.add_argument("--topic-mode", choices=[m.value for m in PUBLISHING_MODES],
                         default=TopicMode.PER_DEVICE.value)
     parser.add_argument("--codecs", default=",".join(CODECS))
     parser.add_argument("--rounds", type=int, default=1)

@@ -14,7 +14,9 @@ What it guarantees:
   refused here with ``InvalidReadingError`` and never sent; ``send_many`` checks all its
   readings before queueing any, so a call either queues all of them or none.
 * **Topics**: ``TOPIC_MODE=per-device`` publishes to ``device-data-{device_id}``,
-  ``shared`` to ``device-data``; the key is always the device id. The topic is created on
+  ``shared`` to ``device-data``; the key is always the device id. ``both`` (the workers'
+  mode while a deployment moves to shared) is refused when the producer is created, with a
+  ``ConfigError`` saying to set one of the two. The topic is created on
   first use by ``streams.topics.TopicProvisioner`` (the implementation the worker uses); an
   invalid device id is refused before anything reaches the broker.
 * **Batching**: the readings of one device are gathered into one JSON array message until it
@@ -51,7 +53,13 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from schema.validation import MAX_VALUE_BYTES, Reading, ValidationWindow, validate_reading
 from streams.settings import Settings
-from streams.topics import InvalidDeviceId, TopicProvisioner, kafka_client_kwargs, topic_for
+from streams.topics import (
+    InvalidDeviceId,
+    TopicProvisioner,
+    kafka_client_kwargs,
+    publishing_mode,
+    topic_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +220,7 @@ class DeviceProducer:
         self._settings = settings
         self._config = config or ProducerConfig.from_settings(settings)
         self._retention = timedelta(days=settings.storage.retention_days)
-        self._mode = settings.topics.mode
+        self._mode = publishing_mode(settings.topics.mode)  # ConfigError for both: a worker mode
         self._producer = self._new_kafka_producer()  # fails now on an unusable codec
         self._kafka_stopped = False
         self._topics: TopicProvisioner | None = None

@@ -17,8 +17,9 @@ from sinks.postgres import connect
 from streams.app import app, settings
 from streams.replay import ReplayError, parse_since
 from streams.replay import replay as replay_offsets
-from streams.settings import Compression, TopicMode
-from streams.topics import InvalidDeviceId, check_device_id
+from streams.settings import Compression, ConfigError, TopicMode
+from streams.subscription import followed_topics
+from streams.topics import PUBLISHING_MODES, InvalidDeviceId, check_device_id, publishing_mode
 from web.credentials import device_token as derive_device_token
 
 
@@ -53,6 +54,19 @@ def _ingest_url(ctx: click.Context, param: click.Parameter, value: str | None) -
     return value.rstrip("/")
 
 
+def _topic_mode(ctx: click.Context, param: click.Parameter, value: str | None) -> TopicMode:
+    """--topic-mode, or TOPIC_MODE: one a producer publishes in, checked before anything
+    runs (a usage error, exit 2). TOPIC_MODE=both is the workers' mode while moving to
+    shared; it does not matter with --ingest-url (the worker publishes)."""
+    mode = TopicMode(value) if value else settings.topics.mode
+    if ctx.params.get("ingest_url") is not None:  # given on the command line: processed first
+        return mode
+    try:
+        return publishing_mode(mode)
+    except ConfigError as exc:
+        raise click.UsageError(f"{exc} (or pass --topic-mode)") from None
+
+
 @app.command(
     option("--devices", type=click.IntRange(1), default=10, show_default=True,
            help="Number of simulated devices."),
@@ -73,7 +87,8 @@ def _ingest_url(ctx: click.Context, param: click.Parameter, value: str | None) -
     option("--linger", type=click.FloatRange(0), default=None,
            help="Seconds a device's readings may wait to fill a message  "
                 "[default: PRODUCER_LINGER, 0.05]"),
-    option("--topic-mode", type=click.Choice([m.value for m in TopicMode]), default=None,
+    option("--topic-mode", type=click.Choice([m.value for m in PUBLISHING_MODES]), default=None,
+           callback=_topic_mode,
            help="per-device: device-data-{id} topics; shared: one device-data topic "
                 "keyed by device  [default: TOPIC_MODE, per-device]"),
     option("--ingest-url", default=None, callback=_ingest_url,
@@ -93,7 +108,7 @@ async def simulate(
     seed: int | None,
     compression: str | None,
     linger: float | None,
-    topic_mode: str | None,
+    topic_mode: TopicMode,
     ingest_url: str | None,
 ) -> None:
     """Publish simulated device readings straight to Kafka (through DeviceProducer), or
@@ -114,8 +129,7 @@ async def simulate(
         async with client:
             await run_fleet(client, fleet, report)
         return
-    run_settings = (replace(settings, topics=replace(settings.topics, mode=TopicMode(topic_mode)))
-                    if topic_mode else settings)
+    run_settings = replace(settings, topics=replace(settings.topics, mode=topic_mode))
     overrides: dict[str, object] = {"max_batch_readings": per_message}
     if compression is not None:
         overrides["compression"] = Compression(compression).codec
@@ -148,8 +162,6 @@ def _since(ctx: click.Context, param: click.Parameter, value: str) -> datetime:
 )
 async def replay(self: AppCommand, since: datetime, dry_run: bool) -> None:
     """Rewind the workers' committed offsets to --since (after a database restore)."""
-    from web.views import followed_topics  # the workers' topic rules (imported by the app)
-
     try:
         await replay_offsets(settings, app.conf.id, followed_topics(settings), since,
                              apply=not dry_run, say=self.say)

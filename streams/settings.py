@@ -94,10 +94,23 @@ def _str(env: Mapping[str, str], name: str, default: str) -> str:
 
 
 class TopicMode(StrEnum):
-    """``TOPIC_MODE``: where devices publish their readings."""
+    """``TOPIC_MODE``: where devices publish their readings, and so what the workers read."""
 
     PER_DEVICE = "per-device"  # each device its own topic device-data-{device_id} (the design's)
     SHARED = "shared"  # every device the one topic device-data, keyed by device id
+    # Workers only, while a deployment moves from per-device topics to shared: they read
+    # both. A producer publishes to one place (streams.topics.topic_for refuses this one).
+    BOTH = "both"
+
+    @property
+    def reads_device_topics(self) -> bool:
+        """Whether a worker in this mode follows the device topics ``device-data-{id}``."""
+        return self is not TopicMode.SHARED
+
+    @property
+    def reads_shared_topic(self) -> bool:
+        """Whether a worker in this mode reads the shared topic ``device-data``."""
+        return self is not TopicMode.PER_DEVICE
 
 
 class Compression(StrEnum):
@@ -264,7 +277,8 @@ class TopicSettings:
 
     mode: TopicMode = TopicMode.PER_DEVICE
     """``TOPIC_MODE``: ``per-device`` (topic ``device-data-{device_id}``) or ``shared`` (one
-    topic ``device-data`` keyed by device id)."""
+    topic ``device-data`` keyed by device id); ``both``, for workers only, reads both while
+    a deployment moves from per-device topics to shared (producers refuse it)."""
     device_filter: str = ""
     """``DEVICE_FILTER``: regular expression a device id must match (from its start) to be
     processed by this worker; empty: all."""

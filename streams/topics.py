@@ -4,7 +4,10 @@ Two layouts (``TOPIC_MODE``):
 
 * ``per-device`` (default, the design's): each device publishes to its own topic
   ``device-data-{device_id}``;
-* ``shared``: every device publishes to the one topic ``device-data``, keyed by its id.
+* ``shared``: every device publishes to the one topic ``device-data``, keyed by its id;
+
+and ``both``, a worker mode only, while a deployment moves from the first to the second: the
+workers read both layouts, producers publish to one (``topic_for`` refuses ``both``).
 
 Invalid readings go to ``device-data.dlq`` in both. Neither ``device-data`` nor
 ``device-data.dlq`` is ever taken for a device topic: a device topic is the prefix
@@ -28,7 +31,7 @@ from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 
 from schema.validation import DEVICE_ID_PATTERN
-from streams.settings import Settings, TopicMode
+from streams.settings import ConfigError, Settings, TopicMode
 
 DEVICE_TOPIC_PREFIX = "device-data-"
 SHARED_TOPIC = "device-data"
@@ -61,11 +64,32 @@ def device_topic(device_id: str) -> str:
     return DEVICE_TOPIC_PREFIX + check_device_id(device_id)
 
 
-def topic_for(device_id: str, mode: TopicMode) -> str:
-    """The topic a device publishes to in ``mode``.
+# The modes a producer can publish in; ``both`` is a worker mode.
+PUBLISHING_MODES = (TopicMode.PER_DEVICE, TopicMode.SHARED)
+BOTH_IS_A_WORKER_MODE = (
+    "TOPIC_MODE=both is a worker mode for moving from per-device topics to shared; a producer "
+    "publishes to one: set per-device or shared"
+)
 
-    The id is checked in both modes: an invalid one never reaches the broker.
+
+def publishing_mode(mode: TopicMode) -> TopicMode:
+    """``mode`` when a producer can publish in it; ConfigError for ``both``.
+
+    Producers (``DeviceProducer``, ``simulate``) call it when they start, so a producer
+    configured with the workers' migration mode fails at once, saying what to set.
     """
+    if mode is TopicMode.BOTH:
+        raise ConfigError(BOTH_IS_A_WORKER_MODE)
+    return mode
+
+
+def topic_for(device_id: str, mode: TopicMode) -> str:
+    """The topic a device publishes to in ``mode`` (ConfigError for ``both``).
+
+    The id is checked in each mode: an invalid one never reaches the broker.
+    """
+    if mode is TopicMode.BOTH:
+        publishing_mode(mode)
     if mode is TopicMode.SHARED:
         check_device_id(device_id)
         return SHARED_TOPIC

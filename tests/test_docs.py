@@ -183,13 +183,42 @@ def test_the_readme_quick_start_is_make_run_and_make_test():
     assert commands == ["make run", "make test"]
 
 
+def _configuration_rows() -> dict[str, tuple[str, str]]:
+    """The README's Configuration table: variable -> (default, description)."""
+    readme = README.read_text(encoding="utf-8")
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    return {m.group(1): (m.group(2).strip(), m.group(3))
+            for m in re.finditer(r"^\| `([A-Z][A-Z0-9_]+)` \|([^|]*)\|(.*)$", section,
+                                 re.MULTILINE)}
+
+
 def test_the_readme_documents_every_setting_with_its_default():
     """CONTRACT: every environment variable is documented in the README with its default."""
     names = set(re.findall(r'\benv,\s*"([A-Z][A-Z0-9_]+)"', SETTINGS.read_text(encoding="utf-8")))
     assert len(names) > 20, "no settings found in streams/settings.py"
-    readme = README.read_text(encoding="utf-8")
-    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
-    rows = {m.group(1): m.group(2).strip()
-            for m in re.finditer(r"^\| `([A-Z][A-Z0-9_]+)` \|([^|]*)\|", section, re.MULTILINE)}
+    rows = _configuration_rows()
     assert not sorted(names - rows.keys()), "settings missing from the README's Configuration"
-    assert not [name for name in names if not rows[name]], "settings without a default"
+    assert not [name for name in names if not rows[name][0]], "settings without a default"
+
+
+def test_the_readme_names_every_value_of_a_setting_with_choices():
+    """A setting read with ``_choice`` (an enum: TOPIC_MODE, DB_SSLMODE, ...) lists each of
+    its values in its README row, and its default is one of them."""
+    import inspect
+    from dataclasses import fields
+
+    from streams.settings import Settings
+
+    settings, rows, checked = Settings.from_env({}), _configuration_rows(), []
+    for group in fields(settings):
+        values = getattr(settings, group.name)
+        source = inspect.getsource(type(values).from_env)
+        for name, attribute in re.findall(r'_choice\(\s*env,\s*"([A-Z0-9_]+)",\s*cls\.(\w+)\)',
+                                          source):
+            default, description = rows[name]
+            enum = type(getattr(values, attribute))
+            missing = [m.value for m in enum if f"`{m.value}`" not in description]
+            assert not missing, f"README: {name} does not name {missing}"
+            assert default.strip("`") in {m.value for m in enum}, f"README: {name}'s default"
+            checked.append(name)
+    assert "TOPIC_MODE" in checked and len(checked) >= 5, checked

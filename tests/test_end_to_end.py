@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from streams.settings import TopicMode
-from streams.topics import SHARED_TOPIC, device_topic
+from streams.topics import PUBLISHING_MODES, SHARED_TOPIC, device_topic
 from tests.stack import (
     RawProducer,
     create_topics,
@@ -42,7 +42,7 @@ class TopicLayout:
                             partitions=None if self.mode is TopicMode.SHARED else partitions)
 
 
-LAYOUTS = [TopicLayout(mode) for mode in TopicMode]
+LAYOUTS = [TopicLayout(mode) for mode in PUBLISHING_MODES]  # both: tests/test_topic_move.py
 
 
 def _iso(moment: datetime) -> str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
@@ -51,7 +51,7 @@ from schema.validation import (
     ValidationWindow,
     validate_message,
 )
-from streams.settings import Settings
+from streams.settings import Settings, TopicMode
 from web.credentials import REALM, Caller, IngestCredentials
 
 log = logging.getLogger(__name__)
@@ -153,11 +153,16 @@ def foreign_readings(caller: Caller, readings: list[Reading]) -> Answer | None:
 class IngestPublisher:
     """The worker's one long-lived DeviceProducer: started on first use, stopped once.
 
-    A failed start is not remembered: the next request tries again.
+    A failed start is not remembered: the next request tries again. A worker in
+    ``TOPIC_MODE=both`` (moving from per-device topics to shared) publishes to the shared
+    topic, where the move goes: the workers in both mode read it, and once every producer
+    publishes there the device topics drain (docs/architecture.md, topic modes).
     """
 
     def __init__(self, settings: Settings,
                  factory: Callable[[Settings], DeviceProducer] = DeviceProducer) -> None:
+        if settings.topics.mode is TopicMode.BOTH:
+            settings = replace(settings, topics=replace(settings.topics, mode=TopicMode.SHARED))
         self._settings = settings
         self._factory = factory
         self._producer: DeviceProducer | None = None

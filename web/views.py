@@ -11,10 +11,9 @@ when a round is slow); a request only reads the latest sample. Every error is JS
 from __future__ import annotations
 
 import logging
-import re
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from aiokafka.structs import TopicPartition
 from faust.web import Request, Response, View
@@ -22,8 +21,8 @@ from faust.web.exceptions import MethodNotAllowed
 
 from streams.app import app, device_topics, pipeline_stats, settings
 from streams.faust_internals import our_consumer
-from streams.settings import Settings, TopicMode
-from streams.topics import SHARED_TOPIC, device_of_topic, kafka_client_kwargs
+from streams.subscription import followed_topics  # the lag covers what the workers follow
+from streams.topics import kafka_client_kwargs
 from web.access import open_web_warning
 from web.database import DatabaseSampler
 from web.host_metrics import HostCollector
@@ -56,20 +55,6 @@ FIRST_SAMPLE_WAIT_SECONDS = 10.0
 # A lag sample older than this, whose refresh keeps failing, is no longer served.
 LAG_STALE_SECONDS = 30.0
 LAG_SCOPES = ("worker", "group")
-
-
-def followed_topics(config: Settings) -> Callable[[str], bool]:
-    """Whether the workers (of this consumer group) consume a topic, by the same rules as
-    ``streams.subscription``: in ``TOPIC_MODE=shared`` the one shared topic, otherwise the
-    device topics whose device ``DEVICE_FILTER`` matches."""
-    if config.topics.mode is TopicMode.SHARED:
-        return lambda topic: topic == SHARED_TOPIC
-    device_filter = re.compile(config.topics.device_filter)
-
-    def followed(topic: str) -> bool:
-        device = device_of_topic(topic)
-        return device is not None and device_filter.match(device) is not None
-    return followed
 
 
 class _LatestAssignment:

@@ -16,7 +16,7 @@ from producers import (
     InvalidReadingError,
     ProducerConfig,
 )
-from streams.settings import Settings, TopicMode
+from streams.settings import ConfigError, Settings, TopicMode
 from tests.producers.helpers import FakeKafka, reading
 
 SETTINGS = Settings.from_env({})
@@ -274,6 +274,16 @@ async def test_compression_idempotence_and_mode_come_from_the_settings(kafka) ->
         pass
     assert kafka.producer_kwargs["compression_type"] == "snappy", "snappy by default"
     assert kafka.producer_kwargs["enable_idempotence"] is False
+
+
+def test_topic_mode_both_is_refused_when_the_producer_is_made_saying_what_to_set(kafka) -> None:
+    settings = Settings.from_env({"TOPIC_MODE": "both"})
+    with pytest.raises(ConfigError) as refused:
+        DeviceProducer(settings)
+    assert str(refused.value) == (
+        "TOPIC_MODE=both is a worker mode for moving from per-device topics to shared; a "
+        "producer publishes to one: set per-device or shared")
+    assert kafka.producer_kwargs == {}, "no Kafka client was made"
 
 
 def test_producer_config_refuses_unknown_codecs_and_oversized_messages() -> None:

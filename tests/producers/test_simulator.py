@@ -179,3 +179,31 @@ async def test_run_fleet_behind_its_rate_catches_up_in_bounded_calls() -> None:
     progress = await run_fleet(sender, config, lambda progress: None)
     assert progress.readings == count == sum(sender.calls)
     assert max(sender.calls) == MAX_CALL_READINGS, "never one list of everything due"
+
+
+def test_simulate_refuses_topic_mode_both_before_it_connects() -> None:
+    """``simulate`` publishes to one place: TOPIC_MODE=both (the workers' mode while moving
+    to shared) is a usage error naming what to set; --topic-mode overrides it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.stack import REPO, free_port
+
+    def simulate(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "faust", "-A", "streams.app", "simulate", "--count", "1",
+             *args], cwd=REPO, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "TOPIC_MODE": "both", "WEB_PORT": str(free_port()),
+                 "KAFKA_BROKERS": f"127.0.0.1:{free_port()}",  # nothing listens there
+                 "PRODUCER_DELIVERY_TIMEOUT": "0.5"})
+
+    refused = simulate()
+    assert refused.returncode == 2, refused.stderr
+    assert ("Error: TOPIC_MODE=both is a worker mode for moving from per-device topics to "
+            "shared; a producer publishes to one: set per-device or shared") in refused.stderr
+    assert "Traceback" not in refused.stderr
+    chosen = simulate("--topic-mode", "shared")
+    assert chosen.returncode == 1 and "no Kafka broker reachable" in chosen.stderr, \
+        "past the check: it tried to connect"
+    assert simulate("--topic-mode", "both").returncode == 2, "not a choice either"

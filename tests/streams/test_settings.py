@@ -162,7 +162,7 @@ def test_the_choices_are_enums_named_in_any_case() -> None:
 
 
 @pytest.mark.parametrize("name, choices", [
-    ("TOPIC_MODE", "per-device, shared"),
+    ("TOPIC_MODE", "per-device, shared, both"),
     ("PRODUCER_COMPRESSION", "snappy, lz4, zstd, gzip, none"),
     ("DB_SSLMODE", "disable, allow, prefer, require, verify-ca, verify-full"),
     ("KAFKA_SECURITY_PROTOCOL", "plaintext, ssl, sasl_plaintext, sasl_ssl"),

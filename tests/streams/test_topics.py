@@ -15,9 +15,15 @@ from schema.validation import ValidationWindow
 from tests.records import record, tp_of
 
 from streams.settings import ConfigError, Settings, TopicMode
-from streams.subscription import follow_device_topics, followed_devices
+from streams.subscription import (
+    follow_device_topics,
+    followed_devices,
+    followed_topics,
+    subscribe_existing,
+)
 from streams.topics import (
     DEAD_LETTER_TOPIC,
+    PUBLISHING_MODES,
     SHARED_TOPIC,
     InvalidDeviceId,
     device_of_topic,
@@ -61,7 +67,16 @@ def test_each_mode_names_the_topic_a_device_publishes_to() -> None:
         topic_for("sensor-001", "shared")  # type: ignore[arg-type]  # a string is no mode
 
 
-@pytest.mark.parametrize("mode", list(TopicMode))
+def test_both_is_a_worker_mode_a_producer_cannot_publish_in() -> None:
+    assert Settings.from_env({"TOPIC_MODE": "BOTH"}).topics.mode is TopicMode.BOTH
+    assert PUBLISHING_MODES == (TopicMode.PER_DEVICE, TopicMode.SHARED)
+    with pytest.raises(ConfigError, match="TOPIC_MODE=both is a worker mode for moving from "
+                                          "per-device topics to shared; a producer publishes "
+                                          "to one: set per-device or shared"):
+        topic_for("sensor-001", TopicMode.BOTH)
+
+
+@pytest.mark.parametrize("mode", PUBLISHING_MODES)
 @pytest.mark.parametrize("bad", ["", "a b", "x" * 129, "é"])
 def test_invalid_device_ids_are_refused_in_both_modes(mode: TopicMode, bad: str) -> None:
     with pytest.raises(InvalidDeviceId):
@@ -146,6 +161,129 @@ def test_in_shared_mode_device_filter_follows_only_matching_keys() -> None:
 def test_without_a_filter_or_in_per_device_mode_every_key_is_followed() -> None:
     assert followed_devices(Settings.from_env({"TOPIC_MODE": "shared"})) is None
     assert followed_devices(Settings.from_env({"DEVICE_FILTER": "x"})) is None
+
+
+class OneProvisioner(FakeProvisioner):
+    """A FakeProvisioner as ``subscribe_existing`` opens one (its own, as a context manager),
+    on a broker holding ``broker_topics``; ``made`` collects the instances."""
+
+    broker_topics: set[str] = set()
+    made: list["OneProvisioner"] = []
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(self.broker_topics)
+        self.made.append(self)
+
+    async def __aenter__(self) -> "OneProvisioner":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+
+BROKER = {"device-data-mine-1", "device-data-mine-2", "device-data-other-1", SHARED_TOPIC,
+          DEAD_LETTER_TOPIC, "device-data-", "other"}
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, ["device-data-mine-1", "device-data-mine-2", "device-data-other-1"]),
+    ({"TOPIC_MODE": "shared"}, [SHARED_TOPIC]),
+    ({"TOPIC_MODE": "both"},
+     [SHARED_TOPIC, "device-data-mine-1", "device-data-mine-2", "device-data-other-1"]),
+    ({"TOPIC_MODE": "both", "DEVICE_FILTER": "mine-"},
+     [SHARED_TOPIC, "device-data-mine-1", "device-data-mine-2"]),
+], ids=["per-device", "shared", "both", "both-filtered"])
+async def test_the_first_subscription_holds_what_each_mode_reads_and_nothing_else(
+        monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: list[str]) -> None:
+    monkeypatch.setattr("streams.subscription.TopicProvisioner", OneProvisioner)
+    monkeypatch.setattr(OneProvisioner, "broker_topics", BROKER)
+    monkeypatch.setattr(OneProvisioner, "made", [])
+    channel = FakeChannel()
+    settings = Settings.from_env(env)
+    await subscribe_existing(channel, settings)  # type: ignore[arg-type]
+    assert sorted(channel.names) == expected
+    (provisioner,) = OneProvisioner.made
+    assert provisioner.ensured == ([SHARED_TOPIC] if SHARED_TOPIC in expected else []), \
+        "device-data is created if missing when the mode reads it, never otherwise"
+    follows = followed_topics(settings)
+    assert sorted(t for t in BROKER if follows(t)) == expected, \
+        "the lag route and replay follow exactly the topics the worker subscribes to"
+
+
+async def test_both_mode_keeps_device_data_and_discovers_new_device_topics() -> None:
+    channel = FakeChannel()
+    topics = FakeProvisioner({"device-data-mine-1", "device-data-other-1", DEAD_LETTER_TOPIC})
+    settings = Settings.from_env({"TOPIC_MODE": "both", "DEVICE_FILTER": "mine-",
+                                  "TOPIC_DISCOVERY_INTERVAL": "0.5"})
+    task = asyncio.create_task(follow_device_topics(_app(), channel, topics, settings))
+    try:
+        await asyncio.sleep(0.1)
+        assert sorted(channel.names) == [SHARED_TOPIC, "device-data-mine-1"]
+        assert topics.ensured[0] == SHARED_TOPIC, "device-data created if missing"
+        topics.topics |= {"device-data-mine-2", "device-data-other-2"}  # devices appear later
+        await asyncio.sleep(0.6)
+        assert not task.done(), "it keeps discovering device topics"
+        assert sorted(channel.names) == [SHARED_TOPIC, "device-data-mine-1", "device-data-mine-2"]
+    finally:
+        task.cancel()
+
+
+async def test_both_mode_still_discovers_device_topics_after_a_failed_round() -> None:
+    class Flaky(FakeProvisioner):
+        calls = 0
+
+        async def ensure(self, names: Any, **kwargs: Any) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                raise ConnectionError("broker restarting")
+            await super().ensure(names)
+
+    channel, topics = FakeChannel(), Flaky({"device-data-a"})
+    settings = Settings.from_env({"TOPIC_MODE": "both", "TOPIC_DISCOVERY_INTERVAL": "0.5"})
+    task = asyncio.create_task(follow_device_topics(_app(), channel, topics, settings))
+    try:
+        await asyncio.sleep(0.1)
+        assert channel.names == []
+        await asyncio.sleep(0.6)
+        assert sorted(channel.names) == [SHARED_TOPIC, "device-data-a"]
+    finally:
+        task.cancel()
+
+
+def test_in_both_mode_device_filter_follows_shared_keys_and_the_followed_topics_devices() -> None:
+    settings = Settings.from_env({"TOPIC_MODE": "both", "DEVICE_FILTER": "mine-"})
+    follows = followed_devices(settings)
+    assert follows is not None
+    keys = [b"mine-1", b"other-1", None, b"\xff"]
+    assert [follows(expected_device(SHARED_TOPIC, k)) for k in keys] == [
+        True, False, False, False]
+    # the agent applies it to device-topic messages too: a followed topic's device passes,
+    # whatever the key says
+    assert follows(expected_device("device-data-mine-7", b"other-1"))
+    assert followed_devices(Settings.from_env({"TOPIC_MODE": "both"})) is None
+
+
+def test_in_both_mode_each_message_is_checked_against_its_own_topics_rule() -> None:
+    now = datetime.now(timezone.utc)
+    window = ValidationWindow.around(now, timedelta(days=90))
+
+    def reading(device: str) -> dict[str, Any]:
+        return {"device_id": device, "time": now.isoformat(), "metrics": {"t": 1}}
+
+    batch = Batch(window=window)
+    follows = followed_devices(Settings.from_env({"TOPIC_MODE": "both", "DEVICE_FILTER": "a"}))
+    records = [
+        record("device-data-a", b"zzz", reading("a")),  # the topic decides: valid
+        record("device-data-a", b"a", reading("b")),  # another device on a's topic: invalid
+        record(SHARED_TOPIC, b"a", reading("a")),  # the key decides: valid
+        record(SHARED_TOPIC, b"a", reading("b")),  # not the key's device: invalid
+        record(SHARED_TOPIC, b"b", reading("b")),  # a device DEVICE_FILTER refuses: skipped
+    ]
+    for r in records:
+        assert batch.add(tp_of(r), [r], 0, 1000, follows) == 1
+    assert [device for device, times in batch.event_times for _ in times] == ["a", "a"]
+    assert len(batch.points) == 2 and len(batch.dead_letters) == 2
+    assert len(batch.records) == 4, "the filtered message is acked, not validated"
 
 
 def _add(batch: Batch, topic: str, key: bytes | None, value: Any) -> list[str]:

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from producers import BrokerUnavailable, DeliveryError, Failure
 from schema.validation import Reading
 from streams.app import app, settings
+from streams.settings import TopicMode
 from web import credentials, ingest
 from web.credentials import device_token
 from web.errors import json_errors
@@ -289,6 +290,27 @@ async def test_an_unexpected_error_gets_500_json_without_a_stack_trace(client, c
     FakeProducer.instances[0].error = ZeroDivisionError("boom")
     status, answer = await post(client, [reading("a")])
     assert (status, answer) == (500, {"error": "internal error: ZeroDivisionError"})
+
+
+async def test_a_worker_in_topic_mode_both_publishes_what_it_is_posted_to_the_shared_topic(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[Any] = []
+
+    def factory(run_settings: Any) -> FakeProducer:
+        made.append(run_settings.topics.mode)
+        return FakeProducer(run_settings)
+
+    both = replace(settings, topics=replace(settings.topics, mode=TopicMode.BOTH))
+    publisher = ingest.IngestPublisher(both, factory)
+    await publisher.get()
+    await publisher.close()
+    assert made == [TopicMode.SHARED], "where the move from per-device topics goes"
+    for mode in (TopicMode.PER_DEVICE, TopicMode.SHARED):
+        publisher = ingest.IngestPublisher(replace(both, topics=replace(both.topics, mode=mode)),
+                                           factory)
+        await publisher.get()
+        await publisher.close()
+    assert made[1:] == [TopicMode.PER_DEVICE, TopicMode.SHARED]
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])

@@ -159,3 +159,11 @@ def test_lag_covers_the_topics_the_workers_follow() -> None:
     assert filtered("device-data-north-7") and not filtered("device-data-south-7")
     shared = views.followed_topics(Settings.from_env({"TOPIC_MODE": "shared"}))
     assert shared("device-data") and not shared("device-data-sensor-1")
+    both = views.followed_topics(Settings.from_env({"TOPIC_MODE": "both",
+                                                    "DEVICE_FILTER": "north-"}))
+    assert both("device-data") and both("device-data-north-7")
+    assert not both("device-data-south-7") and not both("device-data.dlq")
+    from streams import commands, subscription
+
+    assert views.followed_topics is subscription.followed_topics is commands.followed_topics, \
+        "the lag route, replay and the subscription share one rule set"
