@@ -45,6 +45,7 @@ class Folded:
     sum: np.ndarray
     min: np.ndarray
     max: np.ndarray
+    first: np.ndarray  # index of each row's first point among the points folded
 
     def refold(self, bucket: np.ndarray) -> Folded:
         """These rows folded into coarser buckets (``bucket``: each row's coarser bucket,
@@ -52,7 +53,12 @@ class Folded:
         starts, _ = runs(self.series, bucket)
         return Folded(bucket[starts], self.series[starts], np.add.reduceat(self.count, starts),
                       np.add.reduceat(self.sum, starts), np.minimum.reduceat(self.min, starts),
-                      np.maximum.reduceat(self.max, starts))
+                      np.maximum.reduceat(self.max, starts), self.first[starts])
+
+    def take(self, mask: np.ndarray) -> Folded:
+        """The rows where ``mask`` is true, in order."""
+        return Folded(self.bucket[mask], self.series[mask], self.count[mask], self.sum[mask],
+                      self.min[mask], self.max[mask], self.first[mask])
 
     def arguments(self) -> list[list]:
         """The columns as lists: (bucket, series, count, sum, min, max)."""
@@ -66,4 +72,4 @@ def fold(series: np.ndarray, bucket: np.ndarray, value: np.ndarray) -> Folded:
     starts, _ = runs(series, bucket)
     count = np.diff(np.append(starts, len(series)))
     return Folded(bucket[starts], series[starts], count, np.add.reduceat(value, starts),
-                  np.minimum.reduceat(value, starts), np.maximum.reduceat(value, starts))
+                  np.minimum.reduceat(value, starts), np.maximum.reduceat(value, starts), starts)

@@ -40,7 +40,7 @@ from typing import Sequence
 import asyncpg
 import numpy as np
 
-from sinks.batch_fold import first_of_each_key, fold, runs
+from sinks.batch_fold import Folded, first_of_each_key, fold, runs
 from sinks.copy_binary import FLOAT8, INT4, INT8, copy_rows, timestamptz
 from sinks.series_cache import UNKNOWN, SeriesCache
 from streams.settings import SinkSettings
@@ -142,7 +142,8 @@ def _upsert_folded(name: str, table: str, first: int) -> str:
 )"""
 
 
-# The fast path's aggregates and devices, in the same lock order as ``_MERGE``'s.
+# The fast path's aggregate rows of buckets that may be stored already, and its devices, in
+# the same lock order as ``_MERGE``'s.
 _FAST_FOLD = f"""
 WITH {_upsert_folded("minute", "readings_1m", 1)}, {_upsert_folded("hour", "readings_1h", 7)}
 INSERT INTO devices AS d (device_id, first_seen, last_seen)
@@ -168,7 +169,7 @@ class WriteResult:
     checked: int = 0  # points written the checked way (all of them after a fallback)
     fallbacks: int = 0  # 1 when the fast path met a stored key and the batch was written again
     resolve_seconds: float = 0.0  # finding the series' ids and marks, creating new series
-    copy_seconds: float = 0.0  # the COPYs of rows (fast and staged)
+    copy_seconds: float = 0.0  # the COPYs of rows (fast, staged, aggregates of new buckets)
     merge_seconds: float = 0.0  # inserting checked rows, folding aggregates, the commit
 
     def __add__(self, other: "WriteResult") -> "WriteResult":
@@ -198,6 +199,30 @@ class _Columns:
     value: np.ndarray  # float64
 
 
+@dataclass(frozen=True, slots=True)
+class _FastFold:
+    """The fast points' aggregate rows, those of buckets new to the table apart, and their
+    devices' first and last times (``_FAST_FOLD``'s last three arguments)."""
+
+    new_minutes: Folded
+    new_hours: Folded
+    minutes: Folded
+    hours: Folded
+    devices: list[list]
+
+
+async def _copy_aggregates(conn: asyncpg.Connection, table: str, rows: Folded,
+                           count_type: np.dtype) -> None:
+    """COPY aggregate rows of buckets new to ``table`` (a unique violation if one is not)."""
+    if len(rows.bucket):
+        await conn.copy_to_table(
+            table, schema_name="storage", format="binary",
+            columns=["bucket", "series_id", "count", "sum", "min", "max"],
+            source=copy_rows(timestamptz(rows.bucket), rows.series.astype(INT4),
+                             rows.count.astype(count_type), rows.sum.astype(FLOAT8),
+                             rows.min.astype(FLOAT8), rows.max.astype(FLOAT8)))
+
+
 class TimescaleSink:
     """Writes batches of points; safe to call again with the same batch."""
 
@@ -220,16 +245,17 @@ class TimescaleSink:
             columns = _Columns(np.fromiter([p[0] for p in points], np.int64, count),
                                cache.ids[slots],
                                np.fromiter([p[3] for p in points], np.float64, count))
-            fast = columns.time_us > cache.marks[slots]
+            marks = cache.marks[slots]
+            fast = columns.time_us > marks
             try:
-                inserted, checked = await self._write(conn, columns, fast, slots, phases)
+                inserted, checked = await self._write(conn, columns, fast, slots, marks, phases)
             except asyncpg.UniqueViolationError as exc:
                 # Another writer (or an earlier attempt of this batch) stored some of them.
                 cache.forget(generation, slots)
                 log.info("batch of %d points met stored keys on the fast path (%s); "
                          "writing it the checked way", len(points), exc.detail or exc)
                 fast[:] = False
-                inserted, checked = await self._write(conn, columns, fast, slots, phases)
+                inserted, checked = await self._write(conn, columns, fast, slots, marks, phases)
                 return phases.result(count, inserted, checked, fallbacks=1)
         cache.learn(generation, slots, columns.time_us)
         return phases.result(count, inserted, checked)
@@ -241,9 +267,9 @@ class TimescaleSink:
             return await self._last_seen(conn, device_ids)
 
     async def _write(self, conn: asyncpg.Connection, columns: _Columns, fast: np.ndarray,
-                     slots: np.ndarray, phases: _Phases) -> tuple[int, int]:
+                     slots: np.ndarray, marks: np.ndarray, phases: _Phases) -> tuple[int, int]:
         """One transaction: the ``fast`` points COPied straight in, the others checked;
-        returns (rows inserted, points checked)."""
+        returns (rows inserted, points checked). ``marks``: each point's series' mark."""
         fast_rows = first_of_each_key(columns.series_id, columns.time_us, np.flatnonzero(fast))
         checked_rows = np.flatnonzero(~fast)
         inserted = 0
@@ -256,8 +282,12 @@ class TimescaleSink:
                         timestamptz(columns.time_us[fast_rows]),
                         columns.series_id[fast_rows].astype(INT4),
                         columns.value[fast_rows].astype(FLOAT8)))
+                folded = self._fold(columns, fast_rows, slots, marks)
+                await _copy_aggregates(conn, "readings_1m", folded.new_minutes, INT4)
+                await _copy_aggregates(conn, "readings_1h", folded.new_hours, INT8)
                 copied = time.perf_counter()
-                await conn.execute(_FAST_FOLD, *self._fold(columns, fast_rows, slots))
+                await conn.execute(_FAST_FOLD, *folded.minutes.arguments(),
+                                   *folded.hours.arguments(), *folded.devices)
                 phases.copy += copied - started
                 phases.merge += time.perf_counter() - copied
                 inserted += len(fast_rows)
@@ -278,11 +308,18 @@ class TimescaleSink:
         phases.merge += time.perf_counter() - ending  # the commit
         return inserted, len(checked_rows)
 
-    def _fold(self, columns: _Columns, rows: np.ndarray, slots: np.ndarray) -> list[list]:
-        """The arguments of ``_FAST_FOLD`` for ``rows`` (sorted by series and time)."""
+    def _fold(self, columns: _Columns, rows: np.ndarray, slots: np.ndarray,
+              marks: np.ndarray) -> _FastFold:
+        """The aggregate rows and device spans of ``rows`` (sorted by series and time)."""
         series, time_us = columns.series_id[rows], columns.time_us[rows]
         minute = fold(series, time_us - time_us % MINUTE_US, columns.value[rows])
         hour = minute.refold(minute.bucket - minute.bucket % HOUR_US)
+        # A bucket starting after its series' mark has no row yet: the mark bounds the
+        # series' stored times, and an aggregate row exists only for stored points. If one
+        # is there after all, its COPY fails like a stored point's, and the batch falls back.
+        point_marks = marks[rows]
+        new_minute = minute.bucket > point_marks[minute.first]
+        new_hour = hour.bucket > point_marks[hour.first]
         # Each series' first and last time, then each device's.
         starts, ends = runs(series)
         seen: dict[str, list[int]] = {}
@@ -293,8 +330,10 @@ class TimescaleSink:
                 seen[device] = [first, last]
             else:
                 span[0], span[1] = min(span[0], first), max(span[1], last)
-        return [*minute.arguments(), *hour.arguments(),
-                list(seen), [s[0] for s in seen.values()], [s[1] for s in seen.values()]]
+        return _FastFold(minute.take(new_minute), hour.take(new_hour),
+                         minute.take(~new_minute), hour.take(~new_hour),
+                         [list(seen), [s[0] for s in seen.values()],
+                          [s[1] for s in seen.values()]])
 
     async def _slots(self, conn: asyncpg.Connection, points: Sequence[Point]) -> np.ndarray:
         """The cache slots of the points' series, all with a known mark: series not cached

@@ -151,6 +151,38 @@ async def test_a_racing_writer_s_rows_send_the_batch_to_the_checked_path_first_v
     assert await aggregate_mismatches([device]) == []
 
 
+async def test_a_racing_writer_s_bucket_alone_sends_the_batch_to_the_checked_path(
+        stack) -> None:
+    """No point collides, but the zombie's point made a row in a minute and an hour past
+    the owner's mark: the owner's COPY of that new bucket's row fails, and the batch falls
+    back instead of storing a second row for one (series, bucket)."""
+    device = unique("race-bucket-")
+    hour = 3_600_000_000
+    start = T0 - T0 % hour - 5 * hour
+    pool = await create_pool(SETTINGS)
+    try:
+        zombie, owner = TimescaleSink(pool), TimescaleSink(pool)
+        await owner.write([(start, device, "t", 0.0)])
+        raced = await zombie.write([(start + 2 * hour + 1, device, "t", 1.0)])
+        fell_back = await owner.write([(start + 2 * hour + 2, device, "t", 2.0),
+                                       (start + 3 * hour, device, "t", 3.0)])
+        again = await owner.write([(start + 4 * hour, device, "t", 4.0)])
+    finally:
+        await pool.close()
+    assert (raced.inserted, raced.fallbacks) == (1, 0)
+    assert (fell_back.inserted, fell_back.checked, fell_back.fallbacks) == (2, 2, 1)
+    assert (again.inserted, again.checked, again.fallbacks) == (1, 0, 0)
+    assert len(await _stored(device)) == 5
+    assert await aggregate_mismatches([device]) == []
+    conn = await db_connect()
+    try:
+        counts = await conn.fetch(
+            "SELECT bucket, count FROM readings_1h WHERE device_id = $1 ORDER BY bucket", device)
+    finally:
+        await conn.close()
+    assert [r["count"] for r in counts] == [1, 2, 1, 1]
+
+
 async def test_a_restarted_sink_replaying_a_stored_batch_writes_nothing_and_never_falls_back(
         stack) -> None:
     device = unique("replay-")
