@@ -75,16 +75,17 @@ def device_ids(prefix: str, count: int, shard: int = 0, shards: int = 1) -> list
 
 
 def publish_process(settings: Settings, devices: list[str], first_round: int, readings: int,
-                    metrics: int, start_ms: int, rate: float, go: Any, results: Any) -> None:
+                    metrics: int, start_ms: int, period_ms: int, rate: float, go: Any,
+                    results: Any) -> None:
     """Child process: ``readings`` readings of ``devices``, round robin from round
-    ``first_round`` (round k at ``start_ms`` + k s), one reading per message; ``rate``
-    readings/s (0 = as fast as it goes)."""
+    ``first_round`` (round k at ``start_ms`` + k ``period_ms``), one reading per message;
+    ``rate`` readings/s (0 = as fast as it goes)."""
 
     async def run() -> None:
         names = [f"m{j}" for j in range(metrics)]
         count = len(devices)
         data = [{"device_id": devices[i % count],
-                 "time": start_ms + (first_round + i // count) * 1000,
+                 "time": start_ms + (first_round + i // count) * period_ms,
                  "metrics": {m: float((i * 7 + j) % 1000) for j, m in enumerate(names)}}
                 for i in range(readings)]
         gc.disable()  # a load generator: its objects are freed by reference counting
@@ -116,7 +117,11 @@ class FleetRun:
         self.args, self.settings, self.conn, self.size = args, settings, conn, size
         self.prefix = f"fleet{size}-"
         self.ctx = multiprocessing.get_context("spawn")
-        self.start_ms = int((datetime.now(timezone.utc) - timedelta(hours=3)).timestamp()
+        # Each device reads once a period: the fleet as a whole --event-rate readings a
+        # second of event time, so a large fleet's readings are as sparse per series as a
+        # real one's (not a million devices reading every second).
+        self.period_ms = max(1, round(size / args.event_rate * 1000))
+        self.start_ms = int((datetime.now(timezone.utc) - timedelta(days=2)).timestamp()
                             * 1000)
         self.rounds_done = 0  # rounds of readings published, whole or in part
         self.published = 0  # readings published, all phases
@@ -146,7 +151,7 @@ class FleetRun:
             share = readings * len(devices) // self.size
             process = self.ctx.Process(target=publish_process, daemon=True, args=(
                 broker_settings, devices, self.rounds_done, share, self.args.metrics,
-                self.start_ms, rate / count, go, results))
+                self.start_ms, self.period_ms, rate / count, go, results))
             process.start()
             processes.append(process)
             self.published += share
@@ -340,6 +345,7 @@ async def run(args: argparse.Namespace, root: Path, servers: list[Server]) -> di
                         "platform": platform.platform()},
             "postgres": await conn.fetchval("SHOW server_version"),
             "metrics_per_device": args.metrics, "publishers": args.publishers,
+            "event_rate_readings_per_s": args.event_rate,
             "known_messages": args.messages, "runs": []}
         for size in args.sizes:
             results["runs"].append(await FleetRun(args, settings, conn, size).run())
@@ -358,6 +364,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=300_000,
                         help="messages (one reading each) of the known phase, at least one "
                              "reading per device")
+    parser.add_argument("--event-rate", type=float, default=10_000,
+                        help="readings per second of event time across the fleet: each "
+                             "device reads once every devices / event-rate seconds")
     parser.add_argument("--publishers", type=int, default=2,
                         help="publishing processes of the new and known phases")
     parser.add_argument("--latency-seconds", type=float, default=30.0)

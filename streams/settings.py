@@ -470,7 +470,7 @@ class SinkSettings:
     keeps in memory, by its own estimate; past it the cache starts over."""
     aggregate_grace: float = 60.0
     """``AGGREGATE_GRACE``: seconds of event time after a bucket's end before it closes."""
-    event_clock_max_devices: int = 1_000_000
+    event_clock_max_devices: int = 100_000
     """``EVENT_CLOCK_MAX_DEVICES``: devices whose event-time clocks a worker keeps in memory."""
 
     @classmethod

@@ -28,7 +28,7 @@ BUCKET_US = 60_000_000  # late is judged against the 1-minute buckets
 class EventClock:
     """Tells late readings apart, per device, from the devices' event-time clocks."""
 
-    def __init__(self, grace_us: int, max_devices: int = 1_000_000) -> None:
+    def __init__(self, grace_us: int, max_devices: int = 100_000) -> None:
         self._grace_us = grace_us
         self._max_devices = max_devices
         self._clocks: dict[str, int] = {}  # least recently used first
