@@ -12,7 +12,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from faust.types import TP
 
 from streams.app import app, settings
-from streams.faust_internals import Consumer, ConsumerThread
+from streams.faust_internals import Consumer, ConsumerThread, PromptTableManager
 
 
 def test_the_app_consumes_through_the_fixed_consumer() -> None:
@@ -52,6 +52,27 @@ async def test_the_fetch_wait_comes_from_the_settings_not_faust_s_fixed_1500_ms(
     thread = ConsumerThread(new_consumer(), loop=asyncio.get_running_loop())
     consumer = thread._create_worker_consumer(app.transport)
     assert consumer._fetch_max_wait_ms == int(settings.kafka.fetch_max_wait * 1000) == 250
+
+
+async def test_the_table_manager_registers_the_tables_at_start_without_sleeping(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app.consumer, "assignment", set)  # not started: nothing assigned
+    manager = PromptTableManager(app, loop=asyncio.get_running_loop())
+    slept: list[float] = []
+    recovery_started: list[bool] = []
+
+    async def sleep(seconds: float, **kwargs: object) -> None:
+        slept.append(seconds)
+
+    async def start_recovery() -> None:
+        recovery_started.append(True)
+
+    manager.sleep = sleep  # type: ignore[method-assign]
+    manager.recovery.start = start_recovery  # type: ignore[method-assign]
+    await manager.on_start()
+    assert slept == [] and recovery_started == [True]
+    await asyncio.wait_for(manager.wait_until_tables_registered(), 1)
+    assert isinstance(app.tables, PromptTableManager)
 
 
 def test_the_installed_versions_are_the_tested_ones_and_others_are_refused() -> None:
