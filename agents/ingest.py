@@ -299,6 +299,7 @@ class IngestPipeline:
         result = await self._retrying("write rows", lambda: self._store(batch), is_transient)
         self.stats.db_available = True
         self.stats.record_batch(result, time.monotonic() - started)
+        self.stats.series_cache = self._sink.cache_state()
         if batch.dead_letters:
             await self._dead_letter(batch.dead_letters)
         return result

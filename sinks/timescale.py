@@ -191,6 +191,15 @@ class _Phases:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheState:
+    """The sink's series cache: series held, its own estimate of its bytes, restarts."""
+
+    series: int
+    bytes: int
+    resets: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Columns:
     """A batch as numpy columns, in arrival order."""
 
@@ -259,6 +268,12 @@ class TimescaleSink:
                 return phases.result(count, inserted, checked, fallbacks=1)
         cache.learn(generation, slots, columns.time_us)
         return phases.result(count, inserted, checked)
+
+    def cache_state(self) -> CacheState:
+        """The series cache now: a growing ``resets`` means ``SINK_SERIES_CACHE_MB`` is too
+        small for the series the worker writes, and ids are read again batch after batch."""
+        cache = self._cache
+        return CacheState(len(cache), cache.nbytes, cache.resets)
 
     async def last_seen(self, device_ids: Sequence[str]) -> dict[str, int]:
         """Each known device's newest stored reading time (microseconds since the epoch);

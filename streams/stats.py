@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from sinks.timescale import WriteResult
+from sinks.timescale import CacheState, WriteResult
 
 RATE_WINDOW_SECONDS = 10.0
 _LATENCY_SAMPLES = 1024
@@ -65,6 +65,7 @@ class PipelineStats:
     batches_total: int = 0
     checked_points_total: int = 0  # points the sink wrote the checked way (sinks.timescale)
     fast_path_fallbacks_total: int = 0  # batches whose fast path met stored keys
+    series_cache: CacheState = field(default_factory=lambda: CacheState(0, 0, 0))
     # Seconds the sink spent per phase of its writes (sinks.timescale.WriteResult).
     sink_phase_seconds_total: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(SINK_PHASES, 0.0))

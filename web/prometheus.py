@@ -75,6 +75,17 @@ def pipeline_metrics(stats: PipelineStats) -> Iterator[Metric]:
     for phase, seconds in stats.sink_phase_seconds_total.items():
         phases.add_metric([phase], seconds)
     yield phases
+    cache = stats.series_cache
+    yield from _gauge("devicestream_sink_series_cached", "Series held in the sink's id cache",
+                      cache.series)
+    yield from _gauge("devicestream_sink_series_cache_bytes",
+                      "The sink's series cache, by its own estimate (SINK_SERIES_CACHE_MB bounds it)",
+                      cache.bytes)
+    resets = CounterMetricFamily(
+        "devicestream_sink_series_cache_resets",
+        "Times the sink's series cache started over to stay within SINK_SERIES_CACHE_MB")
+    resets.add_metric([], cache.resets)
+    yield resets
     yield from _gauge("devicestream_sink_db_available",
                       "1 when the last database write succeeded", int(stats.db_available))
     freshness = stats.freshness

@@ -30,6 +30,9 @@ def throughput_report(stats: PipelineStats) -> dict[str, Any]:
         "sink_checked_points_total": stats.checked_points_total,
         "sink_fast_path_fallbacks_total": stats.fast_path_fallbacks_total,
         "sink_phase_seconds_total": dict(stats.sink_phase_seconds_total),
+        "sink_series_cached": stats.series_cache.series,
+        "sink_series_cache_bytes": stats.series_cache.bytes,
+        "sink_series_cache_resets_total": stats.series_cache.resets,
         "write_latency_p50_seconds": stats.write_latency(0.5),
         "write_latency_p99_seconds": stats.write_latency(0.99),
         # Upper bounds of the freshness histogram's buckets (see /metrics).

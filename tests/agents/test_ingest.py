@@ -15,7 +15,7 @@ from faust.types import TP
 import agents.ingest
 from agents.ingest import IngestConfig, IngestPipeline, run_or_exit
 from schema.dead_letters import DeadLetter
-from sinks.timescale import Point, WriteResult
+from sinks.timescale import CacheState, Point, WriteResult
 from streams.topics import SHARED_TOPIC
 from tables.event_clock import EventClock
 from tests.records import late_by_own_device, record, tp_of
@@ -85,6 +85,9 @@ class FakeSink:
                 self.rows[(time_us, device, metric)] = value
                 new += 1
         return WriteResult(points=len(points), inserted=new)
+
+    def cache_state(self) -> CacheState:
+        return CacheState(series=len({(d, m) for _, d, m in self.rows}), bytes=0, resets=0)
 
     async def last_seen(self, device_ids: Sequence[str]) -> dict[str, int]:
         """Each device's newest stored time, as the devices table keeps it."""

@@ -11,7 +11,7 @@ import pytest
 
 from agents.ingest import IngestConfig, IngestPipeline
 from sinks.postgres import create_pool
-from sinks.timescale import Point, TimescaleSink, WriteResult
+from sinks.timescale import CacheState, Point, TimescaleSink, WriteResult
 from tests.agents.test_ingest import DeadLetters, FakeSink, FakeStream, event, reading
 from tests.stack import SETTINGS, db_connect, require_stack, unique
 
@@ -38,6 +38,9 @@ class FirstWriteHeldBack:
         result = await self._sink.write(points)
         self._later_written.set()
         return result
+
+    def cache_state(self) -> CacheState:
+        return self._sink.cache_state()
 
 
 @pytest.fixture(params=["memory", pytest.param("timescaledb", marks=pytest.mark.integration)])

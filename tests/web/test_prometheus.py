@@ -7,7 +7,7 @@ import pytest
 from aiokafka.structs import TopicPartition as TP
 from prometheus_client.parser import text_string_to_metric_families
 
-from sinks.timescale import WriteResult
+from sinks.timescale import CacheState, WriteResult
 from streams.stats import PipelineStats
 from tests.stack import fake_sample
 from web.host_metrics import HostCollector
@@ -79,6 +79,7 @@ def test_every_figure_is_exported_with_prometheus_names_and_units() -> None:
     stats.messages_total, stats.points_total, stats.dead_letters_total = 10, 30, 2
     stats.record_batch(WriteResult(30, 28, checked=4, fallbacks=1, resolve_seconds=0.125,
                                    copy_seconds=0.5, merge_seconds=0.75), 0.25)
+    stats.series_cache = CacheState(series=5_000_000, bytes=300_000_000, resets=2)
     lag = LagSample(
         partitions={TP("device-data-a", 0): PartitionLag("device-data-a", 0, 5, 9),
                     TP("device-data-b", 0): PartitionLag("device-data-b", 0, 0, 4)},
@@ -96,6 +97,9 @@ def test_every_figure_is_exported_with_prometheus_names_and_units() -> None:
     assert _value(families, "devicestream_sink_phase_seconds_total", phase="resolve") == 0.125
     assert _value(families, "devicestream_sink_phase_seconds_total", phase="copy") == 0.5
     assert _value(families, "devicestream_sink_phase_seconds_total", phase="merge") == 0.75
+    assert _value(families, "devicestream_sink_series_cached") == 5_000_000
+    assert _value(families, "devicestream_sink_series_cache_bytes") == 300_000_000
+    assert _value(families, "devicestream_sink_series_cache_resets_total") == 2
     assert _value(families, "devicestream_sink_write_latency_seconds", quantile="0.99") == 0.25
     assert _value(families, "devicestream_consumer_lag_messages", scope="worker") == 4
     assert _value(families, "devicestream_consumer_lag_messages", scope="group") == 8

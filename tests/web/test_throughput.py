@@ -36,6 +36,7 @@ def test_totals_rates_and_sink_figures() -> None:
     assert report["sink_checked_points_total"] == 5 * 10
     assert report["sink_fast_path_fallbacks_total"] == 5
     assert report["sink_phase_seconds_total"] == {"resolve": 2.5, "copy": 1.25, "merge": 5.0}
+    assert (report["sink_series_cached"], report["sink_series_cache_resets_total"]) == (0, 0)
     assert report["write_latency_p50_seconds"] == pytest.approx(0.030)
     assert report["write_latency_p99_seconds"] == pytest.approx(1.0)
 
