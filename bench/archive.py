@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import resource
 import tempfile
 import time
@@ -35,7 +33,7 @@ import numpy as np
 import orjson
 import pyarrow.parquet as pq
 
-from bench.queries import RESULTS, iso, connect
+from bench.queries import RESULTS, iso, connect, machine
 from sinks.cold_archive import ROW_GROUP_ROWS, Chunk, archive_chunk
 from streams.settings import Settings
 
@@ -170,8 +168,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await cleanup(conn, ids, first_day, first_day + days * DAY, chunks)
         await conn.close()
     return {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": machine(),
         "data": {"points": per_series * args.devices * args.metrics, "devices": args.devices,
                  "metrics": args.metrics, "interval_s": args.interval,
                  "values": "random walks, 0.01 resolution", "row_group_rows": ROW_GROUP_ROWS,

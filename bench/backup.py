@@ -38,7 +38,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import pwd
 import re
 import shutil
@@ -59,7 +58,7 @@ import orjson
 from bench.archive import CHUNKS_IN, export
 from bench.private_broker import free_port
 from bench.queries import (REPO, RESULTS, psql_super, add_dataset_options,
-                           bench_settings, connect, load, save_results)
+                           bench_settings, command, connect, load, machine, save_results)
 from schema.migrate import migrate
 from schema.roles import grant_privileges
 from sinks.cold_archive import Chunk
@@ -318,6 +317,16 @@ async def create_database(server: Server) -> Settings:
     return settings
 
 
+async def private_database(name: str, root: Path, servers: list[Server],
+                           tuning: dict[str, str]) -> Settings:
+    """A new server ``name`` of this run with ``tuning`` and the bench database on it
+    (migrated); settings that connect to it as the workers' role."""
+    server = Server(name, root, pg_bindir())
+    servers.append(server)  # before it starts: whatever happens, it is stopped
+    start_cluster(server, tuning)
+    return await create_database(server)
+
+
 async def create_source(root: Path, bindir: Path, servers: list[Server],
                         tuning: dict[str, str]) -> tuple[Server, Repository, Settings]:
     """The private cluster, archiving into its repository, with the schema migrated."""
@@ -484,9 +493,8 @@ async def run(args: argparse.Namespace, root: Path, servers: list[Server]) -> di
     conn = await connect(settings)
     try:
         results: dict[str, Any] = {
-            "command": " ".join(["python", "-m", "bench.backup", *sys.argv[1:]]),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "platform": platform.platform()},
+            "command": command("bench.backup"),
+            "machine": machine(),
             "postgres": await conn.fetchval("SHOW server_version"),
             "timescaledb": await conn.fetchval(
                 "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"),

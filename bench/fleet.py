@@ -36,8 +36,6 @@ import gc
 import math
 import multiprocessing
 import os
-import platform
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -45,11 +43,10 @@ from typing import Any
 
 import asyncpg
 
-from bench.backup import (Server, create_database, pg_bindir, run_folder, stack_tuning,
-                          start_cluster)
+from bench.backup import Server, private_database, run_folder, stack_tuning
 from bench.pipeline import poll_probes, probe_process, quantile
 from bench.private_broker import running_broker
-from bench.queries import RESULTS, connect, save_results
+from bench.queries import RESULTS, command, connect, machine, save_results
 from bench.startup import consuming_worker, discard
 from bench.worker_process import WorkerProcess
 from producers.device_producer import DeviceProducer, ProducerConfig
@@ -332,17 +329,12 @@ def report(results: dict[str, Any]) -> list[str]:
 
 
 async def run(args: argparse.Namespace, root: Path, servers: list[Server]) -> dict[str, Any]:
-    server = Server("fleet", root, pg_bindir())
-    servers.append(server)  # before it starts: whatever happens, it is stopped
-    tuning = stack_tuning()
-    start_cluster(server, tuning)
-    settings = await create_database(server)
+    settings = await private_database("fleet", root, servers, stack_tuning())
     conn = await connect(settings)
     try:
         results: dict[str, Any] = {
-            "command": " ".join(["python", "-m", "bench.fleet", *sys.argv[1:]]),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "platform": platform.platform()},
+            "command": command("bench.fleet"),
+            "machine": machine(),
             "postgres": await conn.fetchval("SHOW server_version"),
             "metrics_per_device": args.metrics, "publishers": args.publishers,
             "event_rate_readings_per_s": args.event_rate,

@@ -42,6 +42,7 @@ import platform
 import random
 import statistics
 import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -484,8 +485,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = bench_settings()
     end = datetime.now(timezone.utc).replace(microsecond=0)
     results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": machine(),
         "data": {"points": args.points, "devices": args.devices, "metrics": args.metrics,
                  "days": args.days, "batch": args.batch},
     }
@@ -580,6 +580,17 @@ def report(results: dict[str, Any]) -> list[str]:
         lines.append(f"compression: not measured, TimescaleDB here runs the "
                      f"{results['timescaledb_license']} license")
     return lines
+
+
+def command(module: str) -> str:
+    """This run's command line, as ``python -m module ...``."""
+    return " ".join(["python", "-m", module, *sys.argv[1:]])
+
+
+def machine() -> dict[str, Any]:
+    """The machine a benchmark ran on, as its results record it."""
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform()}
 
 
 def save_results(results: dict[str, Any], output: Path, lines: list[str]) -> None:

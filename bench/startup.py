@@ -36,9 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import shutil
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -48,10 +46,9 @@ import aiohttp
 import asyncpg
 import psutil
 
-from bench.backup import (Server, create_database, pg_bindir, run_folder, stack_tuning,
-                          start_cluster)
+from bench.backup import Server, private_database, run_folder, stack_tuning
 from bench.private_broker import PrivateBroker, running_broker
-from bench.queries import RESULTS, bench_worker, connect, save_results
+from bench.queries import RESULTS, bench_worker, command, connect, machine, save_results
 from bench.worker_process import WorkerProcess
 from producers.device_producer import DeviceProducer, ProducerConfig
 from streams.settings import Settings
@@ -217,18 +214,14 @@ def discard(worker: WorkerProcess) -> None:
 
 
 async def run(args: argparse.Namespace, root: Path, servers: list[Server]) -> dict[str, Any]:
-    server = Server("fleet", root, pg_bindir())
-    servers.append(server)  # before it starts: whatever happens, it is stopped
     tuning = stack_tuning() | {"autovacuum": "off"}
-    start_cluster(server, tuning)
-    settings = await create_database(server)
+    settings = await private_database("fleet", root, servers, tuning)
     seen = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=1)
     conn = await connect(settings)
     try:
         results: dict[str, Any] = {
-            "command": " ".join(["python", "-m", "bench.startup", *sys.argv[1:]]),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "platform": platform.platform()},
+            "command": command("bench.startup"),
+            "machine": machine(),
             "postgres": await conn.fetchval("SHOW server_version"),
             "settings": tuning,
             "backlog": {"devices": args.devices, "readings_per_device": args.readings,
