@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Coroutine, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
+from aiokafka.protocol.admin import DescribeGroupsRequest
 from aiokafka.protocol.group import LeaveGroupRequest
 
 from streams.settings import Settings
@@ -105,18 +106,32 @@ class PrivateBroker:
             self.process.kill()
             self.process.wait()
 
-    async def expire_sessions(self, group: str) -> None:
-        """Make Tansu drop the members of ``group`` whose session has timed out, now.
+    async def expire_sessions(self, group: str, timeout: float = 15.0) -> None:
+        """Make Tansu drop the members of ``group`` whose session has timed out, now, and
+        return once the group has no member left (``AssertionError`` after ``timeout``).
 
         Kafka's coordinator expires a member on a timer. Tansu checks only when a request
         for the group comes, and a heartbeat renews its sender's session before the check:
         a lone member that comes back after its session timeout is kept. A LeaveGroup of no
-        member, sent to Tansu's own port (past any ``BrokerProxy``), makes it check."""
-        conn = await create_conn("127.0.0.1", self.port, request_timeout_ms=5000)
-        try:
-            await conn.send(LeaveGroupRequest(group, "no-member"))
-        finally:
-            conn.close()
+        member, sent to Tansu's own port (past any ``BrokerProxy``), makes it check; it is
+        sent again until DescribeGroups shows no member, as one check has been seen to
+        keep the member."""
+        deadline = time.monotonic() + timeout
+        while True:
+            conn = await create_conn("127.0.0.1", self.port, request_timeout_ms=5000)
+            try:
+                await conn.send(LeaveGroupRequest(group, "no-member"))
+                described = await conn.send(DescribeGroupsRequest([group]))
+            finally:
+                conn.close()
+            members = [m for g in described.groups for m in g[5]]
+            if not members:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"Tansu still holds {len(members)} member(s) of {group!r} "
+                    f"{timeout:.0f}s after the first expiry check")
+            await asyncio.sleep(0.5)
 
     def settings(self, **env: str) -> Settings:
         """Settings from the defaults and ``env``, with this broker as the only one."""
