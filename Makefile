@@ -29,14 +29,14 @@ run: migrate
 	bash $(STACK)/run.sh
 
 # Lint first (ruff.toml; a finding fails), then types (mypy, configured in setup.cfg; an
-# error fails), then the whole suite, unit tests before the integration tests against the
-# local stack. pytest's "no tests collected" (exit 5) counts as a failure.
+# error fails), then the suite (tests/suite.sh): unit tests, then the integration tests
+# against the local stack side by side (TEST_PROCESSES, default 4), then the few that stop
+# a shared service, alone. If no test ran, it fails.
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(MAKE) migrate
-	$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
-	if [ $$status -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$status
+	PY=$(PY) bash tests/suite.sh $(PYTEST_ARGS)
 
 # End-to-end benchmark against the baseline (bench/results/latest.json and a report), then
 # what device tokens cost POST /ingest (bench/results/ingest_auth.json).

@@ -280,7 +280,10 @@ pg1-path=$PGDATA
 pg1-port=$PG_PORT
 pg1-socket-path=/var/run/postgresql" || true
     if ! out=$(pgbackrest_run "$PGSTATE" stanza-create 2>&1); then
-        if grep -q 'do not match the database' <<<"$out"; then
+        if grep -q 'unable to acquire lock' <<<"$out"; then
+            # A backup (or expire) of this stanza holds the lock: it exists and matches.
+            log "pgBackRest stanza $STANZA is in use (a backup runs): kept as it is"
+        elif grep -q 'do not match the database' <<<"$out"; then
             local aside
             aside="$repo.orphan-$(date +%Y%m%d-%H%M%S)"
             log "backup repository $repo holds another database's backups: moved to $aside"

@@ -4,13 +4,23 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from tests.stack import BrokerProxy, PrivateBroker, Worker, db_connect, require_stack, stack_replica
+from tests.stack import (
+    BrokerProxy,
+    PrivateBroker,
+    Worker,
+    db_connect,
+    exclusive,
+    require_stack,
+    stack_replica,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Unit tests first, then the integration tests (each group in collection order): a
-    broken unit fails within the first minute, not after the slow tests."""
-    items.sort(key=lambda item: item.get_closest_marker("integration") is not None)
+    """Unit tests first, then the integration tests, the slow ones first (each group in
+    collection order): a broken unit fails within the first minute, not after the slow
+    tests; and run side by side, the slow tests end early rather than last."""
+    items.sort(key=lambda item: (item.get_closest_marker("integration") is not None,
+                                 item.get_closest_marker("slow") is None))
 
 
 @pytest.fixture
@@ -67,8 +77,24 @@ async def proxied_broker(
 
 @pytest.fixture(scope="module")
 def replica() -> Iterator[None]:
-    """The local stack's streaming replica on 127.0.0.1:55433, for the module's tests."""
-    with stack_replica():
+    """The local stack's streaming replica on 127.0.0.1:55433, for the module's tests (one
+    module at a time: some stop it)."""
+    with exclusive("replica"), stack_replica():
+        yield
+
+
+@pytest.fixture
+def pgbackrest_turn() -> Iterator[None]:
+    """The test has the stack's pgBackRest repository to itself (a backup takes its lock,
+    and retention expires other tests' backups)."""
+    with exclusive("pgbackrest"):
+        yield
+
+
+@pytest.fixture
+def maintenance_turn() -> Iterator[None]:
+    """The test runs storage maintenance with no other run of a test in the way."""
+    with exclusive("maintenance"):
         yield
 
 

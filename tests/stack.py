@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import socket
 import subprocess
@@ -84,6 +85,20 @@ def stack_replica() -> Iterator[None]:
     finally:
         if (_stack_state_dir() / "replica" / "pgdata" / "postmaster.pid").exists():
             replica_pg_ctl("stop", "-m", "fast")
+
+
+@contextlib.contextmanager
+def exclusive(resource: str) -> Iterator[None]:
+    """Hold ``resource`` (a name) against the other test processes of this checkout, as
+    ``make test`` runs the integration tests side by side (pytest-xdist): the tests that
+    use the replica, the pgBackRest repository or storage maintenance take turns."""
+    OUTPUT.mkdir(exist_ok=True)
+    with open(OUTPUT / f"{resource}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 async def db_connect(settings: Settings = SETTINGS) -> asyncpg.Connection:
@@ -292,13 +307,17 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, wha
 
 
 class Worker(WorkerProcess):
-    """``bench.worker_process.WorkerProcess`` as the tests run it: its log in test-output/,
-    a consumer group of its own, new device topics found within a second."""
+    """``bench.worker_process.WorkerProcess`` as the tests run it: its log in test-output/
+    (named also for the pytest-xdist process, as tests run side by side), a consumer group
+    of its own, new device topics found within a second, and no maintenance timer unless
+    the test sets ``MAINTENANCE_INTERVAL`` (it would run beside the maintenance tests)."""
 
     def __init__(self, name: str, app: str = "streams.app", **env: str) -> None:
+        if "PYTEST_XDIST_WORKER" in os.environ:
+            name = f"{name}-{os.environ['PYTEST_XDIST_WORKER']}"
         super().__init__(name, app, OUTPUT, **{
             "APP_ID": unique("devicestream-test-"), "TOPIC_DISCOVERY_INTERVAL": "1",
-            "DATA_DIR": str(OUTPUT / "faust-data"), **env})
+            "DATA_DIR": str(OUTPUT / "faust-data"), "MAINTENANCE_INTERVAL": "0", **env})
 
 
 # The helpers below read storage.* by series id, never the ``readings`` view by device:

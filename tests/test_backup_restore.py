@@ -42,7 +42,7 @@ from tests.stack import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("pgbackrest_turn")]
 
 STEP_MS = 1000
 PER_PHASE = 150  # readings per device and phase

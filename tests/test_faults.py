@@ -64,6 +64,7 @@ async def test_three_sigkills_during_a_stream_lose_and_duplicate_nothing(start_w
     await assert_exactly_once(stream)
 
 
+@pytest.mark.serial
 async def test_postgres_stopped_for_30_seconds_mid_stream_loses_nothing(start_worker) -> None:
     # 20 partitions over the two writer lanes, each retrying through the outage.
     devices, only = fleet("pgdown-", 20)
@@ -92,6 +93,7 @@ async def test_postgres_stopped_for_30_seconds_mid_stream_loses_nothing(start_wo
     await wait_for(ready_again, 20, "/health/ready to pass again after the outage")
 
 
+@pytest.mark.serial
 async def test_pgbouncer_restarted_mid_stream_loses_nothing(start_worker) -> None:
     devices, only = fleet("pgbrestart-", 5)
     stream = Stream(devices, readings_per_s=500, seconds=30)

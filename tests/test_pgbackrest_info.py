@@ -81,7 +81,7 @@ def test_restore_time_keeps_its_microseconds_in_utc() -> None:
     ("2026-12-04T10:00:00", "an offset"),
     ("2026-12-04 10:00", "an offset"),
     ("yesterday", "RFC 3339"),
-])
+], ids=["before-the-oldest", "future", "offset-missing", "offset-missing-no-t", "words"])
 def test_a_time_the_repository_cannot_restore_is_refused(moment, reason) -> None:
     done = run(info(backup("F", "full", NOW - 3000, NOW - 2900)), "pick", moment)
     assert done.returncode == 2 and reason in done.stderr, done.stderr

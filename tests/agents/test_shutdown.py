@@ -30,6 +30,7 @@ async def test_sigterm_drains_in_flight_batches_and_exits_zero_within_30_seconds
     assert await count_rows(devices) == points
 
 
+@pytest.mark.slow
 async def test_a_worker_that_cannot_write_exits_after_the_deadline_without_committing(
     start_worker,
 ) -> None:

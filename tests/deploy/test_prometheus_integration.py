@@ -169,6 +169,7 @@ async def test_every_metric_of_the_rules_and_dashboard_is_scraped_and_every_quer
     assert all(rule["health"] == "ok" for group in rules["groups"] for rule in group["rules"])
 
 
+@pytest.mark.serial
 async def test_database_unavailable_fires_when_postgres_stops(
         scraped_worker: tuple[Worker, Prometheus]) -> None:
     _, prometheus = scraped_worker

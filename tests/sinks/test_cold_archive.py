@@ -34,6 +34,8 @@ from tests.stack import (
     unique,
 )
 
+pytestmark = pytest.mark.usefixtures("maintenance_turn")  # the integration tests run it
+
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 PG_EPOCH_US = 946_684_800_000_000
 START = datetime(2026, 3, 1, tzinfo=timezone.utc)

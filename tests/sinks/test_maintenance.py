@@ -36,7 +36,7 @@ from tests.stack import (
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("maintenance_turn")]
 
 AGES = {"1h": timedelta(hours=1), "3d": timedelta(days=3), "10d": timedelta(days=10),
         "95d": timedelta(days=95), "150d": timedelta(days=150), "250d": timedelta(days=250)}

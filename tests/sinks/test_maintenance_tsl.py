@@ -24,7 +24,7 @@ from tests.stack import (
     unique,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("maintenance_turn")]
 
 
 async def test_compression_and_retention_policies_are_set_and_kept(timescale_license) -> None:

@@ -56,6 +56,7 @@ async def test_aggregates_are_exact_with_disorder_duplicates_late_readings_and_m
 
 # The stream runs while the worker is killed or stopped: a backlog published beforehand
 # could be written whole between two polls, and the fault would then hit an idle worker.
+@pytest.mark.slow
 async def test_aggregates_stay_exact_when_the_worker_is_killed_mid_stream_and_restarted(
     start_worker,
 ) -> None:
@@ -72,6 +73,7 @@ async def test_aggregates_stay_exact_when_the_worker_is_killed_mid_stream_and_re
     await assert_exactly_once(stream)
 
 
+@pytest.mark.slow
 async def test_aggregates_stay_exact_when_one_of_two_workers_stops(start_worker) -> None:
     devices, only = fleet("pair-", 8)
     stream = Stream(devices, readings_per_s=800, seconds=40, metrics=2)

@@ -37,6 +37,7 @@ async def _metric(worker: Worker, name: str) -> float:
     raise KeyError(name)
 
 
+@pytest.mark.slow
 async def test_a_write_that_hangs_is_a_stall_the_worker_reports_then_exits_on(
         start_worker) -> None:
     (device,), only = fleet("stall-", 1)
