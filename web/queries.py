@@ -141,14 +141,23 @@ def check_range(params: Mapping[str, str], now: datetime, default_span: timedelt
     end = parse_time("end", params["end"]) if "end" in params else None
     start = parse_time("start", params["start"]) if "start" in params else None
     if end is None:
-        end = now if start is None or start < now else start + default_span
+        end = now if start is None or start < now else _shifted(start, default_span)
     if start is None:
-        start = end - default_span
+        start = _shifted(end, -default_span)
     if not start < end:
         raise ClientError("start must be before end")
     if max_span is not None and end - start > max_span:
         raise ClientError(f"range too long for {what}: {_span(end - start)} > {_span(max_span)}")
     return start, end
+
+
+def _shifted(moment: datetime, span: timedelta) -> datetime:
+    """``moment + span``, held within the years 1-9999 that ``parse_time`` accepts."""
+    try:
+        return moment + span
+    except OverflowError:
+        edge = datetime.max if span > timedelta(0) else datetime.min
+        return edge.replace(tzinfo=timezone.utc)
 
 
 def check_limit(params: Mapping[str, str], default: int, maximum: int) -> int:

@@ -60,6 +60,16 @@ def test_range_defaults_order_and_maximum() -> None:
     assert check_range({"start": "2025-11-28T17:00:00Z"}, NOW, HOUR, None, "x")[0].year == 2025
 
 
+def test_a_default_bound_past_the_calendar_stops_at_its_edge() -> None:
+    """The other bound of a range given by one near year 1 or 9999 (a 500 before)."""
+    late = check_range({"start": "9999-12-31T23:30:00Z"}, NOW, HOUR, HOUR, "x")
+    assert late == (datetime(9999, 12, 31, 23, 30, tzinfo=timezone.utc),
+                    datetime.max.replace(tzinfo=timezone.utc))
+    early = check_range({"end": "0001-01-01T00:30:00Z"}, NOW, HOUR, HOUR, "x")
+    assert early == (datetime.min.replace(tzinfo=timezone.utc),
+                     datetime(1, 1, 1, 0, 30, tzinfo=timezone.utc))
+
+
 def test_limit_is_a_whole_number_within_the_maximum() -> None:
     assert check_limit({}, 1000, 10_000) == 1000
     assert check_limit({}, 1000, 10) == 10
