@@ -424,7 +424,7 @@ def _refused_by_database(
 
 from sinks.dead_letter_search import DeadLetterSearch  # noqa: E402
 from sinks.postgres import DatabaseTLSError, check_tls, create_pool  # noqa: E402
-from streams.app import app, device_topics, pipeline_stats, settings  # noqa: E402
+from streams.application import app, device_topics, pipeline_stats, settings  # noqa: E402
 from streams.faust_internals import our_consumer  # noqa: E402
 from streams.subscription import follow_device_topics, followed_devices  # noqa: E402
 from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner, kafka_client_kwargs  # noqa: E402

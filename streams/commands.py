@@ -14,7 +14,7 @@ from producers.simulator import FleetConfig, Progress, run_fleet
 from schema.migrate import migrate as apply_migrations
 from schema.roles import grant_privileges
 from sinks.postgres import connect
-from streams.app import app, settings
+from streams.application import app, settings
 from streams.replay import ReplayError, parse_since
 from streams.replay import replay as replay_offsets
 from streams.settings import Compression, ConfigError, TopicMode

@@ -18,7 +18,7 @@ import click
 from faust.cli import AppCommand, option
 
 from sinks.maintenance import LeaseTaken, maintain
-from streams.app import app, settings
+from streams.application import app, settings
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Health routes for supervisors, and the stall watchdog (registered on ``streams.app.app``).
+"""Health routes for supervisors, and the stall watchdog (registered on
+``streams.application.app`` when imported).
 
 ``GET /health/live`` answers 200 whenever the event loop serves requests: a supervisor
 that gets no answer restarts the worker. ``GET /health/ready`` answers 200 only when every
@@ -23,7 +24,7 @@ from faust.web import Request, Response
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from streams.app import app, pipeline_stats, settings
+from streams.application import app, pipeline_stats, settings
 from streams.faust_internals import our_consumer
 from streams.worker import EXIT_STALLED, exit_without_committing
 from web.stall import StallWatchdog

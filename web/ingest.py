@@ -257,7 +257,7 @@ class IngestHandler:
 
 # --- Faust wiring -------------------------------------------------------------------------
 
-from streams.app import app, settings  # noqa: E402
+from streams.application import app, settings  # noqa: E402
 
 publisher = IngestPublisher(settings)
 handler = IngestHandler(settings, publisher)

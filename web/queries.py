@@ -1,4 +1,4 @@
-"""Device query routes, on every worker (registered on ``streams.app.app`` when imported).
+"""Device query routes, on every worker (registered on ``streams.application.app`` when imported).
 
 - ``GET /devices/{id}/latest``: ``{"device_id", "time", "metrics": {name: value},
   "times": {name: time}}``: the newest value of each metric; ``time`` is the newest of
@@ -48,7 +48,7 @@ from faust.web import Request, Response, View
 from schema.timestamps import parse_rfc3339
 from schema.validation import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
 from sinks.postgres import connect_kwargs
-from streams.app import app, pipeline_stats, settings
+from streams.application import app, pipeline_stats, settings
 from streams.settings import Settings
 from web.errors import RETRY_AFTER_SECONDS, ClientError
 from web.packed_buckets import in_bucket_order, unpack_buckets

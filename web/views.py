@@ -1,4 +1,4 @@
-"""Routes of the worker web server (registered on ``streams.app.app`` when imported).
+"""Routes of the worker web server (registered on ``streams.application.app`` when imported).
 
 The stats routes of CONTRACT.md: ``/pipeline/lag`` (``?scope=group`` for the whole
 consumer group), ``/pipeline/throughput``, ``/pipeline/db``, ``/metrics`` and
@@ -19,7 +19,7 @@ from aiokafka.structs import TopicPartition
 from faust.web import Request, Response, View
 from faust.web.exceptions import MethodNotAllowed
 
-from streams.app import app, device_topics, pipeline_stats, settings
+from streams.application import app, device_topics, pipeline_stats, settings
 from streams.faust_internals import our_consumer
 from streams.subscription import followed_topics  # the lag covers what the workers follow
 from streams.topics import kafka_client_kwargs
