@@ -4,7 +4,7 @@ Issue #17's targets on this 2-core machine: points/s at 1,000,000 known devices 
 80% of points/s at 1,000; the worker's RSS at most 1 GB at 1,000,000 devices; onboarding
 1,000,000 new devices at no less than half the known-device rate.
 
-Everything runs in a private PostgreSQL server (``bench.backup``'s: a cluster in
+Everything runs in a private PostgreSQL server (``bench.private_postgres``: a cluster in
 ``/var/tmp/bench-fleet-*``, the stack's settings for this host, the schema migrated), so
 the stack is neither read nor changed. For each size N of ``--sizes``, in increasing order,
 with a private Tansu broker (``device-data`` in its default 10 partitions) and a new worker
@@ -43,7 +43,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.backup import Server, private_database, run_folder, stack_tuning
+from bench.private_postgres import Server, private_database, run_folder, stack_tuning
 from bench.pipeline import poll_probes, probe_process, quantile
 from bench.private_broker import running_broker
 from bench.queries import RESULTS, command, connect, machine, save_results

@@ -2,10 +2,10 @@
 
 Issue #23: a worker's memory and start-up must not grow with the devices the database
 holds (target: at 10M devices within 10% of the 10,000-device case). Measured in a private
-PostgreSQL server (``bench.backup``'s: a cluster in ``/var/tmp/bench-startup-*`` on a free
-port, the stack's settings for this host, autovacuum off so that no background vacuum of
-the seeded tables runs during a measurement, the schema migrated), so the stack is
-neither read nor changed. For each fleet size N of ``--sizes``, in increasing order and in
+PostgreSQL server (``bench.private_postgres``: a cluster in ``/var/tmp/bench-startup-*``
+on a free port, the stack's settings for this host, autovacuum off so that no background
+vacuum of the seeded tables runs during a measurement, the schema migrated), so the stack
+is neither read nor changed. For each fleet size N of ``--sizes``, in increasing order and in
 the same database:
 
 1. grows ``devices`` and ``storage.series`` to N devices (``fleet-00000001``...) with
@@ -46,7 +46,7 @@ import aiohttp
 import asyncpg
 import psutil
 
-from bench.backup import Server, private_database, run_folder, stack_tuning
+from bench.private_postgres import Server, private_database, run_folder, stack_tuning
 from bench.private_broker import PrivateBroker, running_broker
 from bench.queries import RESULTS, bench_worker, command, connect, machine, save_results
 from bench.worker_process import WorkerProcess
