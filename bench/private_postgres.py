@@ -1,6 +1,7 @@
 """A PostgreSQL server of one caller's own, for benchmarks and tests: a new cluster in a
-folder of its own, with TimescaleDB, listening on a free port of 127.0.0.1 and a socket of
-its own, so that what runs against it neither reads nor changes the local stack's state.
+folder of its own, with TimescaleDB, listening on a free port of 127.0.0.1 (``listen_port``)
+and a socket of its own, so that what runs against it neither reads nor changes the local
+stack's state.
 
 Needs root: the servers run as the postgres user (``runuser``).
 """
@@ -9,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,8 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from bench.private_broker import free_port
-from bench.queries import REPO, bench_settings, connect, psql_super
+from bench.queries import DB_NAME, REPO, bench_settings, connect, psql_super
 from schema.migrate import migrate
 from schema.roles import grant_privileges
 from streams.settings import Settings
@@ -64,6 +66,31 @@ def stack_tuning() -> dict[str, str]:
     return {"max_connections": "200"} | {k.strip(): v.strip() for k, v in pairs}
 
 
+def listen_port() -> int:
+    """A port of 127.0.0.1 that nothing is bound to now, below the kernel's ephemeral range
+    (``net.ipv4.ip_local_port_range``), for a server that may stop and start again: while
+    it is stopped, no outgoing connection is given the port as its own, which would keep
+    the server from binding it again (a connection to the port may even meet itself)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.SystemRandom().sample(range(low // 2, low), 100):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port of 127.0.0.1 found in {low // 2}-{low - 1}")
+
+
+def log_tail(log: Path, lines: int = 15) -> str:
+    """The last ``lines`` of a server's ``log``, headed by its path, for an error message."""
+    try:
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return f"(no log at {log})"
+    return f"--- end of {log} ---\n" + "\n".join(tail)
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie waiting to be reaped counts as gone)."""
     try:
@@ -86,7 +113,7 @@ class Server:
         self.data = root / name
         self.log = root / f"{name}.log"
         self.socket_dir = root / "socket"
-        self.port = free_port()
+        self.port = listen_port()
         self.pid: int | None = None
 
     def configure(self, settings: dict[str, str]) -> None:
@@ -134,11 +161,7 @@ class Server:
         return pid is not None and _alive(pid)
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            tail = self.log.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            return f"(no log at {self.log})"
-        return f"--- end of {self.log} ---\n" + "\n".join(tail)
+        return log_tail(self.log, lines)
 
     def _pid_file(self) -> int | None:
         try:
@@ -157,10 +180,18 @@ class Server:
 
 @contextlib.contextmanager
 def run_folder(prefix: str, keep: bool) -> Iterator[tuple[Path, list[Server]]]:
-    """A new folder ``/var/tmp/{prefix}*`` owned by postgres, and a list for the servers
-    created in it: when the block ends, however (SIGTERM unwinds like Ctrl-C), each is
-    stopped and the folder removed (unless ``keep``)."""
+    """A benchmark run's ``server_folder``; SIGTERM unwinds like Ctrl-C, so that its
+    servers are stopped then too."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    with server_folder(prefix, keep) as folder:
+        yield folder
+
+
+@contextlib.contextmanager
+def server_folder(prefix: str, keep: bool = False) -> Iterator[tuple[Path, list[Server]]]:
+    """A new folder ``/var/tmp/{prefix}*`` owned by postgres, and a list for the servers
+    created in it: when the block ends, however, each is stopped and the folder removed
+    (unless ``keep``)."""
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     shutil.chown(root, PG_USER, PG_USER)
     servers: list[Server] = []
@@ -185,11 +216,11 @@ def start_cluster(server: Server, settings: dict[str, str]) -> None:
     server.start()
 
 
-async def create_database(server: Server) -> Settings:
-    """The owner, workers' and read-only roles and the bench database with TimescaleDB and the schema
-    migrated (privileges granted as ``migrate`` does), on ``server``; settings that connect
-    to it as the workers' role."""
-    settings = bench_settings(server.port)
+async def create_database(server: Server, database: str = DB_NAME) -> Settings:
+    """The owner, workers' and read-only roles and ``database`` (default: the bench
+    database) with TimescaleDB and the schema migrated (privileges granted as ``migrate``
+    does), on ``server``; settings that connect to it as the workers' role."""
+    settings = bench_settings(server.port, database)
     owner = settings.as_owner()
     statements = [(f"CREATE ROLE {user} LOGIN PASSWORD '{password.replace(chr(39), chr(39) * 2)}'",
                    "postgres")
@@ -210,10 +241,10 @@ async def create_database(server: Server) -> Settings:
 
 
 async def private_database(name: str, root: Path, servers: list[Server],
-                           tuning: dict[str, str]) -> Settings:
-    """A new server ``name`` of this run with ``tuning`` and the bench database on it
-    (migrated); settings that connect to it as the workers' role."""
+                           tuning: dict[str, str], database: str = DB_NAME) -> Settings:
+    """A new server ``name`` of this run with ``tuning`` and ``database`` (default: the
+    bench database) on it, migrated; settings that connect to it as the workers' role."""
     server = Server(name, root, pg_bindir())
     servers.append(server)  # before it starts: whatever happens, it is stopped
     start_cluster(server, tuning)
-    return await create_database(server)
+    return await create_database(server, database)

@@ -94,9 +94,9 @@ def drop_database() -> None:
     psql_super(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
 
 
-def bench_settings(port: int = PG_PORT) -> Settings:
-    """Settings for the bench database on the bench server's ``port``."""
-    return Settings.from_env({"DB_PORT": str(port), "DB_NAME": DB_NAME})
+def bench_settings(port: int = PG_PORT, database: str = DB_NAME) -> Settings:
+    """Settings for the bench database (or ``database``) on the bench server's ``port``."""
+    return Settings.from_env({"DB_PORT": str(port), "DB_NAME": database})
 
 
 async def connect(settings: Settings) -> asyncpg.Connection:
