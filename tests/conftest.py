@@ -7,10 +7,12 @@ import pytest
 from tests.stack import (
     BrokerProxy,
     PrivateBroker,
+    PrivateDatabase,
     Worker,
     db_connect,
     exclusive,
     require_stack,
+    running_database,
     stack_replica,
 )
 
@@ -73,6 +75,14 @@ async def proxied_broker(
     finally:
         broker.kill()
         proxy.close()
+
+
+@pytest.fixture
+async def private_database() -> AsyncIterator[PrivateDatabase]:
+    """PostgreSQL and pgBouncer of the test's own (``tests.stack.PrivateDatabase``), which it
+    may stop and start; stopped after the test. Ask for it before ``start_worker``."""
+    async with running_database() as database:
+        yield database
 
 
 @pytest.fixture(scope="module")

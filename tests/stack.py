@@ -11,19 +11,20 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncpg
 import orjson
-import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from bench.private_broker import BrokerProxy, PrivateBroker, free_port  # noqa: F401 (the tests import them from here)
+from bench.private_pgbouncer import PrivatePgBouncer
+from bench.private_postgres import Server, private_database, server_folder
 from bench.worker_process import WorkerProcess, fleet, unique  # noqa: F401 (likewise)
 from sinks.postgres import connect_kwargs
 from streams.settings import Settings, TopicMode
@@ -99,6 +100,39 @@ def exclusive(resource: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class PrivateDatabase:
+    """A database path of a test's own: a PostgreSQL server with TimescaleDB, the schema
+    migrated and the stack's roles and passwords, behind a pgBouncer, each on a port of
+    127.0.0.1 and stoppable by the test (``postgres.stop()``, ``pgbouncer.stop(signal)``)
+    and startable again; ``settings`` and ``worker_env()`` go through the pgBouncer."""
+
+    postgres: Server
+    pgbouncer: PrivatePgBouncer
+
+    @property
+    def settings(self) -> Settings:
+        return self.pgbouncer.settings
+
+    def worker_env(self) -> dict[str, str]:
+        return self.pgbouncer.worker_env()
+
+
+@contextlib.asynccontextmanager
+async def running_database() -> AsyncIterator[PrivateDatabase]:
+    """A started ``PrivateDatabase`` (PostgreSQL's default settings: a test writes little,
+    and several such servers may run at once); when the block ends, its pgBouncer and
+    server are stopped by pid and their folder in /var/tmp removed."""
+    with server_folder("devicestream-test-db-") as (root, servers):
+        settings = await private_database("postgres", root, servers, {}, SETTINGS.db.name)
+        (postgres,) = servers
+        pgbouncer = PrivatePgBouncer(postgres, settings)
+        try:
+            yield PrivateDatabase(postgres, await pgbouncer.start())
+        finally:
+            pgbouncer.stop()
 
 
 async def db_connect(settings: Settings = SETTINGS) -> asyncpg.Connection:
@@ -272,15 +306,6 @@ async def read_dead_letters(topics: set[str], expect: int, *, keys: set[bytes] |
     return found
 
 
-def listener_pid(port: int) -> int:
-    """The process listening on 127.0.0.1:``port`` (a local stack service)."""
-    for conn in psutil.net_connections(kind="tcp"):
-        if (conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid
-                and conn.laddr.ip in ("127.0.0.1", "0.0.0.0", "::")):
-            return conn.pid
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-
-
 @contextlib.contextmanager
 def postgres_stopped() -> Iterator[None]:
     """Stop the local stack's PostgreSQL cluster (fast mode) for the ``with`` block, then
@@ -406,9 +431,9 @@ async def rows_at_least(devices: list[str], expected: int,
     return await count_rows(devices, settings) >= expected
 
 
-async def duplicate_rows(devices: list[str]) -> int:
+async def duplicate_rows(devices: list[str], settings: Settings = SETTINGS) -> int:
     """Keys stored more than once (must always be 0: the unique index forbids it)."""
-    conn = await db_connect()
+    conn = await db_connect(settings)
     try:
         series = await _series_of(conn, devices)
         return await conn.fetchval(
@@ -504,22 +529,24 @@ class Stream:
         self.conflicts += 1
 
 
-async def assert_exactly_once(stream: Stream, timeout: float = 120) -> None:
+async def assert_exactly_once(stream: Stream, timeout: float = 120,
+                              settings: Settings = SETTINGS) -> None:
     """Raw rows (each with the first value sent), aggregates and dead letters of ``stream``
-    are exactly what it sent."""
+    are exactly what it sent (the rows in the stack's database, or the one ``settings``
+    names)."""
     devices = stream.devices
-    await wait_for(lambda: rows_at_least(devices, stream.points), timeout,
+    await wait_for(lambda: rows_at_least(devices, stream.points, settings), timeout,
                    f"{stream.points} rows")
     await asyncio.sleep(2)  # anything extra would show up now
-    assert await count_rows(devices) == stream.points
-    assert await duplicate_rows(devices) == 0
-    stored = await stored_points(devices)
+    assert await count_rows(devices, settings) == stream.points
+    assert await duplicate_rows(devices, settings) == 0
+    stored = await stored_points(devices, settings)
     expected = Counter((d, m, ms, v) for (d, m, ms), v in stream.first.items())
     missing, extra = expected - stored, stored - expected
     assert not missing and not extra, (
         f"{sum(missing.values())} points sent first are not stored as sent, e.g. "
         f"{sorted(missing)[:3]}; stored instead: {sorted(extra)[:3]}")
-    assert await aggregate_mismatches(devices) == []
+    assert await aggregate_mismatches(devices, settings) == []
     from streams.topics import topic_for
 
     # device-data holds every shared-mode run's devices: only this stream's keys

@@ -4,12 +4,10 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import subprocess
 import time
 from collections import Counter
 
 import orjson
-import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import TopicPartition
@@ -17,10 +15,10 @@ from aiokafka.structs import TopicPartition
 from streams.settings import Settings, TopicMode
 from streams.topics import SHARED_TOPIC, TopicProvisioner, device_topic
 from tests.stack import (
-    REPO,
     SETTINGS,
     BrokerProxy,
     PrivateBroker,
+    PrivateDatabase,
     RawProducer,
     Stream,
     assert_exactly_once,
@@ -29,8 +27,6 @@ from tests.stack import (
     create_topics,
     db_connect,
     fleet,
-    listener_pid,
-    postgres_stopped,
     read_dead_letters,
     rows_at_least,
     stored_points,
@@ -64,27 +60,30 @@ async def test_three_sigkills_during_a_stream_lose_and_duplicate_nothing(start_w
     await assert_exactly_once(stream)
 
 
-@pytest.mark.serial
-async def test_postgres_stopped_for_30_seconds_mid_stream_loses_nothing(start_worker) -> None:
+async def test_postgres_stopped_for_30_seconds_mid_stream_loses_nothing(
+        private_database: PrivateDatabase, start_worker) -> None:
     # 20 partitions over the two writer lanes, each retrying through the outage.
+    settings, postgres = private_database.settings, private_database.postgres
     devices, only = fleet("pgdown-", 20)
     stream = Stream(devices, readings_per_s=500, seconds=50)
     publishing = asyncio.create_task(stream.run())
-    worker = start_worker("pgdown", DEVICE_FILTER=only)
-    await wait_for(lambda: rows_at_least(devices, 1000), 90, "rows to flow")
+    worker = start_worker("pgdown", DEVICE_FILTER=only, **private_database.worker_env())
+    await wait_for(lambda: rows_at_least(devices, 1000, settings), 90, "rows to flow")
     outage_seen = unready_seen = False
-    with postgres_stopped():
-        stop = time.monotonic() + 30
-        while time.monotonic() < stop:
-            _, state = await get(worker, "/pipeline/db")
-            outage_seen = outage_seen or state.get("available") is False
-            status, ready = await get(worker, "/health/ready")
-            unready_seen = unready_seen or (status == 503 and "database" in ready["failing"])
-            await asyncio.sleep(2)
-        assert worker.process.poll() is None, "the worker must survive the outage"
+    await asyncio.to_thread(postgres.stop)  # fast shutdown
+    stop = time.monotonic() + 30
+    while time.monotonic() < stop:
+        _, state = await get(worker, "/pipeline/db")
+        outage_seen = outage_seen or state.get("available") is False
+        status, ready = await get(worker, "/health/ready")
+        unready_seen = unready_seen or (status == 503 and "database" in ready["failing"])
+        await asyncio.sleep(2)
+    assert worker.process.poll() is None, "the worker must survive the outage"
+    await asyncio.to_thread(postgres.start)
+    await private_database.pgbouncer.ready()  # as stack/up.sh waited for the stack's
     await publishing
     assert stream.conflicts >= 400
-    await assert_exactly_once(stream)
+    await assert_exactly_once(stream, settings=settings)
     assert outage_seen, "/pipeline/db never reported the database unavailable"
     assert unready_seen, "/health/ready never failed its database check"
 
@@ -93,21 +92,19 @@ async def test_postgres_stopped_for_30_seconds_mid_stream_loses_nothing(start_wo
     await wait_for(ready_again, 20, "/health/ready to pass again after the outage")
 
 
-@pytest.mark.serial
-async def test_pgbouncer_restarted_mid_stream_loses_nothing(start_worker) -> None:
+async def test_pgbouncer_restarted_mid_stream_loses_nothing(
+        private_database: PrivateDatabase, start_worker) -> None:
+    settings, pgbouncer = private_database.settings, private_database.pgbouncer
     devices, only = fleet("pgbrestart-", 5)
     stream = Stream(devices, readings_per_s=500, seconds=30)
     publishing = asyncio.create_task(stream.run())
-    worker = start_worker("pgbrestart", DEVICE_FILTER=only)
-    await wait_for(lambda: rows_at_least(devices, 1000), 90, "rows to flow")
-    # The stack's pgBouncer: the process listening on its port (never others by name).
-    pgbouncer = psutil.Process(listener_pid(SETTINGS.db.port))
-    assert pgbouncer.name() == "pgbouncer", pgbouncer
-    pgbouncer.send_signal(signal.SIGINT)
+    worker = start_worker("pgbrestart", DEVICE_FILTER=only, **private_database.worker_env())
+    await wait_for(lambda: rows_at_least(devices, 1000, settings), 90, "rows to flow")
+    await asyncio.to_thread(pgbouncer.stop, signal.SIGINT)  # safe shutdown
     await asyncio.sleep(5)
-    subprocess.run(["bash", str(REPO / "stack" / "up.sh")], check=True, capture_output=True)
+    await pgbouncer.start()
     await publishing
-    await assert_exactly_once(stream)
+    await assert_exactly_once(stream, settings=settings)
     assert worker.process.poll() is None
 
 
