@@ -331,16 +331,21 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, wha
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def output_name(name: str) -> str:
+    """``name`` for a file in test-output/, with the pytest-xdist process's id when tests
+    run side by side (each process's file of its own)."""
+    process = os.environ.get("PYTEST_XDIST_WORKER")
+    return f"{name}-{process}" if process else name
+
+
 class Worker(WorkerProcess):
     """``bench.worker_process.WorkerProcess`` as the tests run it: its log in test-output/
-    (named also for the pytest-xdist process, as tests run side by side), a consumer group
-    of its own, new device topics found within a second, and no maintenance timer unless
-    the test sets ``MAINTENANCE_INTERVAL`` (it would run beside the maintenance tests)."""
+    (``output_name``), a consumer group of its own, new device topics found within a
+    second, and no maintenance timer unless the test sets ``MAINTENANCE_INTERVAL`` (it
+    would run beside the maintenance tests)."""
 
     def __init__(self, name: str, app: str = "streams.app", **env: str) -> None:
-        if "PYTEST_XDIST_WORKER" in os.environ:
-            name = f"{name}-{os.environ['PYTEST_XDIST_WORKER']}"
-        super().__init__(name, app, OUTPUT, **{
+        super().__init__(output_name(name), app, OUTPUT, **{
             "APP_ID": unique("devicestream-test-"), "TOPIC_DISCOVERY_INTERVAL": "1",
             "DATA_DIR": str(OUTPUT / "faust-data"), "MAINTENANCE_INTERVAL": "0", **env})
 

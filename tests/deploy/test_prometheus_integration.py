@@ -5,6 +5,7 @@ a READ_TOKEN, which Prometheus sends as deploy/prometheus/prometheus.yml says.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import time
 import urllib.error
@@ -31,10 +32,11 @@ from tests.stack import (
     OUTPUT,
     REPLICA_PORT,
     PrivateBroker,
+    PrivateDatabase,
     Worker,
     db_connect,
     free_port,
-    postgres_stopped,
+    output_name,
 )
 from tests.web.worker_web import new_device_topic, produce, reading, wait_for_answer
 
@@ -63,7 +65,7 @@ class Prometheus:
         self.config = directory / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(config))
         OUTPUT.mkdir(exist_ok=True)
-        self.log_path = OUTPUT / "prometheus.log"
+        self.log_path = OUTPUT / f"{output_name('prometheus')}.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [PROMETHEUS, f"--config.file={self.config}",
@@ -109,20 +111,19 @@ class Prometheus:
                 self.process.wait()
 
 
-@pytest.fixture
-async def scraped_worker(private_broker: PrivateBroker, replica: None, start_worker,
-                         tmp_path: Path) -> AsyncIterator[tuple[Worker, Prometheus]]:
-    """A worker on a private broker that has written a batch (some figures exist only
-    then) and reads from the stack's streaming replica (the replica figures exist only
-    with one), and a Prometheus scraping it that has seen it up."""
-    device, topic = await new_device_topic(private_broker, "prometheus-")
-    await produce(private_broker, topic, device.encode(),
-                  {0: [reading(device, i) for i in range(20)]})
-    worker = start_worker("prometheus-scraped", READ_TOKEN=READ_TOKEN, READ_DB_HOST="127.0.0.1",
-                          READ_DB_PORT=str(REPLICA_PORT), **private_broker.worker_env())
+@contextlib.asynccontextmanager
+async def scraping(broker: PrivateBroker, start_worker, directory: Path,
+                   **env: str) -> AsyncIterator[tuple[Worker, Prometheus]]:
+    """A worker on ``broker`` (with ``env``) that has written a batch (some figures exist
+    only then), and a Prometheus scraping it that has seen it up, stopped when the block
+    ends."""
+    device, topic = await new_device_topic(broker, "prometheus-")
+    await produce(broker, topic, device.encode(), {0: [reading(device, i) for i in range(20)]})
+    worker = start_worker("prometheus-scraped", READ_TOKEN=READ_TOKEN, **broker.worker_env(),
+                          **env)
     await wait_for_answer(worker, "/pipeline/throughput",
                           lambda t: t["rows_written_total"] == 60, "the readings to be written")
-    prometheus = Prometheus(tmp_path, worker.web_port, READ_TOKEN)
+    prometheus = Prometheus(directory, worker.web_port, READ_TOKEN)
     try:
         async def worker_up() -> bool:
             result = await prometheus.api("/api/v1/query", query=f'up{{job="{WORKER_JOB}"}}')
@@ -131,6 +132,16 @@ async def scraped_worker(private_broker: PrivateBroker, replica: None, start_wor
         yield worker, prometheus
     finally:
         prometheus.stop()
+
+
+@pytest.fixture
+async def scraped_worker(private_broker: PrivateBroker, replica: None, start_worker,
+                         tmp_path: Path) -> AsyncIterator[tuple[Worker, Prometheus]]:
+    """``scraping`` a worker on a private broker that writes to the stack's database and
+    reads from its streaming replica (the replica figures exist only with one)."""
+    async with scraping(private_broker, start_worker, tmp_path, READ_DB_HOST="127.0.0.1",
+                        READ_DB_PORT=str(REPLICA_PORT)) as scraped:
+        yield scraped
 
 
 async def test_every_metric_of_the_rules_and_dashboard_is_scraped_and_every_query_runs(
@@ -169,10 +180,22 @@ async def test_every_metric_of_the_rules_and_dashboard_is_scraped_and_every_quer
     assert all(rule["health"] == "ok" for group in rules["groups"] for rule in group["rules"])
 
 
-@pytest.mark.serial
+@pytest.fixture
+async def scraped_private_worker(
+        private_broker: PrivateBroker, private_database: PrivateDatabase, start_worker,
+        tmp_path: Path) -> AsyncIterator[tuple[Worker, Prometheus]]:
+    """``scraping`` a worker on a private broker whose database is the test's own, reads
+    included (no READ_DB_*: the read pools fall back to the primary), so that everything
+    of the database it samples is behind the PostgreSQL the test stops."""
+    async with scraping(private_broker, start_worker, tmp_path,
+                        **private_database.worker_env()) as scraped:
+        yield scraped
+
+
 async def test_database_unavailable_fires_when_postgres_stops(
-        scraped_worker: tuple[Worker, Prometheus]) -> None:
-    _, prometheus = scraped_worker
+        scraped_private_worker: tuple[Worker, Prometheus],
+        private_database: PrivateDatabase) -> None:
+    _, prometheus = scraped_private_worker
     assert "DatabaseUnavailable" in {rule["alert"] for rule in alert_rules()}
 
     async def state() -> str | None:
@@ -185,7 +208,8 @@ async def test_database_unavailable_fires_when_postgres_stops(
         return bool(result["result"]) and result["result"][0]["value"][1] == "1"
     await prometheus.until(database_seen_up, 60, "the worker to report the database up")
     assert await state() is None, "not firing while PostgreSQL runs"
-    with postgres_stopped():
-        async def firing() -> bool:
-            return await state() == "firing"
-        await prometheus.until(firing, 150, "DatabaseUnavailable to fire")
+    await asyncio.to_thread(private_database.postgres.stop)  # fast shutdown
+
+    async def firing() -> bool:
+        return await state() == "firing"
+    await prometheus.until(firing, 150, "DatabaseUnavailable to fire")
