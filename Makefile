@@ -30,8 +30,7 @@ run: migrate
 
 # Lint first (ruff.toml; a finding fails), then types (mypy, configured in setup.cfg; an
 # error fails), then the suite (tests/suite.sh): unit tests, then the integration tests
-# against the local stack side by side (TEST_PROCESSES, default 4), then the few that stop
-# a shared service, alone. If no test ran, it fails.
+# against the local stack side by side (TEST_PROCESSES, default 4). If no test ran, it fails.
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy

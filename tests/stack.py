@@ -306,21 +306,6 @@ async def read_dead_letters(topics: set[str], expect: int, *, keys: set[bytes] |
     return found
 
 
-@contextlib.contextmanager
-def postgres_stopped() -> Iterator[None]:
-    """Stop the local stack's PostgreSQL cluster (fast mode) for the ``with`` block, then
-    bring the stack back up (``stack/up.sh``)."""
-    clusters = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True,
-                              check=True)
-    version = next(line.split()[0] for line in clusters.stdout.splitlines()
-                   if line.split()[1] == "devicestream")
-    subprocess.run(["pg_ctlcluster", version, "devicestream", "stop", "-m", "fast"], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["bash", str(REPO / "stack" / "up.sh")], check=True, capture_output=True)
-
-
 async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     """Poll ``condition`` every 0.5 s until it holds; fail naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The test suite as `make test` runs it, after lint and types, in three pytest runs:
+# The test suite as `make test` runs it, after lint and types, in two pytest runs:
 #   1. the unit tests, in 2 processes;
 #   2. the integration tests against the local stack, side by side in TEST_PROCESSES
 #      processes (default 4): they mostly wait on workers, brokers and timeouts, and each
 #      has its own consumer group, devices and topics; those that share the replica, the
-#      pgBackRest repository or maintenance runs take turns (tests/stack.py: exclusive);
-#   3. the integration tests marked serial, one at a time with nothing beside them: they
-#      stop or restart a service the others use (PostgreSQL, pgBouncer).
+#      pgBackRest repository or maintenance runs take turns (tests/stack.py: exclusive),
+#      and those that stop PostgreSQL, pgBouncer or the broker stop their own
+#      (tests/conftest.py: private_database, private_broker).
 # Arguments go to every run (PYTEST_ARGS='-k name'). A run that selects nothing is skipped;
 # if none ran a test, the suite fails.
 set -uo pipefail
@@ -28,7 +28,5 @@ phase() {  # phase TITLE PYTEST-ARGUMENTS...
 }
 
 phase "unit tests" -m "not integration" -n 2 "$@"
-phase "integration tests, side by side" -m "integration and not serial" \
-    -n "${TEST_PROCESSES:-4}" "$@"
-phase "integration tests that stop a shared service, alone" -m "integration and serial" "$@"
+phase "integration tests, side by side" -m integration -n "${TEST_PROCESSES:-4}" "$@"
 [[ $ran == 1 ]] || { echo "no tests ran" >&2; exit 1; }
