@@ -58,6 +58,14 @@ def database_check(write_ok: bool, state: dict[str, Any] | None) -> Check:
     return Check(True, "reachable")
 
 
+def database_reachable(state: dict[str, Any] | None) -> bool:
+    """Whether the latest database sample reached PostgreSQL. The stall watchdog judges by
+    this, not by the last write: a write that hangs on a reachable database until its
+    timeout (a lock) is the stall the watchdog is for, not an outage, and with the last
+    write's failure counted as one, its clocks would start again at every timeout."""
+    return state is not None and bool(state.get("available", True))
+
+
 def readiness_checks(*, partitions: int | None, fetch_silence: float | None,
                      database: Check, stalled: list[Any], stall_seconds: float
                      ) -> dict[str, Check]:
@@ -142,7 +150,7 @@ async def watch_for_stalls() -> None:
     if sample is None:
         return
     counted = watchdog.stalls_total
-    stalled = watchdog.observe(sample, _worker_database_check().ok)
+    stalled = watchdog.observe(sample, database_reachable(database_sample.value))
     if watchdog.stalls_total > counted:
         log.error("ingest stalled: %d partitions have had lag and no commit for %.0fs "
                   "while the database was up: %s", len(stalled), watchdog.stall_seconds,

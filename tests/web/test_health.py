@@ -10,7 +10,7 @@ from aiokafka.structs import TopicPartition as TP
 
 from streams.app import app
 from web import health
-from web.health import Check, database_check, readiness_checks
+from web.health import Check, database_check, database_reachable, readiness_checks
 from web.errors import json_errors
 
 HEALTHY = dict(partitions=3, fetch_silence=0.5, database=Check(True, "reachable"),
@@ -40,6 +40,13 @@ def test_a_stall_names_its_partitions() -> None:
     detail = readiness_checks(**{**HEALTHY, "stalled": stalled})["not_stalled"].detail
     assert detail.startswith("12 partitions with lag and no commit for 60s: device-data-d0[0]")
     assert detail.endswith("and 2 more")
+
+
+def test_the_watchdog_s_database_is_the_sample_s_not_the_last_write_s() -> None:
+    """A write that timed out on a reachable database leaves it up for the watchdog."""
+    assert database_reachable({"available": True, "error": None})
+    assert not database_reachable({"available": False, "error": "OSError: refused"})
+    assert not database_reachable(None), "never measured is not reachable"
 
 
 def test_the_database_check_reads_the_last_write_then_the_sample() -> None:
