@@ -71,8 +71,11 @@ async def test_postgres_stopped_for_30_seconds_mid_stream_loses_nothing(
     await wait_for(lambda: rows_at_least(devices, 1000, settings), 90, "rows to flow")
     outage_seen = unready_seen = False
     await asyncio.to_thread(postgres.stop)  # fast shutdown
-    stop = time.monotonic() + 30
-    while time.monotonic() < stop:
+    # Down for 30 s, and on until the worker has reported it (its database sample runs
+    # every 5 s, spaced further after a slow round; slower still beside other tests).
+    stop, latest = time.monotonic() + 30, time.monotonic() + 90
+    while time.monotonic() < stop or (
+            not (outage_seen and unready_seen) and time.monotonic() < latest):
         _, state = await get(worker, "/pipeline/db")
         outage_seen = outage_seen or state.get("available") is False
         status, ready = await get(worker, "/health/ready")
