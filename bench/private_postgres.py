@@ -229,8 +229,8 @@ async def create_database(server: Server, database: str = DB_NAME) -> Settings:
                                          (settings.read_db.user, settings.read_db.password))]
     statements += [(f"CREATE DATABASE {settings.db.name} OWNER {owner.db.user}", "postgres"),
                    ("CREATE EXTENSION timescaledb", settings.db.name)]
-    for sql, database in statements:
-        psql_super(sql, database, socket_dir=str(server.socket_dir), port=server.port)
+    for sql, target in statements:
+        psql_super(sql, target, socket_dir=str(server.socket_dir), port=server.port)
     conn = await connect(settings)  # as the owner
     try:
         await migrate(conn)

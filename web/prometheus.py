@@ -78,9 +78,10 @@ def pipeline_metrics(stats: PipelineStats) -> Iterator[Metric]:
     cache = stats.series_cache
     yield from _gauge("devicestream_sink_series_cached", "Series held in the sink's id cache",
                       cache.series)
-    yield from _gauge("devicestream_sink_series_cache_bytes",
-                      "The sink's series cache, by its own estimate (SINK_SERIES_CACHE_MB bounds it)",
-                      cache.bytes)
+    yield from _gauge(
+        "devicestream_sink_series_cache_bytes",
+        "The sink's series cache, by its own estimate (SINK_SERIES_CACHE_MB bounds it)",
+        cache.bytes)
     resets = CounterMetricFamily(
         "devicestream_sink_series_cache_resets",
         "Times the sink's series cache started over to stay within SINK_SERIES_CACHE_MB")
