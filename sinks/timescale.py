@@ -82,7 +82,7 @@ JOIN storage.series s USING (device_id, metric)
 
 # Adds an aggregate row to the stored one of its (series, bucket): count and sum add, min
 # and max widen. Both paths fold with it.
-_ADD_TO_BUCKET = """ON CONFLICT (series_id, bucket) DO UPDATE
+ADD_TO_BUCKET = """ON CONFLICT (series_id, bucket) DO UPDATE
         SET count = a.count + excluded.count, sum = a.sum + excluded.sum,
             min = least(a.min, excluded.min), max = greatest(a.max, excluded.max)"""
 
@@ -99,7 +99,7 @@ def _fold_inserted(name: str, table: str, width: str) -> str:
     INSERT INTO storage.{table} AS a (bucket, series_id, count, sum, min, max)
     SELECT time_bucket('{width}', time), series_id, count(*), sum(value), min(value), max(value)
     FROM inserted GROUP BY 2, 1 ORDER BY 2, 1
-    {_ADD_TO_BUCKET}
+    {ADD_TO_BUCKET}
 )"""
 
 
@@ -138,20 +138,28 @@ def _upsert_folded(name: str, table: str, first: int) -> str:
     FROM unnest({p[0]}::bigint[], {p[1]}::integer[], {p[2]}::bigint[], {p[3]}::float8[],
                 {p[4]}::float8[], {p[5]}::float8[]) AS u(bucket, series_id, count, sum, min, max)
     ORDER BY series_id, bucket
-    {_ADD_TO_BUCKET}
+    {ADD_TO_BUCKET}
 )"""
+
+
+def upsert_devices(first: int) -> str:
+    """The statement widening devices' first/last seen times, given as the three array
+    parameters ``$first`` ... (device_id, first and last time in microseconds since the
+    epoch), each device once."""
+    p = [f"${n}" for n in range(first, first + 3)]
+    return f"""INSERT INTO devices AS d (device_id, first_seen, last_seen)
+SELECT device_id, timestamptz 'epoch' + first_us * interval '1 microsecond',
+       timestamptz 'epoch' + last_us * interval '1 microsecond'
+FROM unnest({p[0]}::text[], {p[1]}::bigint[], {p[2]}::bigint[]) AS u(device_id, first_us, last_us)
+ORDER BY device_id
+{_WIDEN_SEEN}"""
 
 
 # The fast path's aggregate rows of buckets that may be stored already, and its devices, in
 # the same lock order as ``_MERGE``'s.
 _FAST_FOLD = f"""
 WITH {_upsert_folded("minute", "readings_1m", 1)}, {_upsert_folded("hour", "readings_1h", 7)}
-INSERT INTO devices AS d (device_id, first_seen, last_seen)
-SELECT device_id, timestamptz 'epoch' + first_us * interval '1 microsecond',
-       timestamptz 'epoch' + last_us * interval '1 microsecond'
-FROM unnest($13::text[], $14::bigint[], $15::bigint[]) AS u(device_id, first_us, last_us)
-ORDER BY device_id
-{_WIDEN_SEEN}
+{upsert_devices(13)}
 """
 
 _LAST_SEEN = """
@@ -220,9 +228,10 @@ class _FastFold:
     devices: list[list]
 
 
-async def _copy_aggregates(conn: asyncpg.Connection, table: str, rows: Folded,
-                           count_type: np.dtype) -> None:
-    """COPY aggregate rows of buckets new to ``table`` (a unique violation if one is not)."""
+async def copy_aggregates(conn: asyncpg.Connection, table: str, rows: Folded,
+                          count_type: np.dtype) -> None:
+    """COPY aggregate rows into ``storage.{table}``: a unique violation if one of their
+    (series, bucket) is stored already."""
     if len(rows.bucket):
         await conn.copy_to_table(
             table, schema_name="storage", format="binary",
@@ -298,8 +307,8 @@ class TimescaleSink:
                         columns.series_id[fast_rows].astype(INT4),
                         columns.value[fast_rows].astype(FLOAT8)))
                 folded = self._fold(columns, fast_rows, slots, marks)
-                await _copy_aggregates(conn, "readings_1m", folded.new_minutes, INT4)
-                await _copy_aggregates(conn, "readings_1h", folded.new_hours, INT8)
+                await copy_aggregates(conn, "readings_1m", folded.new_minutes, INT4)
+                await copy_aggregates(conn, "readings_1h", folded.new_hours, INT8)
                 copied = time.perf_counter()
                 await conn.execute(_FAST_FOLD, *folded.minutes.arguments(),
                                    *folded.hours.arguments(), *folded.devices)
