@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import functools
 import re
 import shutil
 import time
@@ -51,7 +51,7 @@ import orjson
 
 from bench.archive import CHUNKS_IN, export
 from bench.private_postgres import (PG_USER, Server, as_postgres, create_database, pg_bindir,
-                                    run_folder, stack_tuning, start_cluster,
+                                    run_with_servers, stack_tuning, start_cluster,
                                     write_postgres_file)
 from bench.queries import (RESULTS, psql_super, add_dataset_options, command, connect, load,
                            machine, save_results)
@@ -354,10 +354,8 @@ def main() -> None:
                              "servers are stopped all the same")
     parser.add_argument("--output", type=Path, default=RESULTS / "backup.json")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        parser.error("run as root: the servers run as the postgres user (runuser)")
-    with run_folder("bench-backup-", args.keep_dir) as (root, servers):
-        results = asyncio.run(run(args, root, servers))
+    results = run_with_servers(parser, "bench-backup-", args.keep_dir,
+                               functools.partial(run, args))
     save_results(results, args.output, report(results))
 
 

@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import math
 import multiprocessing
-import os
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -43,7 +43,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.private_postgres import Server, private_database, run_folder, stack_tuning
+from bench.private_postgres import Server, private_database, run_with_servers, stack_tuning
 from bench.pipeline import poll_probes, probe_process, quantile
 from bench.private_broker import running_broker
 from bench.queries import RESULTS, command, connect, machine, save_results
@@ -367,10 +367,8 @@ def main() -> None:
                         help="keep the run's folder (data dir, logs); the server is stopped")
     parser.add_argument("--output", type=Path, default=RESULTS / "fleet.json")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        parser.error("run as root: the server runs as the postgres user (runuser)")
-    with run_folder("bench-fleet-", args.keep_dir) as (root, servers):
-        results = asyncio.run(run(args, root, servers))
+    results = run_with_servers(parser, "bench-fleet-", args.keep_dir,
+                               functools.partial(run, args))
     plot(results["runs"], args.output.with_suffix(".png"))
     save_results(results, args.output, report(results))
 

@@ -7,6 +7,8 @@ Needs root: the servers run as the postgres user (``runuser``).
 """
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import os
 import pwd
@@ -19,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Coroutine, Iterator, TypeVar
 
 from bench.queries import DB_NAME, REPO, bench_settings, connect, psql_super
 from schema.migrate import migrate
@@ -27,6 +29,7 @@ from schema.roles import grant_privileges
 from streams.settings import Settings
 
 PG_USER = "postgres"
+T = TypeVar("T")
 
 
 def as_postgres(what: str, *command: str | Path) -> str:
@@ -178,13 +181,16 @@ class Server:
         return str(self.data).encode() in args
 
 
-@contextlib.contextmanager
-def run_folder(prefix: str, keep: bool) -> Iterator[tuple[Path, list[Server]]]:
-    """A benchmark run's ``server_folder``; SIGTERM unwinds like Ctrl-C, so that its
-    servers are stopped then too."""
+def run_with_servers(parser: argparse.ArgumentParser, prefix: str, keep: bool,
+                     main: Callable[[Path, list[Server]], Coroutine[Any, Any, T]]) -> T:
+    """Run a benchmark's ``main`` in a ``server_folder`` of its own, as root only (its
+    servers run as the postgres user); SIGTERM unwinds like Ctrl-C, so that the servers are
+    stopped then too."""
+    if os.geteuid() != 0:
+        parser.error("run as root: the servers run as the postgres user (runuser)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    with server_folder(prefix, keep) as folder:
-        yield folder
+    with server_folder(prefix, keep) as (root, servers):
+        return asyncio.run(main(root, servers))
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import functools
 import shutil
 import time
 from datetime import datetime, timedelta, timezone
@@ -46,7 +46,7 @@ import aiohttp
 import asyncpg
 import psutil
 
-from bench.private_postgres import Server, private_database, run_folder, stack_tuning
+from bench.private_postgres import Server, private_database, run_with_servers, stack_tuning
 from bench.private_broker import PrivateBroker, running_broker
 from bench.queries import RESULTS, bench_worker, command, connect, machine, save_results
 from bench.worker_process import WorkerProcess
@@ -278,12 +278,10 @@ def main() -> None:
                         help="keep the run's folder (data dir, logs); the server is stopped")
     parser.add_argument("--output", type=Path, default=RESULTS / "startup.json")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        parser.error("run as root: the server runs as the postgres user (runuser)")
     if args.devices > args.sizes[0]:
         parser.error("--devices must not exceed the smallest of --sizes")
-    with run_folder("bench-startup-", args.keep_dir) as (root, servers):
-        results = asyncio.run(run(args, root, servers))
+    results = run_with_servers(parser, "bench-startup-", args.keep_dir,
+                               functools.partial(run, args))
     save_results(results, args.output, report(results))
 
 
