@@ -70,7 +70,7 @@ import asyncpg
 import orjson
 
 from sinks.compression_state import read_compression_state
-from sinks.postgres import connect_kwargs
+from sinks.postgres import connect_kwargs, lift_decompression_limit
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -405,6 +405,7 @@ async def _trim_chunk(conn: asyncpg.Connection, chunk: str, compressed: bool,
         keep = [r["series_id"] for r in await conn.fetch(_LONG_SERIES, default_days)]
         if compressed:
             # Filtered on the segment-by column: whole compressed batches go.
+            await lift_decompression_limit(conn)
             await conn.execute(
                 f"DELETE FROM {RAW} WHERE time >= $1 AND time < $2 "
                 f"AND NOT (series_id = ANY($3::integer[]))", range_start, range_end, keep)
@@ -433,6 +434,7 @@ async def _delete_for_override(conn: asyncpg.Connection, days: int, cutoff: date
     for i in range(0, len(ids or ()), DELETE_IDS_PER_STATEMENT):
         part = ids[i:i + DELETE_IDS_PER_STATEMENT]
         async with conn.transaction():
+            await lift_decompression_limit(conn)
             status = await conn.execute(
                 f"DELETE FROM {RAW} WHERE series_id = ANY($1::integer[]) AND time < $2",
                 part, cutoff)

@@ -37,6 +37,21 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+async def lift_decompression_limit(conn: asyncpg.Connection) -> None:
+    """Let the current transaction decompress any number of tuples.
+
+    A write into a compressed chunk (Timescale license) decompresses the batches it touches,
+    and TimescaleDB aborts a transaction that decompresses more than
+    ``timescaledb.max_tuples_decompressed_per_dml_transaction`` (100,000 by default).
+    Migration 0011 lifts the limit for the database, but only for sessions that start
+    after it, and pgBouncer keeps its server sessions for up to ``server_lifetime``: one
+    opened before the migration (``make stack-up``'s readiness query, or any before an
+    upgrade) kept the default. So the transactions that may write into compressed chunks
+    lift it themselves.
+    """
+    await conn.execute("SET LOCAL timescaledb.max_tuples_decompressed_per_dml_transaction = 0")
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when retrying the same work may succeed (connection loss, deadlock, ...)."""
     if isinstance(exc, TRANSIENT_ERRORS):

@@ -42,6 +42,7 @@ import numpy as np
 
 from sinks.batch_fold import Folded, first_of_each_key, fold, runs
 from sinks.copy_binary import FLOAT8, INT4, INT8, copy_rows, timestamptz
+from sinks.postgres import lift_decompression_limit
 from sinks.series_cache import UNKNOWN, SeriesCache
 from streams.settings import SinkSettings
 
@@ -298,6 +299,7 @@ class TimescaleSink:
         checked_rows = np.flatnonzero(~fast)
         inserted = 0
         async with conn.transaction():
+            await lift_decompression_limit(conn)  # a replay's unique checks may decompress
             if len(fast_rows):
                 started = time.perf_counter()
                 await conn.copy_to_table(

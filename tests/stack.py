@@ -26,7 +26,7 @@ from bench.private_broker import BrokerProxy, PrivateBroker, free_port  # noqa: 
 from bench.private_pgbouncer import PrivatePgBouncer
 from bench.private_postgres import Server, private_database, server_folder
 from bench.worker_process import WorkerProcess, fleet, unique  # noqa: F401 (likewise)
-from sinks.postgres import connect_kwargs
+from sinks.postgres import connect_kwargs, lift_decompression_limit
 from streams.settings import Settings, TopicMode
 from streams.topics import DEAD_LETTER_TOPIC, TopicProvisioner
 from web.kafka_offsets import BrokerOffsets
@@ -35,11 +35,12 @@ from web.periodic import PeriodicSample
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "test-output"
 SETTINGS = Settings.from_env({})
+PG_PORT = 55432  # the stack's PostgreSQL itself; SETTINGS go through pgBouncer
 
 
 def require_stack() -> None:
     """Fail (not skip) with a clear message when the local stack is down."""
-    for name, port in (("broker", 9092), ("pgBouncer", 6432), ("PostgreSQL", 55432)):
+    for name, port in (("broker", 9092), ("pgBouncer", 6432), ("PostgreSQL", PG_PORT)):
         with socket.socket() as sock:
             sock.settimeout(1)
             if sock.connect_ex(("127.0.0.1", port)) != 0:
@@ -187,10 +188,12 @@ async def forget_devices(devices: list[str]) -> None:
     counting for the maintenance horizon (as the owner: the workers' role deletes no device)."""
     conn = await db_connect(SETTINGS.as_owner())
     try:
-        await conn.execute(
-            "DELETE FROM storage.readings WHERE series_id IN "
-            "(SELECT series_id FROM storage.series WHERE device_id = ANY($1))", devices)
-        await conn.execute("DELETE FROM devices WHERE device_id = ANY($1)", devices)
+        async with conn.transaction():
+            await lift_decompression_limit(conn)  # their rows may be in compressed chunks
+            await conn.execute(
+                "DELETE FROM storage.readings WHERE series_id IN "
+                "(SELECT series_id FROM storage.series WHERE device_id = ANY($1))", devices)
+            await conn.execute("DELETE FROM devices WHERE device_id = ANY($1)", devices)
     finally:
         await conn.close()
 

@@ -8,14 +8,17 @@ the vendored source; with Debian's Apache build the tests skip, saying why.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
+import asyncpg
 import pytest
 
 from sinks.compression_state import read_compression_state
 from sinks.maintenance import HYPERTABLES, maintain
-from sinks.postgres import create_pool
+from sinks.postgres import connect_kwargs, create_pool
 from sinks.timescale import TimescaleSink
 from tests.stack import (
+    PG_PORT,
     SETTINGS,
     aggregate_mismatches,
     compress_chunks_holding,
@@ -108,19 +111,33 @@ async def test_compressed_chunks_keep_first_values_exact_aggregates_and_retentio
     assert counts == {default: 101}
 
 
+def _session_with_default_limit() -> dict[str, Any]:
+    """Connection arguments of a session straight to PostgreSQL with TimescaleDB's default
+    decompression limit, which migration 0011 lifts only for sessions that start after it."""
+    kwargs = connect_kwargs(SETTINGS)
+    kwargs["port"] = PG_PORT
+    kwargs["command_timeout"] = None
+    kwargs["server_settings"] = {
+        **kwargs["server_settings"],
+        "timescaledb.max_tuples_decompressed_per_dml_transaction": "100000"}
+    return kwargs
+
+
 async def test_replays_and_device_retention_decompress_past_timescaledbs_default_limit(
         timescale_license) -> None:
     """A per-device retention DELETE over a compressed chunk decompresses the device's
     120,000 rows, past timescaledb.max_tuples_decompressed_per_dml_transaction's default
-    (100,000), which would abort it: migration 0011 lifts the limit. A replay into the
-    compressed chunk stores nothing new."""
+    (100,000), which would abort it. A replay into the compressed chunk stores nothing new.
+    Both run in sessions that keep the default, as a pgBouncer server session opened before
+    migration 0011 does (seen in a fresh clone's `make test`: `make stack-up`'s readiness
+    query opens one): the sink's and the maintenance's transactions lift the limit."""
     await maintain(SETTINGS, unique("tsl-"), wait=120)  # compression enabled
     (keeper, short), _ = fleet("tsl-big-", 2)
     day = datetime.now(timezone.utc).replace(hour=1, minute=0, second=0, microsecond=0)
     start = int((day - timedelta(days=10)).timestamp() * 1e6)
     batch = [(start + i * 1000, d, m, float(i))
              for d in (keeper, short) for m in ("a", "b") for i in range(60_000)]
-    pool = await create_pool(SETTINGS)
+    pool = await asyncpg.create_pool(min_size=0, max_size=2, **_session_with_default_limit())
     try:
         sink = TimescaleSink(pool)
         assert (await sink.write(batch)).inserted == len(batch)
@@ -133,7 +150,11 @@ async def test_replays_and_device_retention_decompress_past_timescaledbs_default
         await conn.execute("UPDATE devices SET retention_days = 7 WHERE device_id = $1", short)
     finally:
         await conn.close()
-    report = await maintain(SETTINGS, unique("tsl-"), wait=120)
+    conn = await asyncpg.connect(**_session_with_default_limit())
+    try:
+        report = await maintain(SETTINGS, unique("tsl-"), wait=120, conn=conn)
+    finally:
+        await conn.close()
     assert report is not None and report.deleted_rows.get("7 days", 0) >= 120_000
     conn = await db_connect(SETTINGS.as_owner())
     try:
