@@ -390,7 +390,9 @@ async def test_a_trimmed_chunk_is_archived_whole_and_its_file_kept_when_dropped(
         left = await _rows_of(chunk)
     finally:
         await conn.close()
-    await forget_devices([keeper])  # the chunk is past the horizon again
+        # The chunk is past the horizon again; a failure above must not leave the override,
+        # which would hold every other test's old chunks within the horizon.
+        await forget_devices([keeper])
     path = archive_path(tmp_path, chunk)
     assert trimmed.archive_failures == {} and trimmed.trimmed_chunks >= 1
     assert _read_back(path) == rows, "archived whole, before the trim"
