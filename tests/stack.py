@@ -146,11 +146,21 @@ async def compress_chunks_holding(moment: datetime, settings: Settings = SETTING
     (Timescale license); how many chunks that was."""
     conn = await db_connect(settings.as_owner())
     try:
-        return len(await conn.fetch(
-            "SELECT compress_chunk(format('%I.%I', chunk_schema, chunk_name)::regclass, "
-            "if_not_compressed => true) FROM timescaledb_information.chunks "
-            "WHERE hypertable_schema = 'storage' AND range_start <= $1 AND range_end > $1",
-            moment))
+        attempts = 10
+        while True:
+            try:
+                return len(await conn.fetch(
+                    "SELECT compress_chunk(format('%I.%I', chunk_schema, chunk_name)::regclass, "
+                    "if_not_compressed => true) FROM timescaledb_information.chunks "
+                    "WHERE hypertable_schema = 'storage' AND range_start <= $1 "
+                    "AND range_end > $1", moment))
+            except asyncpg.SerializationError:
+                # Recompressing a chunk another test is writing into: TimescaleDB gives up
+                # ("retrying with next policy run"); so do we, a moment later.
+                attempts -= 1
+                if not attempts:
+                    raise
+                await asyncio.sleep(1)
     finally:
         await conn.close()
 

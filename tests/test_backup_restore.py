@@ -224,8 +224,11 @@ async def switch_wal_with_a_commit() -> None:
     """One committed transaction in a WAL segment of its own, sent to the archive."""
     conn = await db_connect()
     try:
-        await conn.execute("CREATE TEMP TABLE IF NOT EXISTS wal_marker (x int)")
-        await conn.execute("INSERT INTO wal_marker VALUES (1)")
+        # One transaction: through pgBouncer (transaction pooling) the next one may run on
+        # another server session, which has no such temporary table.
+        async with conn.transaction():
+            await conn.execute("CREATE TEMP TABLE wal_marker (x int) ON COMMIT DROP")
+            await conn.execute("INSERT INTO wal_marker VALUES (1)")
     finally:
         await conn.close()
     done = subprocess.run(
