@@ -25,6 +25,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from bench.private_broker import BrokerProxy, PrivateBroker, free_port  # noqa: F401 (the tests import them from here)
 from bench.private_pgbouncer import PrivatePgBouncer
 from bench.private_postgres import Server, private_database, server_folder
+from bench.queries import PG_PORT  # the stack's PostgreSQL itself; SETTINGS go through pgBouncer
 from bench.worker_process import WorkerProcess, fleet, unique  # noqa: F401 (likewise)
 from sinks.postgres import connect_kwargs, lift_decompression_limit
 from streams.settings import Settings, TopicMode
@@ -35,7 +36,6 @@ from web.periodic import PeriodicSample
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "test-output"
 SETTINGS = Settings.from_env({})
-PG_PORT = 55432  # the stack's PostgreSQL itself; SETTINGS go through pgBouncer
 
 
 def require_stack() -> None:
