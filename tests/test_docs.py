@@ -6,7 +6,7 @@
   scripts and configuration names a page, and a heading, that exist.
 - The README links every page of docs/, keeps the CONTRACT's two-command quick start, and
   its Configuration table lists every environment variable ``Settings.from_env`` reads, each
-  with a default.
+  with a default; its Large fleets table is the committed ``bench/results/fleet.json``.
 
 No network: links to other sites are not followed.
 """
@@ -222,3 +222,17 @@ def test_the_readme_names_every_value_of_a_setting_with_choices():
             assert default.strip("`") in {m.value for m in enum}, f"README: {name}'s default"
             checked.append(name)
     assert "TOPIC_MODE" in checked and len(checked) >= 5, checked
+
+
+def test_the_readme_fleet_table_is_the_committed_run():
+    """The README's Large fleets table shows ``bench/results/fleet.json``, run by run."""
+    import json
+
+    runs = json.loads((ROOT / "bench" / "results" / "fleet.json").read_text())["runs"]
+    readme = README.read_text(encoding="utf-8")
+    section = readme.split("\n## Large fleets\n", 1)[1].split("\n## ", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in section.splitlines() if re.match(r"^\| [\d,]+ \|", line)]
+    expected = [[f"{r['devices']:,}", f"{r['points_per_s']:,}", f"{r['points_per_s_new']:,}",
+                 f"{r['worker_rss_mb']:,.0f} MB", f"{r['latency_p99_s']:.2f} s"] for r in runs]
+    assert rows == expected
