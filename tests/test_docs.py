@@ -12,6 +12,7 @@ No network: links to other sites are not followed.
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -175,9 +176,14 @@ def test_the_readme_links_every_page_of_docs():
     assert not [p.name for p in pages if p.resolve() not in linked]
 
 
-def test_the_readme_quick_start_is_make_run_and_make_test():
+def _readme_section(title: str) -> str:
+    """The text of the README's ``## title`` section, up to the next ``##`` heading."""
     readme = README.read_text(encoding="utf-8")
-    section = readme.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
+    return readme.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_quick_start_is_make_run_and_make_test():
+    section = _readme_section("Quick start")
     block = re.search(r"```sh\n(.*?)```", section, re.DOTALL).group(1)
     commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
     assert commands == ["make run", "make test"]
@@ -185,8 +191,7 @@ def test_the_readme_quick_start_is_make_run_and_make_test():
 
 def _configuration_rows() -> dict[str, tuple[str, str]]:
     """The README's Configuration table: variable -> (default, description)."""
-    readme = README.read_text(encoding="utf-8")
-    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    section = _readme_section("Configuration")
     return {m.group(1): (m.group(2).strip(), m.group(3))
             for m in re.finditer(r"^\| `([A-Z][A-Z0-9_]+)` \|([^|]*)\|(.*)$", section,
                                  re.MULTILINE)}
@@ -226,11 +231,8 @@ def test_the_readme_names_every_value_of_a_setting_with_choices():
 
 def test_the_readme_fleet_table_is_the_committed_run():
     """The README's Large fleets table shows ``bench/results/fleet.json``, run by run."""
-    import json
-
     runs = json.loads((ROOT / "bench" / "results" / "fleet.json").read_text())["runs"]
-    readme = README.read_text(encoding="utf-8")
-    section = readme.split("\n## Large fleets\n", 1)[1].split("\n## ", 1)[0]
+    section = _readme_section("Large fleets")
     rows = [[cell.strip() for cell in line.strip("|").split("|")]
             for line in section.splitlines() if re.match(r"^\| [\d,]+ \|", line)]
     expected = [[f"{r['devices']:,}", f"{r['points_per_s']:,}", f"{r['points_per_s_new']:,}",
